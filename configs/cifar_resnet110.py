@@ -1,0 +1,17 @@
+"""Pre-activation ResNet-110 with DSoP-Net on CIFAR, 18 branches (Table IV: [0,0,3]x6).
+
+Paper: Table V (CIFAR-10) 5.73% top-1 error, plain 6.37; Table VI (CIFAR-100) 25.43%, plain 26.88.
+
+  python -m dsop_jax.complexity --config=configs/cifar_resnet110.py:cifar10
+"""
+
+import ml_collections
+
+from configs import cifar_base
+
+
+def get_config(dataset: str = 'cifar100') -> ml_collections.ConfigDict:
+  config = cifar_base.get_config(dataset)
+  config.model.name = 'preact_resnet110'
+  config.model.branches.pattern = '[0,0,3]x6'  # Table IV.
+  return config

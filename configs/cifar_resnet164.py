@@ -1,0 +1,17 @@
+"""Pre-activation ResNet-164 (bottleneck) with DSoP-Net on CIFAR, 18 branches (Table IV: [0,0,3]x6).
+
+Paper: Table V (CIFAR-10) 4.55% top-1 error, plain 5.46; Table VI (CIFAR-100) 21.06%, plain 24.33.
+
+  python -m dsop_jax.complexity --config=configs/cifar_resnet164.py:cifar10
+"""
+
+import ml_collections
+
+from configs import cifar_base
+
+
+def get_config(dataset: str = 'cifar100') -> ml_collections.ConfigDict:
+  config = cifar_base.get_config(dataset)
+  config.model.name = 'preact_resnet164'
+  config.model.branches.pattern = '[0,0,3]x6'  # Table IV.
+  return config

@@ -1,0 +1,17 @@
+"""Pre-activation ResNet-20 with DSoP-Net on CIFAR (Table IX(a), SGD: 7.59% top-1 error on CIFAR-10,
+plain 7.92). Table IX does not give its layout; the Table IV pattern of ResNet-110 ([0,0,3], one
+3-block branch at the end of each 3-block stage) is used.
+
+  python -m dsop_jax.complexity --config=configs/cifar_resnet20.py:cifar10
+"""
+
+import ml_collections
+
+from configs import cifar_base
+
+
+def get_config(dataset: str = 'cifar100') -> ml_collections.ConfigDict:
+  config = cifar_base.get_config(dataset)
+  config.model.name = 'preact_resnet20'
+  config.model.branches.pattern = '[0,0,3]'  # Table IV.
+  return config

@@ -1,0 +1,17 @@
+"""WRN-22-10 with DSoP-Net on CIFAR, 6 branches (Table IV: [1,0,2]).
+
+Paper: Table V (CIFAR-10) 3.91% top-1 error, plain 4.44; Table VI (CIFAR-100) 18.91%, plain 20.75.
+
+  python -m dsop_jax.complexity --config=configs/cifar_wrn22_10.py:cifar10
+"""
+
+import ml_collections
+
+from configs import cifar_base
+
+
+def get_config(dataset: str = 'cifar100') -> ml_collections.ConfigDict:
+  config = cifar_base.get_config(dataset)
+  config.model.name = 'wrn22_10'
+  config.model.branches.pattern = '[1,0,2]'  # Table IV.
+  return config

@@ -1,0 +1,17 @@
+"""WRN-28-10 with DSoP-Net on CIFAR, 6 branches (Table IV: [0,2,0,2]).
+
+Paper: Table V (CIFAR-10) 3.81% top-1 error, plain 4.17; Table VI (CIFAR-100) 18.50%, plain 20.50.
+
+  python -m dsop_jax.complexity --config=configs/cifar_wrn28_10.py:cifar10
+"""
+
+import ml_collections
+
+from configs import cifar_base
+
+
+def get_config(dataset: str = 'cifar100') -> ml_collections.ConfigDict:
+  config = cifar_base.get_config(dataset)
+  config.model.name = 'wrn28_10'
+  config.model.branches.pattern = '[0,2,0,2]'  # Table IV.
+  return config

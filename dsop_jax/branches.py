@@ -1,0 +1,148 @@
+"""Detachable auxiliary branches: S_a blocks, P_a reduction + second-order pooling, O_a classifier.
+
+Each branch follows Section III-A of the paper:
+- S_a: `num_blocks` blocks built from the backbone's own block definition at the stage the branch is
+  plugged into, with no down-sampling (so input and output keep the stage's shape);
+- P_a: an optional dimensionality reduction to the target channel count, either "direct DR" (one
+  1x1 conv + BN + ReLU, [19], [21]) or PSDR (Section III-B / Eq. 4: a chain of 1x1 conv + BN + ReLU
+  layers, the first halving the channels and each next one keeping floor(delta * C), each
+  intermediate layer carrying its own supervised side branch), then iSQRT-COV (or GAP for the
+  Table VII ablation);
+- O_a: optional dropout and a dense classifier.
+
+A branch returns a dict of logits: its own under its name (e.g. 'a_pds2') and, with PSDR side
+branches, one per intermediate layer under '<name>_psdr<i>'.
+"""
+
+import dataclasses
+from typing import Any, Dict, List, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dsop_jax import covpool
+from dsop_jax import layers
+from dsop_jax import stages
+
+POOLS = ('isqrt_cov', 'gap')
+REDUCTIONS = ('direct', 'psdr')
+
+
+@dataclasses.dataclass(frozen=True)
+class BranchSpec:
+  """Where a branch is plugged in and how it is built (all hashable, so it can be a module field).
+
+  Attributes:
+    name: the paper's name ('a_pds2', ...); also the branch's top-level variable key.
+    stage: name of the backbone stage it belongs to ('stage2', ...); selects the block definition.
+    stage_index: 0-based position of that stage among the backbone's stages (selects its beta).
+    attach: backbone feature it reads ('stage2' or 'stage1_block3', ...).
+    num_blocks: S_a blocks (0 allowed: pooling straight on the backbone feature).
+    pool: 'isqrt_cov' or 'gap'.
+    pool_channels: target channels before pooling; a DR is inserted only when the feature has more.
+    reduction: 'direct' (one 1x1 conv+BN+ReLU) or 'psdr' (Eq. 4 chain).
+    psdr_delta: decay factor delta of Eq. 4.
+    psdr_aux: whether PSDR intermediate layers carry supervised side branches.
+    num_iters: Newton-Schulz iterations.
+    dropout: dropout rate before the classifier.
+  """
+  name: str
+  stage: str
+  stage_index: int
+  attach: str
+  num_blocks: int
+  pool: str = 'isqrt_cov'
+  pool_channels: int = 256
+  reduction: str = 'direct'
+  psdr_delta: float = 0.25
+  psdr_aux: bool = True
+  num_iters: int = 5
+  dropout: float = 0.0
+
+
+def psdr_channels(in_channels: int, target: int, delta: float) -> List[int]:
+  """Output channels of the PSDR intermediate layers (Eq. 4), ending exactly at `target`.
+
+  C_1 = 0.5 C_0 and C_i = floor(delta C_{i-1}), never going below the target; the last layer is the
+  one that reaches the target (Section IV-B: "we directly reduce the number of current channels to
+  the desired number"). E.g. 2048 -> [1024, 256] for target 256, delta 0.25.
+  """
+  if not 0.0 < delta < 1.0:
+    raise ValueError(f'psdr_delta must lie in (0, 1), got {delta}.')
+  if in_channels <= target:
+    return []
+  chain = [max(in_channels // 2, target)]
+  while chain[-1] > target:
+    chain.append(max(int(delta * chain[-1]), target))
+  return chain
+
+
+def reduction_channels(spec: BranchSpec, in_channels: int) -> List[int]:
+  """Channels after each reduction layer of a branch's P_a part (empty when there is none)."""
+  if spec.pool == 'gap' or in_channels <= spec.pool_channels:
+    return []
+  if spec.reduction == 'psdr':
+    return psdr_channels(in_channels, spec.pool_channels, spec.psdr_delta)
+  return [spec.pool_channels]
+
+
+def side_branch_names(spec: BranchSpec, in_channels: int) -> List[str]:
+  """Names of the supervised PSDR side branches a branch emits besides its own logits."""
+  if spec.reduction != 'psdr' or not spec.psdr_aux:
+    return []
+  return [f'{spec.name}_psdr{i + 1}' for i in range(len(reduction_channels(spec, in_channels)) - 1)]
+
+
+class PooledClassifier(nn.Module):
+  """Pooling (P_a) and O_a: optional DR to the target, pooling, dropout and a dense layer."""
+  pool: str
+  num_classes: int
+  reduce_to: Optional[int] = None
+  num_iters: int = 5
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if self.reduce_to is not None:
+      x = layers.ConvNormAct(self.reduce_to, layers.conv_def(self.dtype),
+                             layers.norm_def(train, self.dtype), name='dr')(x)
+    x = covpool.get_pool(self.pool, self.num_iters)(x)
+    if self.dropout:
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name='fc')(x)
+    return x.astype(jnp.float32)
+
+
+class AuxBranch(nn.Module):
+  """One detachable auxiliary branch B_a^i; its variables live under its own name."""
+  spec: BranchSpec
+  stage: stages.StageSpec
+  num_classes: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> Dict[str, jax.Array]:
+    spec = self.spec
+    conv = layers.conv_def(self.dtype)
+    norm = layers.norm_def(train, self.dtype)
+    for i in range(spec.num_blocks):  # S_a: the stage's own block, stride 1.
+      x = self.stage.block(conv=conv, norm=norm, strides=(1, 1), name=f'block{i + 1}')(x)
+    if self.stage.preact:  # The BN-ReLU a pre-activation backbone applies before pooling.
+      x = nn.relu(norm(name='bn_final')(x))
+    head = lambda reduce_to, name: PooledClassifier(  # noqa: E731
+        spec.pool, self.num_classes, reduce_to, spec.num_iters, spec.dropout, self.dtype, name=name)
+    chain = reduction_channels(spec, x.shape[-1])
+    outputs = {}
+    if spec.reduction == 'psdr' and chain:
+      sides = side_branch_names(spec, x.shape[-1])
+      for i, channels in enumerate(chain[:-1]):
+        x = layers.ConvNormAct(channels, conv, norm, name=f'psdr{i + 1}')(x)
+        if sides:  # Side branch: reduce directly to the target, pool, classify.
+          outputs[sides[i]] = head(spec.pool_channels, f'psdr{i + 1}_head')(x, train)
+      x = layers.ConvNormAct(chain[-1], conv, norm, name=f'psdr{len(chain)}')(x)
+      outputs[spec.name] = head(None, 'head')(x, train)
+    else:
+      outputs[spec.name] = head(chain[-1] if chain else None, 'head')(x, train)
+    return outputs

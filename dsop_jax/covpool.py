@@ -1,0 +1,121 @@
+"""Global covariance pooling with iterative matrix square-root normalisation (iSQRT-COV).
+
+This is the second-order pooling layer P_a of every DSoP-Net auxiliary branch (paper Section III-A,
+following Li et al., "Towards faster training of global covariance pooling networks by iterative
+matrix square root normalization", CVPR 2018). It mirrors the official iSQRT-COV code step by step:
+
+1. covariance of the C channels over the H*W positions, centred, divided by M = H*W;
+2. pre-normalisation by the trace;
+3. N coupled Newton-Schulz iterations (the last one updates Y only);
+4. post-compensation by the square root of the trace;
+5. the upper triangle including the diagonal, row-major, so C channels give C(C+1)/2 values.
+
+Everything is plain jax.numpy, so autodiff gives the gradient, and it always computes in float32 at
+the highest matmul precision whatever the input dtype, so bf16 activations do not degrade it.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+_TRACE_FLOOR = 1e-12
+
+
+def _bmm(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Batched float32 matmul at the highest precision (no TF32/bf16 passes on GPUs)."""
+  return jnp.matmul(a, b, precision=_HIGHEST, preferred_element_type=jnp.float32)
+
+
+def covariance(x: jax.Array) -> jax.Array:
+  """Centred channel covariance over spatial positions.
+
+  Args:
+    x: features in NHWC layout, any float dtype.
+
+  Returns:
+    (B, C, C) float32 matrices Sigma = (1/M) Xc^T Xc, with Xc the M = H*W positions minus their mean
+    (the official code's X I_hat X^T with I_hat = (1/M)(I - (1/M) 1 1^T)).
+  """
+  if x.ndim != 4:
+    raise ValueError(f'covariance expects NHWC input with 4 dimensions, got shape {x.shape}.')
+  b, h, w, c = x.shape
+  x = x.astype(jnp.float32).reshape(b, h * w, c)
+  xc = x - jnp.mean(x, axis=1, keepdims=True)
+  return _bmm(jnp.swapaxes(xc, 1, 2), xc) / (h * w)
+
+
+def newton_schulz_sqrtm(cov: jax.Array, num_iters: int = 5) -> jax.Array:
+  """Matrix square root of SPD matrices by trace-normalised coupled Newton-Schulz iterations.
+
+  Pre-normalises A = Sigma / tr(Sigma), iterates Y_k -> A^{1/2}, Z_k -> A^{-1/2} with
+  Y_k = 1/2 Y_{k-1}(3I - Z_{k-1}Y_{k-1}), Z_k = 1/2 (3I - Z_{k-1}Y_{k-1}) Z_{k-1}, skips Z in the last
+  iteration, and post-compensates by sqrt(tr(Sigma)).
+
+  Args:
+    cov: (B, C, C) symmetric positive semi-definite matrices.
+    num_iters: number of Newton-Schulz iterations N >= 1. On singular (rank-deficient) inputs Z_k,
+      which approximates the inverse root, diverges after about 20 iterations; the paper's 5 is safe.
+
+  Returns:
+    (B, C, C) float32 approximations of Sigma^{1/2}.
+  """
+  if num_iters < 1:
+    raise ValueError(f'num_iters must be >= 1, got {num_iters}.')
+  cov = cov.astype(jnp.float32)
+  dim = cov.shape[-1]
+  eye3 = 3.0 * jnp.eye(dim, dtype=jnp.float32)
+  # The official code divides by the raw trace, which is 0 for all-zero or 1x1 feature maps and
+  # turns the whole step into NaN. Any positive normaliser t gives the same result, since the
+  # iterations return (Sigma / t)^{1/2} * sqrt(t); a floor keeps such inputs finite (output 0).
+  trace = jnp.maximum(jnp.trace(cov, axis1=-2, axis2=-1), _TRACE_FLOOR)[:, None, None]
+  a = cov / trace
+  zy = 0.5 * (eye3 - a)  # First iteration from Y_0 = A, Z_0 = I.
+  if num_iters == 1:
+    y = _bmm(a, zy)
+  else:
+    y, z = _bmm(a, zy), zy
+    for _ in range(num_iters - 2):
+      zy = 0.5 * (eye3 - _bmm(z, y))
+      y, z = _bmm(y, zy), _bmm(zy, z)
+    y = 0.5 * _bmm(y, eye3 - _bmm(z, y))
+  return y * jnp.sqrt(trace)
+
+
+def triu_vector(mat: jax.Array) -> jax.Array:
+  """Upper triangle including the diagonal, row-major: (B, C, C) -> (B, C(C+1)/2)."""
+  rows, cols = jnp.triu_indices(mat.shape[-1])
+  return mat[:, rows, cols]
+
+
+def isqrt_cov_pool(x: jax.Array, num_iters: int = 5) -> jax.Array:
+  """iSQRT-COV pooling of NHWC features.
+
+  Args:
+    x: (B, H, W, C) features, any float dtype.
+    num_iters: Newton-Schulz iterations (the paper and official code use 5).
+
+  Returns:
+    (B, C(C+1)/2) float32 representation.
+  """
+  return triu_vector(newton_schulz_sqrtm(covariance(x), num_iters))
+
+
+def gap_pool(x: jax.Array) -> jax.Array:
+  """Global average pooling (the first-order alternative of the Table VII ablation), in float32."""
+  return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+def pooled_dim(pool: str, channels: int) -> int:
+  """Length of the pooled representation for `channels` input channels."""
+  return {'isqrt_cov': channels * (channels + 1) // 2, 'gap': channels}[pool]
+
+
+def get_pool(pool: str, num_iters: int = 5) -> Callable[[jax.Array], jax.Array]:
+  """The pooling function named `pool` ('isqrt_cov' or 'gap')."""
+  if pool == 'isqrt_cov':
+    return lambda x: isqrt_cov_pool(x, num_iters)
+  if pool == 'gap':
+    return gap_pool
+  raise ValueError(f"pool must be one of 'isqrt_cov', 'gap'; got {pool!r}.")

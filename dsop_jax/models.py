@@ -1,0 +1,186 @@
+"""Building models from `config.model`: the backbone registry, branch layouts and their validation.
+
+- `create(model_config)`: the DSoP-Net training model (`dsop.DSoPNet`).
+- `create_backbone(model_config)`: the plain first-order network, which accepts detached variables.
+- `branch_specs(model_config)`: the branches a config asks for, with the paper's names.
+- `loss_weights(config)`: alpha and beta_i of Eq. 1 for every head, keyed like the model outputs.
+
+Branch layouts come in two forms (exactly one is set, or neither for the plain network):
+- `branches.blocks`: one branch at the end of each stage with that many S_a blocks, 0 for none
+  (Table I: (2, 2, 2, 2) for ResNet-18; Table X: (16, 0, 0, 0), (8, 8, 0, 0), ...). Names: a_pds<s>.
+- `branches.pattern`: the stage specification of Table IV, the same for every stage, one entry per
+  backbone block: '[0,0,3]x6' puts a 3-block branch after every third block. Names: a_pds<s>_<b>.
+"""
+
+import re
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from dsop_jax import branches as branches_lib
+from dsop_jax import cifar_backbones
+from dsop_jax import dsop
+from dsop_jax import resnet
+from dsop_jax import stages
+
+# name -> (constructor, whether it is an ImageNet ResNet that takes `last_stride`).
+BACKBONES: Dict[str, Tuple[Callable[..., Any], bool]] = {
+    'resnet18': (resnet.ResNet18, True),
+    'resnet34': (resnet.ResNet34, True),
+    'resnet50': (resnet.ResNet50, True),
+    'resnet101': (resnet.ResNet101, True),
+    'resnet152': (resnet.ResNet152, True),
+    'preact_resnet20': (cifar_backbones.PreActResNet20, False),
+    'preact_resnet110': (cifar_backbones.PreActResNet110, False),
+    'preact_resnet164': (cifar_backbones.PreActResNet164, False),
+    'wrn22_10': (cifar_backbones.WRN22_10, False),
+    'wrn28_10': (cifar_backbones.WRN28_10, False),
+    'resnext29_8x64d': (cifar_backbones.ResNeXt29_8x64d, False),
+    'resnext29_16x64d': (cifar_backbones.ResNeXt29_16x64d, False),
+}
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+_PATTERN = re.compile(r'^\[(\d+(?:,\d+)*)\](?:x(\d+))?$')
+
+
+def _fail(field: str, value: Any, allowed: str) -> None:
+  raise ValueError(f'config.{field} = {value!r} is invalid: {allowed}.')
+
+
+def parse_pattern(pattern: str) -> List[int]:
+  """Expands a Table IV stage specification: '[0,0,3]x6' -> [0, 0, 3] * 6."""
+  match = _PATTERN.match(pattern.replace(' ', ''))
+  if not match:
+    _fail('model.branches.pattern', pattern,
+          "expected '[n,n,...]' optionally followed by 'xK', e.g. '[0,0,3]x6'")
+  return [int(n) for n in match.group(1).split(',')] * int(match.group(2) or 1)
+
+
+def create_backbone(model_config: ml_collections.ConfigDict) -> Any:
+  """The plain first-order network of the config (what is deployed after detaching)."""
+  validate_model_config(model_config)
+  return _backbone(model_config)
+
+
+def _backbone(model_config: ml_collections.ConfigDict) -> Any:
+  constructor, imagenet = BACKBONES[model_config.name]
+  kwargs = dict(num_classes=model_config.num_classes, dtype=DTYPES[model_config.dtype])
+  if imagenet:
+    kwargs['last_stride'] = model_config.last_stride
+  return constructor(**kwargs)
+
+
+def _stage_specs(model_config: ml_collections.ConfigDict) -> List[stages.StageSpec]:
+  return _backbone(model_config).stage_specs()
+
+
+def branch_specs(model_config: ml_collections.ConfigDict) -> List[branches_lib.BranchSpec]:
+  """The auxiliary branches of the config, ordered from the input to the output."""
+  return layout_branches(_stage_specs(model_config), model_config.branches)
+
+
+def layout_branches(stage_list: Sequence[stages.StageSpec],
+                    cfg: ml_collections.ConfigDict) -> List[branches_lib.BranchSpec]:
+  """Expands a `config.model.branches` layout over a backbone's stages into branch specs."""
+  specs = []
+  for index, stage in enumerate(stage_list):
+    number = int(stage.name[len('stage'):])
+    if cfg.blocks:
+      places = [(cfg.blocks[index], f'a_pds{number}', stage.name)]
+    elif cfg.pattern:
+      places = [(n, f'a_pds{number}_{b + 1}', stages.block_feature_name(stage.name, b + 1))
+                for b, n in enumerate(parse_pattern(cfg.pattern))]
+    else:
+      places = []
+    for num_blocks, name, attach in places:
+      if not num_blocks:
+        continue
+      specs.append(branches_lib.BranchSpec(
+          name=name, stage=stage.name, stage_index=index, attach=attach, num_blocks=num_blocks,
+          pool=cfg.pool, pool_channels=cfg.channels[index], reduction=cfg.reduction[index],
+          psdr_delta=cfg.psdr_delta, psdr_aux=cfg.psdr_aux, num_iters=cfg.num_iters,
+          dropout=cfg.dropout))
+  return specs
+
+
+def create(model_config: ml_collections.ConfigDict) -> dsop.DSoPNet:
+  """The DSoP-Net training model: backbone under 'backbone', each branch under its own name."""
+  validate_model_config(model_config)
+  return dsop.DSoPNet(backbone=_backbone(model_config), branches=tuple(branch_specs(model_config)),
+                      num_classes=model_config.num_classes, dtype=DTYPES[model_config.dtype])
+
+
+def head_names(model_config: ml_collections.ConfigDict) -> List[str]:
+  """Every supervised head: 'logits' (main) and each auxiliary output, in model order."""
+  stage_channels = {s.name: s.channels for s in _stage_specs(model_config)}
+  names = ['logits']
+  for spec in branch_specs(model_config):
+    names += branches_lib.side_branch_names(spec, stage_channels[spec.stage]) + [spec.name]
+  return names
+
+
+def loss_weights(config: ml_collections.ConfigDict) -> Dict[str, float]:
+  """alpha for 'logits' and beta of the branch's stage for every auxiliary head (Eq. 1)."""
+  validate_model_config(config.model)
+  num_stages = len(_stage_specs(config.model))
+  betas = tuple(config.loss.betas)
+  if len(betas) != num_stages or any(b < 0 for b in betas):
+    _fail('loss.betas', betas, f'need {num_stages} non-negative weights, one per stage')
+  if config.loss.alpha < 0:
+    _fail('loss.alpha', config.loss.alpha, 'must be >= 0')
+  stage_of = {spec.name: spec.stage_index for spec in branch_specs(config.model)}
+  weights = {'logits': float(config.loss.alpha)}
+  for name in head_names(config.model)[1:]:
+    parent = name.split('_psdr')[0]
+    weights[name] = float(betas[stage_of[parent]])
+  return weights
+
+
+def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first invalid field of `config.model` and what is allowed."""
+  m = model_config
+  if m.name not in BACKBONES:
+    _fail('model.name', m.name, f'allowed: {", ".join(BACKBONES)}')
+  if not isinstance(m.num_classes, int) or m.num_classes < 1:
+    _fail('model.num_classes', m.num_classes, 'must be a positive integer')
+  if m.dtype not in DTYPES:
+    _fail('model.dtype', m.dtype, f'allowed: {", ".join(DTYPES)}')
+  if m.last_stride not in (1, 2):
+    _fail('model.last_stride', m.last_stride, "allowed: 2 (standard, 's2') or 1 ('s1')")
+  stage_list = _stage_specs(m)
+  num_stages = len(stage_list)
+  b = m.branches
+  if b.blocks and b.pattern:
+    _fail('model.branches.pattern', b.pattern, 'set either branches.blocks or branches.pattern')
+  if b.blocks and (len(b.blocks) != num_stages or any(
+      not isinstance(n, int) or n < 0 for n in b.blocks)):
+    _fail('model.branches.blocks', b.blocks,
+          f'need {num_stages} non-negative integers, one per stage of {m.name}')
+  if b.pattern:
+    expanded = parse_pattern(b.pattern)
+    for stage in stage_list:
+      if len(expanded) != stage.num_blocks:
+        _fail('model.branches.pattern', b.pattern,
+              f'it expands to {len(expanded)} entries but {stage.name} of {m.name} has '
+              f'{stage.num_blocks} blocks')
+  if len(b.channels) != num_stages or any(not isinstance(c, int) or c < 1 for c in b.channels):
+    _fail('model.branches.channels', b.channels,
+          f'need {num_stages} positive integers, one per stage of {m.name}')
+  if b.pool not in branches_lib.POOLS:
+    _fail('model.branches.pool', b.pool, f'allowed: {", ".join(branches_lib.POOLS)}')
+  if len(b.reduction) != num_stages or any(r not in branches_lib.REDUCTIONS for r in b.reduction):
+    _fail('model.branches.reduction', b.reduction,
+          f'need {num_stages} entries, one per stage of {m.name}, each one of '
+          f'{", ".join(branches_lib.REDUCTIONS)}')
+  if not 0.0 < b.psdr_delta < 1.0:
+    _fail('model.branches.psdr_delta', b.psdr_delta, 'must lie in the open interval (0, 1)')
+  if not isinstance(b.num_iters, int) or b.num_iters < 1:
+    _fail('model.branches.num_iters', b.num_iters, 'must be an integer >= 1')
+  if not 0.0 <= b.dropout < 1.0:
+    _fail('model.branches.dropout', b.dropout, 'must lie in [0, 1)')
+
+
+def count_params(params: Mapping[str, Any]) -> int:
+  """Number of scalars in a parameter tree."""
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))

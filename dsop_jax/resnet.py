@@ -1,0 +1,126 @@
+"""ImageNet ResNets (He et al. 2016) that return their intermediate features.
+
+Architecturally identical to torchvision's ResNet-18/34/50/101/152 (v1.5: the stride of a bottleneck
+sits in its 3x3 conv), so parameter counts match torchvision exactly. `last_stride=1` gives the
+paper's "-s1" variants (Section V-C, Table II): stage 5 keeps the 14x14 resolution of stage 4.
+
+A call returns `(logits, features)`; `features` holds 'stem', every block output
+('stage2_block1', ...), every stage output ('stage2' ... 'stage5') and 'pre_logits', which is what the
+DSoP-Net auxiliary branches attach to. `jax.jit` prunes the features a caller does not use.
+"""
+
+import functools
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dsop_jax import layers
+from dsop_jax import stages
+
+ModuleDef = Any
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions with an identity or 1x1-projection shortcut (ResNet-18/34)."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable[[jax.Array], jax.Array] = nn.relu
+  strides: Tuple[int, int] = (1, 1)
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    residual = x
+    y = self.conv(self.filters, (3, 3), self.strides, padding=1, name='conv1')(x)
+    y = self.act(self.norm(name='bn1')(y))
+    y = self.conv(self.filters, (3, 3), padding=1, name='conv2')(y)
+    y = self.norm(name='bn2')(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters, (1, 1), self.strides, name='proj_conv')(residual)
+      residual = self.norm(name='proj_bn')(residual)
+    return self.act(residual + y)
+
+
+class BottleneckBlock(nn.Module):
+  """1x1 -> 3x3 (optionally grouped, carrying the stride) -> 1x1 with 4x expansion.
+
+  `width` is the inner width (default `filters`); ResNeXt uses `groups` > 1 and a wider inner width.
+  """
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable[[jax.Array], jax.Array] = nn.relu
+  strides: Tuple[int, int] = (1, 1)
+  width: Optional[int] = None
+  groups: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    width = self.width or self.filters
+    residual = x
+    y = self.conv(width, (1, 1), name='conv1')(x)
+    y = self.act(self.norm(name='bn1')(y))
+    y = self.conv(width, (3, 3), self.strides, padding=1, feature_group_count=self.groups,
+                  name='conv2')(y)
+    y = self.act(self.norm(name='bn2')(y))
+    y = self.conv(self.filters * 4, (1, 1), name='conv3')(y)
+    y = self.norm(name='bn3')(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters * 4, (1, 1), self.strides, name='proj_conv')(residual)
+      residual = self.norm(name='proj_bn')(residual)
+    return self.act(residual + y)
+
+
+class ResNet(nn.Module):
+  """ImageNet ResNet with a 7x7 stem, four stages (conv2_x ... conv5_x), GAP and a dense head.
+
+  Attributes:
+    stage_sizes: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
+    block_cls: BasicBlock or BottleneckBlock.
+    num_classes: classifier outputs.
+    num_filters: width of the stem and of stage 2 (64 in the paper).
+    last_stride: stride of stage 5: 2 is the standard network ("s2"), 1 the paper's "s1".
+    dtype: compute dtype of activations (parameters stay float32); logits are float32.
+  """
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  num_classes: int = 1000
+  num_filters: int = 64
+  last_stride: int = 2
+  dtype: Any = jnp.float32
+
+  def stage_specs(self) -> List[stages.StageSpec]:
+    """The four stages 'stage2' ... 'stage5' as the auxiliary branches see them."""
+    expansion = 4 if self.block_cls is BottleneckBlock else 1
+    specs = []
+    for i, num_blocks in enumerate(self.stage_sizes):
+      filters = self.num_filters * 2**i
+      stride = 1 if i == 0 else (self.last_stride if i == 3 else 2)
+      specs.append(stages.StageSpec(
+          name=f'stage{i + 2}', num_blocks=num_blocks, channels=filters * expansion, stride=stride,
+          block=functools.partial(self.block_cls, filters=filters)))
+    return specs
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    conv = layers.conv_def(self.dtype)
+    norm = layers.norm_def(train, self.dtype)
+    x = x.astype(self.dtype)
+    x = conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name='conv_init')(x)
+    x = nn.relu(norm(name='bn_init')(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    features = {'stem': x}
+    x = stages.run_stages(x, self.stage_specs(), conv=conv, norm=norm, features=features)
+    x = jnp.mean(x, axis=(1, 2))
+    features['pre_logits'] = x
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name='head')(x)
+    return logits.astype(jnp.float32), features
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BottleneckBlock)
+ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=BottleneckBlock)
+ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block_cls=BottleneckBlock)

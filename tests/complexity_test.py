@@ -1,0 +1,68 @@
+"""Complexity report: Table I parameter counts, MAC counting, and the CLI (table, --json, overrides)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import imagenet_r18
+from configs import imagenet_r34
+from configs import imagenet_r50
+from dsop_jax import complexity
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('get_config, train_m, test_params', [
+    (imagenet_r18.get_config, 100.6, 11_689_512), (imagenet_r34.get_config, 110.7, 21_797_672)])
+def test_table1_parameter_counts(get_config, train_m, test_params):
+  rep = complexity.report(get_config())
+  assert rep['params_train'] / 1e6 == pytest.approx(train_m, rel=0.005)
+  assert rep['params_test'] == test_params
+  assert rep['params_train'] == rep['params_test'] + sum(
+      b['params'] for b in rep['branches'].values())
+
+
+def test_resnet50_layout_matches_table1_within_one_percent():
+  rep = complexity.report(imagenet_r50.get_config())
+  assert rep['params_train'] / 1e6 == pytest.approx(181.9, rel=0.011)
+  assert rep['gflops_train'] == pytest.approx(13.45, rel=0.005)
+  assert rep['params_test'] == 25_557_032
+
+
+def test_test_gflops_of_s1_resnets_match_table1():
+  assert complexity.report(imagenet_r18.get_config())['gflops_test'] == pytest.approx(3.06, rel=0.01)
+  assert complexity.report(imagenet_r34.get_config())['gflops_test'] == pytest.approx(5.61, rel=0.01)
+
+
+def test_mac_counting_of_conv_dense_and_grouped_conv():
+  x = jax.ShapeDtypeStruct((1, 8, 8, 4), jnp.float32)
+  conv = nn.Conv(6, (3, 3), padding=1, use_bias=False)
+  grouped = nn.Conv(6, (3, 3), padding=1, feature_group_count=2, use_bias=False)
+  dense = nn.Dense(5)
+  for module, inp, macs in [(conv, x, 8 * 8 * 6 * 9 * 4), (grouped, x, 8 * 8 * 6 * 9 * 2),
+                            (dense, jax.ShapeDtypeStruct((3, 7), jnp.float32), 3 * 7 * 5)]:
+    variables = jax.eval_shape(module.init, jax.random.PRNGKey(0), inp)
+    assert complexity.count_macs(module.apply, variables, inp) == macs
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, '-m', 'dsop_jax.complexity', *args], cwd=ROOT, check=True,
+                        capture_output=True, text=True).stdout
+
+
+def test_cli_json_and_overrides():
+  rep = json.loads(_cli('--config=configs/imagenet_r18.py', '--json'))
+  assert {'params_train', 'params_test', 'gflops_train', 'gflops_test'} <= set(rep)
+  assert sorted(rep['branches']) == ['a_pds2', 'a_pds3', 'a_pds4', 'a_pds5']
+  # Table VIII, 64 channels: 64,64*,64*,64* -> 32.7M training parameters in the paper.
+  rep64 = json.loads(_cli('--config=configs/imagenet_r18.py', '--json',
+                          '--config.model.branches.channels=(64,64,64,64)'))
+  assert rep64['params_train'] / 1e6 == pytest.approx(32.7, rel=0.01)
+  table = _cli('--config=configs/cifar_wrn28_10.py:cifar10')
+  assert 'wrn28_10 at 32x32' in table and 'a_pds3_4' in table

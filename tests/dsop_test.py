@@ -1,0 +1,99 @@
+"""The DSoP-Net model: variable layout, outputs, and the gradient flow of Eq. 2."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dsop_jax import dsop
+from dsop_jax import losses
+from dsop_jax import models
+from tests import conftest
+
+
+def _model(backbone, **layout):
+  cfg = conftest.branches_config(**layout)
+  specs = models.layout_branches(backbone.stage_specs(), cfg)
+  return dsop.DSoPNet(backbone=backbone, branches=tuple(specs), num_classes=5)
+
+
+def _init(model, size=32):
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, size, size, 3)), jnp.float32)
+  return model.init(jax.random.PRNGKey(0), x, train=False), x
+
+
+def test_variables_are_backbone_subtree_plus_one_subtree_per_branch():
+  backbone = conftest.TinyResNet()
+  variables, x = _init(_model(backbone))
+  names = ['a_pds2', 'a_pds3', 'a_pds4', 'a_pds5']
+  assert sorted(variables) == ['batch_stats', 'params']
+  for collection in variables.values():
+    assert sorted(collection) == sorted(['backbone'] + names)
+  plain = backbone.init(jax.random.PRNGKey(0), x, train=False)
+  backbone_subtree = {c: variables[c]['backbone'] for c in variables}
+  assert jax.tree_util.tree_structure(plain) == jax.tree_util.tree_structure(backbone_subtree)
+  assert jax.tree_util.tree_map(jnp.shape, plain) == jax.tree_util.tree_map(jnp.shape,
+                                                                           backbone_subtree)
+
+
+def test_outputs_main_and_aux_logits():
+  model = _model(conftest.TinyResNet())
+  variables, x = _init(model)
+  out = model.apply(variables, x, train=False)
+  assert sorted(out) == ['aux_logits', 'logits']
+  assert out['logits'].shape == (4, 5)
+  assert sorted(out['aux_logits']) == ['a_pds2', 'a_pds3', 'a_pds4', 'a_pds5']
+  assert all(v.shape == (4, 5) and v.dtype == jnp.float32 for v in out['aux_logits'].values())
+
+
+def test_no_branches_is_the_plain_network():
+  backbone = conftest.TinyResNet()
+  model = _model(backbone, blocks=(0, 0, 0, 0))
+  variables, x = _init(model)
+  assert sorted(variables['params']) == ['backbone']
+  out = model.apply(variables, x, train=False)
+  assert out['aux_logits'] == {}
+
+
+def _grads_for_head(model, variables, x, head):
+  labels = jnp.arange(x.shape[0]) % 5
+
+  def loss_fn(params):
+    out, _ = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+    weights = {name: float(name == head) for name in losses.head_logits(out)}
+    return losses.dsop_loss(outputs=out, labels=labels, weights=weights)[0]
+
+  return jax.grad(loss_fn)(variables['params'])
+
+
+def _nonzero(tree) -> bool:
+  return any(bool(jnp.any(leaf != 0)) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.mark.parametrize('head, last_stage', [
+    ('a_pds2', 2), ('a_pds3', 3), ('a_pds4', 4), ('a_pds5', 5), ('logits', 6)])
+def test_eq2_gradient_flow_imagenet_layout(head, last_stage):
+  """L_a^i reaches only backbone layers up to its insertion point, and no other branch."""
+  model = _model(conftest.TinyResNet())
+  variables, x = _init(model, size=64)  # Stage 5 at 2x2: a 1x1 map has zero covariance.
+  grads = _grads_for_head(model, variables, x, head)
+  backbone = grads['backbone']
+  for stage in range(2, 6):
+    assert _nonzero(backbone[f'stage{stage}_block1']) == (stage <= last_stage), (head, stage)
+  assert _nonzero(backbone['conv_init']) and _nonzero(backbone['bn_init'])
+  assert _nonzero(backbone['head']) == (head == 'logits')
+  for name in ['a_pds2', 'a_pds3', 'a_pds4', 'a_pds5']:
+    assert _nonzero(grads[name]) == (name == head), (head, name)
+
+
+def test_eq2_gradient_flow_within_a_stage_cifar_pattern():
+  model = _model(conftest.TinyPreAct(), blocks=(), pattern='[1,0,2]', channels=(4, 4, 4),
+                 reduction=('direct',) * 3)
+  variables, x = _init(model, size=16)
+  grads = _grads_for_head(model, variables, x, 'a_pds2_1')
+  backbone = grads['backbone']
+  assert all(_nonzero(backbone[f'stage1_block{b}']) for b in (1, 2, 3))
+  assert _nonzero(backbone['stage2_block1'])
+  for name in ['stage2_block2', 'stage2_block3', 'stage3_block1', 'bn_final', 'head']:
+    assert not _nonzero(backbone[name]), name
+  assert [n for n in grads if n != 'backbone' and _nonzero(grads[n])] == ['a_pds2_1']

@@ -1,0 +1,94 @@
+"""Detach: bit-identical main-head logits, the plain network's exact variables and parameter count."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import cifar_resnet20
+from configs import imagenet_r18
+from dsop_jax import export
+from dsop_jax import models
+
+
+def _randomise(variables, seed):
+  """Random params and BN statistics, so BN is far from the identity and every path matters."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(variables)
+  rng = np.random.default_rng(seed)
+  out = []
+  for path, leaf in leaves:
+    if 'var' in jax.tree_util.keystr(path):
+      out.append(jnp.asarray(rng.uniform(0.5, 2.0, leaf.shape), jnp.float32))
+    else:
+      out.append(leaf + jnp.asarray(rng.normal(0, 0.05, leaf.shape), jnp.float32))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _imagenet_config():
+  config = imagenet_r18.get_config()
+  config.model.num_classes = 10
+  return config, 64  # Stage 5 at 4x4 (s1).
+
+
+def _cifar_psdr_config():
+  config = cifar_resnet20.get_config('cifar10')
+  config.model.branches.channels = (8, 8, 8)  # Reductions on stages 2 and 3 ...
+  config.model.branches.reduction = ('direct', 'psdr', 'psdr')  # ... one of them a PSDR chain.
+  return config, 32
+
+
+@pytest.mark.parametrize('make_config', [_imagenet_config, _cifar_psdr_config,
+                                         lambda: (cifar_resnet20.get_config('cifar100'), 32)])
+def test_detached_network_is_bit_identical(make_config):
+  config, size = make_config()
+  model, plain = models.create(config.model), models.create_backbone(config.model)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(3, size, size, 3)), jnp.float32)
+  variables = _randomise(model.init(jax.random.PRNGKey(0), x, train=False), seed=1)
+
+  detached = export.detach(variables, [s.name for s in models.branch_specs(config.model)])
+  # The deployed network, as it is called for inference (logits only).
+  deployed = jax.jit(lambda v, x: plain.apply(v, x, train=False)[0])(detached, x)
+  assert not np.allclose(np.asarray(deployed), 0.0)
+
+  # Main head of the training model in eval mode, compiled: the same program after pruning.
+  main_only = jax.jit(lambda v, x: model.apply(v, x, train=False)['logits'])(variables, x)
+  np.testing.assert_array_equal(np.asarray(main_only), np.asarray(deployed))
+
+  # Every head, op by op: the main route runs exactly the same operations on the same weights.
+  with jax.disable_jit():
+    eager_all = model.apply(variables, x, train=False)
+    eager_deployed = plain.apply(detached, x, train=False)[0]
+  assert eager_all['aux_logits']
+  np.testing.assert_array_equal(np.asarray(eager_all['logits']), np.asarray(eager_deployed))
+
+  # Every head compiled as one program: XLA may fuse the main route differently where branches also
+  # read a block output (the GAP reduction order changes), so only float32 rounding may differ.
+  all_heads = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  np.testing.assert_allclose(np.asarray(all_heads['logits']), np.asarray(deployed), rtol=1e-5,
+                             atol=1e-5 * float(np.abs(deployed).max()))
+
+  fresh = jax.eval_shape(lambda x: plain.init(jax.random.PRNGKey(0), x, train=False), x)
+  export.check_same_structure(fresh, detached)
+  assert models.count_params(detached['params']) == models.count_params(fresh['params'])
+  assert models.count_params(detached['params']) < models.count_params(variables['params'])
+
+
+def test_detach_refuses_non_dsop_variables_and_unknown_keys():
+  with pytest.raises(ValueError, match=r"variables\['params'\] has no 'backbone' subtree"):
+    export.detach({'params': {'conv_init': {}}})
+  variables = {'params': {'backbone': {}, 'a_pds2': {}, 'extra': {}}}
+  with pytest.raises(ValueError, match=r"holds keys \['extra'\] that are not branches"):
+    export.detach(variables, ['a_pds2'])
+  assert export.detach(variables) == {'params': {}}
+
+
+def test_structure_mismatch_names_the_keys():
+  config = imagenet_r18.get_config()
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  r18 = jax.eval_shape(lambda x: models.create_backbone(config.model).init(
+      jax.random.PRNGKey(0), x, train=False), x)
+  config.model.name = 'resnet34'
+  r34 = jax.eval_shape(lambda x: models.create_backbone(config.model).init(
+      jax.random.PRNGKey(0), x, train=False), x)
+  with pytest.raises(ValueError, match=r"missing \[.*stage2_block3"):
+    export.check_same_structure(r34, r18)

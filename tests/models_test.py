@@ -1,0 +1,112 @@
+"""Config -> model: registry, branch layouts, loss weights, and validation errors naming the field."""
+
+import re
+
+import pytest
+
+from configs import cifar_base
+from configs import imagenet_base
+from configs import imagenet_r50
+from dsop_jax import models
+
+
+def test_imagenet_table1_branch_names():
+  specs = models.branch_specs(imagenet_base.get_config().model)
+  assert [(s.name, s.attach, s.num_blocks, s.pool_channels) for s in specs] == [
+      ('a_pds2', 'stage2', 2, 64), ('a_pds3', 'stage3', 2, 128), ('a_pds4', 'stage4', 2, 256),
+      ('a_pds5', 'stage5', 2, 256)]
+
+
+def test_table_x_layouts_drop_branches():
+  config = imagenet_base.get_config()
+  config.model.branches.blocks = (8, 0, 0, 8)
+  assert [s.name for s in models.branch_specs(config.model)] == ['a_pds2', 'a_pds5']
+
+
+def test_cifar_pattern_gives_18_branches_for_resnet110():
+  specs = models.branch_specs(cifar_base.get_config().model)
+  assert len(specs) == 18
+  assert [s.name for s in specs[:6]] == [f'a_pds1_{b}' for b in (3, 6, 9, 12, 15, 18)]
+  assert all(s.num_blocks == 3 and s.dropout == 0.5 for s in specs)
+
+
+def test_parse_pattern():
+  assert models.parse_pattern('[0,0,3]x6') == [0, 0, 3] * 6
+  assert models.parse_pattern('[1, 0, 2]') == [1, 0, 2]
+
+
+def test_loss_weights_cifar_betas_per_stage():
+  weights = models.loss_weights(cifar_base.get_config())
+  assert weights['logits'] == 1.0
+  assert {weights[f'a_pds{s}_18'] for s in (1, 2, 3)} == {0.1, 0.2, 0.3}
+  assert weights['a_pds1_3'] == 0.1 and weights['a_pds3_9'] == 0.3
+  assert len(weights) == 19
+
+
+def test_loss_weights_and_heads_include_psdr_side_branches():
+  config = imagenet_r50.get_config()
+  assert models.head_names(config.model) == [
+      'logits', 'a_pds2', 'a_pds3', 'a_pds4', 'a_pds5_psdr1', 'a_pds5']
+  assert set(models.loss_weights(config).values()) == {1.0}
+
+
+def _invalid(mutate, field, config=None):
+  config = config or imagenet_base.get_config()
+  mutate(config)
+  with pytest.raises(ValueError, match=re.escape(f'config.{field} = ')):
+    models.create(config.model)
+
+
+@pytest.mark.parametrize('field, mutate', [
+    ('model.name', lambda c: setattr(c.model, 'name', 'resnet19')),
+    ('model.num_classes', lambda c: setattr(c.model, 'num_classes', 0)),
+    ('model.dtype', lambda c: setattr(c.model, 'dtype', 'float16')),
+    ('model.last_stride', lambda c: setattr(c.model, 'last_stride', 3)),
+    ('model.branches.blocks', lambda c: setattr(c.model.branches, 'blocks', (1, 2, 3))),
+    ('model.branches.blocks', lambda c: setattr(c.model.branches, 'blocks', (1, -2, 3, 4))),
+    ('model.branches.pattern', lambda c: setattr(c.model.branches, 'pattern', '[0,1]')),
+    ('model.branches.channels', lambda c: setattr(c.model.branches, 'channels', (64, 0, 4, 4))),
+    ('model.branches.pool', lambda c: setattr(c.model.branches, 'pool', 'max')),
+    ('model.branches.reduction', lambda c: setattr(c.model.branches, 'reduction', ('psdr',))),
+    ('model.branches.reduction',
+     lambda c: setattr(c.model.branches, 'reduction', ('direct', 'x', 'direct', 'direct'))),
+    ('model.branches.psdr_delta', lambda c: setattr(c.model.branches, 'psdr_delta', 1.5)),
+    ('model.branches.num_iters', lambda c: setattr(c.model.branches, 'num_iters', 0)),
+    ('model.branches.dropout', lambda c: setattr(c.model.branches, 'dropout', 1.0)),
+])
+def test_invalid_fields_are_named(field, mutate):
+  _invalid(mutate, field)
+
+
+def test_pattern_length_must_match_stage_blocks():
+  config = cifar_base.get_config()
+  config.model.branches.pattern = '[0,0,3]x5'
+  with pytest.raises(ValueError, match=r'expands to 15 entries but stage1 of preact_resnet110 has 18'):
+    models.create(config.model)
+
+
+def test_bad_pattern_syntax_and_blocks_plus_pattern():
+  config = cifar_base.get_config()
+  config.model.branches.pattern = '0,0,3'
+  with pytest.raises(ValueError, match=r"config.model.branches.pattern = '0,0,3' is invalid"):
+    models.create(config.model)
+  config = imagenet_base.get_config()
+  config.model.branches.pattern = '[0,2]'
+  with pytest.raises(ValueError, match='set either branches.blocks or branches.pattern'):
+    models.create(config.model)
+
+
+def test_invalid_loss_weights_are_named():
+  config = cifar_base.get_config()
+  config.loss.betas = (0.1, 0.2)
+  with pytest.raises(ValueError, match=re.escape('config.loss.betas = (0.1, 0.2) is invalid')):
+    models.loss_weights(config)
+  config = cifar_base.get_config()
+  config.loss.alpha = -1.0
+  with pytest.raises(ValueError, match=re.escape('config.loss.alpha = -1.0 is invalid')):
+    models.loss_weights(config)
+
+
+def test_unknown_dataset_argument_is_named():
+  with pytest.raises(ValueError, match=r"config argument \(dataset\) = 'svhn' is invalid"):
+    cifar_base.get_config('svhn')
