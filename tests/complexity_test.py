@@ -66,3 +66,15 @@ def test_cli_json_and_overrides():
   assert rep64['params_train'] / 1e6 == pytest.approx(32.7, rel=0.01)
   table = _cli('--config=configs/cifar_wrn28_10.py:cifar10')
   assert 'wrn28_10 at 32x32' in table and 'a_pds3_4' in table
+
+
+def test_resnet18_dsop_parameter_count_exactly_by_hand():
+  """Table I, 18-layer column, counted from the architecture: 2 basic blocks per branch (18C^2 + 4C
+  each), no DR where the stage has no more channels than the target, DR 512->256 at a_pds5."""
+  fc = lambda c: (c * (c + 1) // 2) * 1000 + 1000
+  blocks = lambda c: 2 * (18 * c * c + 4 * c)
+  want = {'a_pds2': blocks(64) + fc(64), 'a_pds3': blocks(128) + fc(128),
+          'a_pds4': blocks(256) + fc(256), 'a_pds5': blocks(512) + 512 * 256 + 2 * 256 + fc(256)}
+  rep = complexity.report(imagenet_r18.get_config())
+  assert {k: v['params'] for k, v in rep['branches'].items()} == want
+  assert rep['params_train'] == 11_689_512 + sum(want.values())
