@@ -44,5 +44,35 @@ def get_config(dataset: str = 'cifar100') -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.dataset = dataset  # TFDS name: cifar10 or cifar100.
+  config.data.data_dir = ''  # TFDS data_dir holding the prepared dataset; '' = TFDS's default.
   config.data.image_size = 32  # CIFAR images are 32x32.
+  config.data.inception_crop = False  # ImageNet only.
+  config.data.shuffle_buffer = 50000  # The whole training set.
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 128  # Global batch (Section V-D).
+  config.train.num_epochs = 110.0  # Pre-activation ResNets (Section V-D).
+  config.train.seed = 0  # Initialisation, data order, augmentation and dropout.
+  config.train.policy = 'one_phase'  # 'one_phase', 'early_removal' or 'two_phase' (Section V-C).
+  config.train.remove_branches_at_epoch = 0.0  # early_removal: epoch to detach branches.
+  config.train.backbone_checkpoint = ''  # two_phase: export dir or workdir of the trained backbone.
+  config.train.on_nonfinite = 'stop'  # A non-finite loss: 'stop' training or 'skip' the step.
+  config.train.eval_every_epochs = 1.0  # Evaluation (and a metrics.jsonl line) interval.
+  config.train.log_every_steps = 100  # Training-metric summaries.
+  config.train.checkpoint_every_steps = 2000  # Periodic checkpoints (plus one at the end).
+  config.train.keep_checkpoints = 3  # Checkpoints kept in WORKDIR/checkpoints.
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = 'sgd'  # 'sgd' or 'radam' (Table IX).
+  config.optim.learning_rate = 0.3  # Pre-activation ResNets: 0.3 (Section V-D).
+  config.optim.momentum = 0.9  # SGD momentum.
+  config.optim.nesterov = False  # Nesterov momentum.
+  config.optim.weight_decay = 1e-4  # Pre-activation ResNets: 1e-4; WRN/ResNeXt: 5e-4.
+  config.optim.schedule = 'step'  # 'step' or 'cosine'.
+  config.optim.decay_epochs = (80, 95)  # Pre-activation ResNets: /10 at 80 and 95.
+  config.optim.decay_factor = 0.1
+  config.optim.warmup_epochs = 0.0  # Linear warm-up from 0.
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 200  # Global eval batch (the last one is padded and masked).
   return config

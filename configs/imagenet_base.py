@@ -37,5 +37,35 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.dataset = 'imagenet2012'  # TFDS name.
+  config.data.data_dir = ''  # TFDS data_dir holding the prepared dataset; '' = TFDS's default.
   config.data.image_size = 224  # Training crop size (Section V-B).
+  config.data.inception_crop = False  # True: Inception-style random-area crop instead of the paper's.
+  config.data.shuffle_buffer = 16384  # Examples in the shuffle buffer (per process).
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 256  # Global batch over all devices and hosts (Section V-B).
+  config.train.num_epochs = 90.0  # Section V-B.
+  config.train.seed = 0  # Initialisation, data order, augmentation and dropout.
+  config.train.policy = 'one_phase'  # 'one_phase', 'early_removal' or 'two_phase' (Section V-C).
+  config.train.remove_branches_at_epoch = 0.0  # early_removal: epoch to detach branches (30/45/60).
+  config.train.backbone_checkpoint = ''  # two_phase: export dir or workdir of the trained backbone.
+  config.train.on_nonfinite = 'stop'  # A non-finite loss: 'stop' training or 'skip' the step.
+  config.train.eval_every_epochs = 1.0  # Evaluation (and a metrics.jsonl line) interval.
+  config.train.log_every_steps = 100  # Training-metric summaries.
+  config.train.checkpoint_every_steps = 2000  # Periodic checkpoints (plus one at the end).
+  config.train.keep_checkpoints = 3  # Checkpoints kept in WORKDIR/checkpoints.
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = 'sgd'  # 'sgd' or 'radam' (Table IX).
+  config.optim.learning_rate = 0.1  # Base learning rate (Section V-B).
+  config.optim.momentum = 0.9  # SGD momentum.
+  config.optim.nesterov = False  # Nesterov momentum.
+  config.optim.weight_decay = 1e-4  # Coupled L2 weight decay on every parameter.
+  config.optim.schedule = 'step'  # 'step' or 'cosine'.
+  config.optim.decay_epochs = (30, 60)  # Step schedule: epochs where the rate is multiplied ...
+  config.optim.decay_factor = 0.1  # ... by this factor.
+  config.optim.warmup_epochs = 0.0  # Linear warm-up from 0.
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 256  # Global eval batch (the last one is padded and masked).
   return config

@@ -7,7 +7,9 @@ and returns the backbone subtree of every collection, which `models.create_backb
 unchanged. Nothing is recomputed or re-initialised, so the detached network is bit-identical.
 """
 
-from typing import Any, Iterable, Mapping, Optional
+import json
+import os
+from typing import Any, Iterable, Mapping, Optional, Tuple
 
 import jax
 
@@ -57,3 +59,75 @@ def check_same_structure(reference: Any, candidate: Any, what: str = 'variables'
     raise ValueError(f'{what} do not match the expected structure: missing {missing[:10]}, '
                      f'unexpected {unknown[:10]}, shape mismatch '
                      f'{[(k, ref[k], got[k]) for k in shapes[:10]]}.')
+
+
+def export(workdir: str, output_dir: str, *, overwrite: bool = False) -> str:
+  """Writes the detached first-order network of WORKDIR's latest checkpoint to OUTPUT_DIR.
+
+  OUTPUT_DIR gets 'variables/' (an Orbax checkpoint of {'params', 'batch_stats'} of the plain
+  network) and 'model_config.json' (the config.model it is built from).
+
+  Raises:
+    ValueError: WORKDIR has no config.json or no checkpoint, or OUTPUT_DIR already holds an export
+      and `overwrite` is False.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from dsop_jax import models  # pylint: disable=g-import-not-at-top
+  from dsop_jax import train  # pylint: disable=g-import-not-at-top
+  config_path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(config_path):
+    raise ValueError(f'--workdir={workdir!r} holds no config.json: not a dsop_jax training workdir.')
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  if os.path.exists(os.path.join(output_dir, 'model_config.json')) and not overwrite:
+    raise ValueError(f'--output_dir={output_dir!r} already holds an export; pass --overwrite to '
+                     'replace it.')
+  variables = train.restore_variables(config, workdir)
+  detached = detach(variables, [s.name for s in models.branch_specs(config.model)])
+  target = os.path.join(os.path.abspath(output_dir), 'variables')
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(target, detached, force=True)
+  with open(os.path.join(output_dir, 'model_config.json'), 'w') as f:
+    f.write(config.model.to_json_best_effort(indent=2))
+  return output_dir
+
+
+def load(output_dir: str) -> Tuple[Any, dict]:
+  """(plain first-order module, its variables) from an export directory, ready for
+  `module.apply(variables, images, train=False)[0]`."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from dsop_jax import models  # pylint: disable=g-import-not-at-top
+  config_path = os.path.join(output_dir, 'model_config.json')
+  if not os.path.exists(config_path):
+    raise ValueError(f'{output_dir!r} is not a dsop_jax export (no model_config.json).')
+  with open(config_path) as f:
+    model_config = ml_collections.ConfigDict(json.load(f))
+  module = models.create_backbone(model_config)
+  size = 32
+  abstract = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x, train=False),
+                            jax.ShapeDtypeStruct((1, size, size, 3), jax.numpy.float32))
+  with ocp.StandardCheckpointer() as checkpointer:
+    variables = checkpointer.restore(os.path.join(os.path.abspath(output_dir), 'variables'),
+                                     abstract)
+  return module, variables
+
+
+def _main(argv: Any) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from dsop_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  del argv
+  checkpointing.quiet_orbax_info_logs()
+  out = export(flags.FLAGS.workdir, flags.FLAGS.output_dir, overwrite=flags.FLAGS.overwrite)
+  print(f'Exported the detached first-order network to {out}')
+
+
+if __name__ == '__main__':
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('workdir', None, 'Training workdir (its latest checkpoint is exported).')
+  flags.DEFINE_string('output_dir', None, 'Directory for the exported plain network.')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing export in --output_dir.')
+  flags.mark_flags_as_required(['workdir', 'output_dir'])
+  app.run(_main)

@@ -1,0 +1,256 @@
+"""Input pipelines (tf.data) for ImageNet, CIFAR-10/100 and the embedded scikit-learn digits.
+
+TensorFlow is used for input only and never sees a GPU. One code path serves every dataset: raw
+records -> this process's shard -> seeded shuffle -> (enumerate, skip to the resume position) ->
+per-example preprocessing with stateless random ops seeded by (seed, epoch, process, index) -> batches.
+So the data order and augmentation are a pure function of (seed, step): a run resumed at step k sees
+exactly the batches an uninterrupted run sees from step k on.
+
+Augmentation (Section V-B): ImageNet, shorter side resized to a random size in [256, 512], random
+224x224 crop, random flip, mean/std normalisation (or an Inception crop); eval, shorter side 256 and a
+centre crop. CIFAR, 4-pixel zero padding, random 32x32 crop, random flip; eval on the original images.
+Digits (1,797 8x8 images shipped inside scikit-learn, upscaled to 32x32, fixed 1437/360 split), a
+2-pixel pad and random crop without flips (digits are not mirror-symmetric).
+"""
+
+import dataclasses
+import math
+from typing import Any, Dict, Iterator, Tuple
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+tf.config.set_visible_devices([], 'GPU')  # Input pipeline only: never take accelerator memory.
+
+_IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+_IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+_CIFAR_MEAN = (0.4914 * 255, 0.4822 * 255, 0.4465 * 255)
+_CIFAR_STD = (0.2470 * 255, 0.2435 * 255, 0.2616 * 255)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_classes: int
+  train_split: str
+  eval_split: str
+  augment: str  # 'imagenet', 'cifar' or 'digits'.
+  mean: Tuple[float, float, float]
+  std: Tuple[float, float, float]
+
+
+DATASETS: Dict[str, DatasetInfo] = {
+    'imagenet2012': DatasetInfo(1000, 'train', 'validation', 'imagenet', _IMAGENET_MEAN,
+                                _IMAGENET_STD),
+    'cifar10': DatasetInfo(10, 'train', 'test', 'cifar', _CIFAR_MEAN, _CIFAR_STD),
+    'cifar100': DatasetInfo(100, 'train', 'test', 'cifar', _CIFAR_MEAN, _CIFAR_STD),
+    'digits': DatasetInfo(10, 'train', 'test', 'digits', (0.0,) * 3, (1.0,) * 3),  # Set below.
+}
+DIGITS_TEST_SIZE = 360
+
+
+def _digits_arrays() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+  """scikit-learn's digits as uint8 32x32x3 images with a fixed (seed 0) 1437/360 split."""
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # 8x8 in [0, 16].
+  images = np.repeat(np.repeat(images, 4, axis=1), 4, axis=2)  # Nearest upscaling to 32x32.
+  images = np.repeat(images[..., None], 3, axis=-1)
+  order = np.random.default_rng(0).permutation(len(images))
+  test, train = order[:DIGITS_TEST_SIZE], order[DIGITS_TEST_SIZE:]
+  return {'train': (images[train], digits.target[train].astype(np.int64)),
+          'test': (images[test], digits.target[test].astype(np.int64))}
+
+
+def _digits_stats() -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+  images, _ = _digits_arrays()['train']
+  return (float(images.mean()),) * 3, (float(images.std()),) * 3
+
+
+def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+  name = config.data.dataset
+  if name not in DATASETS:
+    raise ValueError(f'config.data.dataset = {name!r} is invalid: allowed: {", ".join(DATASETS)}.')
+  info = DATASETS[name]
+  if name == 'digits':
+    mean, std = _digits_stats()
+    info = dataclasses.replace(info, mean=mean, std=std)
+  return info
+
+
+def check_prepared(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming config.data.dataset / data_dir when a TFDS dataset is not prepared."""
+  info = dataset_info(config)
+  if config.data.dataset == 'digits':
+    return
+  builder = tfds.builder(config.data.dataset, data_dir=config.data.data_dir or None)
+  if not builder.is_prepared():
+    how = ('download the ILSVRC2012 train/val tars to <data_dir>/downloads/manual and run '
+           '`tfds build imagenet2012 --data_dir=<data_dir>`' if config.data.dataset == 'imagenet2012'
+           else f'run `tfds build {config.data.dataset} --data_dir=<data_dir>` on a machine with '
+           'network access')
+    raise ValueError(f'config.data.dataset = {config.data.dataset!r} is not prepared at '
+                     f'config.data.data_dir = {builder.data_dir!r}: {how}.')
+  for split in (info.train_split, info.eval_split):
+    if split not in builder.info.splits:
+      raise ValueError(f'config.data.dataset = {config.data.dataset!r} at {builder.data_dir!r} has '
+                       f'no {split!r} split (has {sorted(builder.info.splits)}).')
+
+
+def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
+  """Examples in a split of the whole dataset (all processes)."""
+  if config.data.dataset == 'digits':
+    return len(_digits_arrays()[split][1])
+  builder = tfds.builder(config.data.dataset, data_dir=config.data.data_dir or None)
+  return builder.info.splits[split].num_examples
+
+
+def _records(config: ml_collections.ConfigDict, split: str, *, process_index: int,
+             process_count: int, train: bool, file_seed: int) -> Tuple[tf.data.Dataset, int]:
+  """This process's raw records of `split` and their count ({'image', 'label'})."""
+  total = num_examples(config, split)
+  count = total // process_count if train else math.ceil(total / process_count)
+  if config.data.dataset == 'digits':
+    images, labels = _digits_arrays()[split]
+    shard = slice(process_index, None, process_count)
+    ds = tf.data.Dataset.from_tensor_slices({'image': images[shard], 'label': labels[shard]})
+  else:
+    builder = tfds.builder(config.data.dataset, data_dir=config.data.data_dir or None)
+    decoders = ({'image': tfds.decode.SkipDecoding()}
+                if config.data.dataset == 'imagenet2012' else None)
+    ds = builder.as_dataset(
+        split=tfds.split_for_jax_process(split, process_index=process_index,
+                                         process_count=process_count, drop_remainder=train),
+        shuffle_files=train, decoders=decoders,
+        read_config=tfds.ReadConfig(shuffle_seed=file_seed, interleave_cycle_length=16))
+    ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
+  return ds.take(count), count
+
+
+def _normalise(image: tf.Tensor, info: DatasetInfo) -> tf.Tensor:
+  image = tf.cast(image, tf.float32)
+  return (image - tf.constant(info.mean)) / tf.constant(info.std)
+
+
+def _pad_crop_flip(image: tf.Tensor, seed: tf.Tensor, pad: int, flip: bool) -> tf.Tensor:
+  size = image.shape[0]
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+  image = tf.image.stateless_random_crop(image, (size, size, 3), seed=crop_seed)
+  return tf.image.stateless_random_flip_left_right(image, flip_seed) if flip else image
+
+
+def _resize_shorter(image: tf.Tensor, shorter: tf.Tensor) -> tf.Tensor:
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = tf.cast(shorter, tf.float32) / tf.reduce_min(shape)
+  new = tf.cast(tf.math.ceil(shape * scale), tf.int32)
+  return tf.image.resize(image, new, method='bilinear', antialias=True)
+
+
+def _imagenet_train(jpeg: tf.Tensor, seed: tf.Tensor, size: int, inception: bool) -> tf.Tensor:
+  crop_seed, flip_seed, scale_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+  if inception:  # Random area 8%-100%, aspect ratio 3/4-4/3, resized to size x size.
+    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.io.extract_jpeg_shape(jpeg), tf.zeros((1, 0, 4)), seed=crop_seed,
+        area_range=(0.08, 1.0), aspect_ratio_range=(0.75, 4 / 3), max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
+    window = tf.stack([begin[0], begin[1], crop[0], crop[1]])
+    image = tf.io.decode_and_crop_jpeg(jpeg, window, channels=3)
+    image = tf.image.resize(image, (size, size), method='bilinear', antialias=True)
+  else:  # Paper: shorter side random in [256, 512] (for 224 crops), random crop.
+    low, high = round(size * 256 / 224), round(size * 512 / 224)
+    shorter = tf.random.stateless_uniform((), scale_seed, low, high + 1, dtype=tf.int32)
+    image = _resize_shorter(tf.io.decode_jpeg(jpeg, channels=3), shorter)
+    image = tf.image.stateless_random_crop(image, (size, size, 3), seed=crop_seed)
+  return tf.image.stateless_random_flip_left_right(image, flip_seed)
+
+
+def _imagenet_eval(jpeg: tf.Tensor, size: int) -> tf.Tensor:
+  image = _resize_shorter(tf.io.decode_jpeg(jpeg, channels=3), round(size * 256 / 224))
+  shape = tf.shape(image)
+  top, left = (shape[0] - size) // 2, (shape[1] - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+def preprocess(example: Dict[str, tf.Tensor], seed: tf.Tensor, *, info: DatasetInfo, train: bool,
+               image_size: int, inception_crop: bool = False) -> Dict[str, tf.Tensor]:
+  """One example -> {'image': float32 normalised HxWx3, 'label': int32}."""
+  image = example['image']
+  if info.augment == 'imagenet':
+    image = (_imagenet_train(image, seed, image_size, inception_crop) if train
+             else _imagenet_eval(image, image_size))
+  elif train:
+    image = _pad_crop_flip(image, seed, pad=4 if info.augment == 'cifar' else 2,
+                           flip=info.augment == 'cifar')
+  image = tf.ensure_shape(_normalise(image, info), (image_size, image_size, 3))
+  return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict, global_batch_size: int) -> int:
+  """Training steps per epoch: every process drops the same remainder."""
+  return num_examples(config, dataset_info(config).train_split) // global_batch_size
+
+
+def train_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, start_step: int,
+                  seed: int, process_index: int = 0, process_count: int = 1
+                  ) -> Iterator[Dict[str, np.ndarray]]:
+  """Endless training batches of this process, starting at global step `start_step`."""
+  info = dataset_info(config)
+  per_epoch = steps_per_epoch(config, local_batch_size * process_count)
+  if per_epoch < 1:
+    raise ValueError(f'config.train.batch_size = {local_batch_size * process_count} is larger '
+                     f'than the training split of {config.data.dataset!r}.')
+  epoch, offset = divmod(start_step, per_epoch)
+  while True:
+    epoch_seed = seed * 1_000_003 + epoch
+    ds, count = _records(config, info.train_split, process_index=process_index,
+                         process_count=process_count, train=True, file_seed=epoch_seed)
+    ds = ds.shuffle(min(count, config.data.shuffle_buffer), seed=epoch_seed,
+                    reshuffle_each_iteration=False)
+    ds = ds.enumerate().skip(offset * local_batch_size)
+    ds = ds.map(lambda i, ex: preprocess(
+        ex, tf.stack([tf.constant(epoch_seed, tf.int64), i + process_index * 2**40]), info=info,
+        train=True, image_size=config.data.image_size, inception_crop=config.data.inception_crop),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_batch_size, drop_remainder=True).take(per_epoch - offset)
+    yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+    epoch, offset = epoch + 1, 0
+
+
+def eval_steps(config: ml_collections.ConfigDict, global_batch_size: int,
+               process_count: int = 1) -> int:
+  total = num_examples(config, dataset_info(config).eval_split)
+  return math.ceil(math.ceil(total / process_count) / (global_batch_size // process_count))
+
+
+def eval_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[Dict[str, np.ndarray]]:
+  """Every eval example once, in batches padded to full size; 'mask' marks real examples.
+
+  Every process yields the same number of batches (`eval_steps`), all-padding ones included, so the
+  collective eval step runs in lockstep on all hosts.
+  """
+  info = dataset_info(config)
+  ds, _ = _records(config, info.eval_split, process_index=process_index,
+                   process_count=process_count, train=False, file_seed=0)
+  ds = ds.map(lambda ex: preprocess(ex, tf.zeros(2, tf.int64), info=info, train=False,
+                                    image_size=config.data.image_size),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(local_batch_size).prefetch(tf.data.AUTOTUNE)
+  steps = eval_steps(config, local_batch_size * process_count, process_count)
+  produced = 0
+  for batch in ds.as_numpy_iterator():
+    yield _pad(batch, local_batch_size)
+    produced += 1
+  size = config.data.image_size
+  empty = {'image': np.zeros((0, size, size, 3), np.float32), 'label': np.zeros((0,), np.int32)}
+  for _ in range(steps - produced):
+    yield _pad(empty, local_batch_size)
+
+
+def _pad(batch: Dict[str, Any], size: int) -> Dict[str, np.ndarray]:
+  n = len(batch['label'])
+  pad = lambda a: np.concatenate([a, np.zeros((size - n,) + a.shape[1:], a.dtype)])  # noqa: E731
+  return {'image': pad(batch['image']), 'label': pad(batch['label']),
+          'mask': np.arange(size) < n}

@@ -1,0 +1,28 @@
+"""Subprocess for train_test: trains the tiny digits config on however many CPU devices XLA_FLAGS
+gives this process and saves the final parameters and metrics to the given .npz path."""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from dsop_jax import train  # pylint: disable=g-import-not-at-top
+from tests import train_helpers  # pylint: disable=g-import-not-at-top
+
+
+def main(workdir: str, out: str) -> None:
+  config = train_helpers.tiny_digits_config(num_epochs=1 / 22, checkpoint_every_steps=100)
+  state = train.train_and_evaluate(config, workdir)
+  flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in
+          jax.tree_util.tree_leaves_with_path({'params': state.params, 'stats': state.batch_stats})}
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    last = json.loads(f.readlines()[-1])
+  np.savez(out, devices=jax.device_count(), metrics=json.dumps(last['eval']), **flat)
+
+
+if __name__ == '__main__':
+  main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,35 @@
+"""Tiny training configs shared by the training tests and the data-parallel subprocess."""
+
+import ml_collections
+
+from configs import imagenet_r18
+from configs import quickstart
+
+
+def tiny_digits_config(**train) -> ml_collections.ConfigDict:
+  """Quickstart on the real digits with 1-block branches, constant learning rate, batch 64."""
+  config = quickstart.get_config()
+  config.model.branches.pattern = '[0,0,1]'
+  config.train.batch_size = 64  # 1437 // 64 = 22 steps per epoch.
+  config.train.num_epochs = 0.25  # 6 steps.
+  config.train.log_every_steps = 2
+  config.train.checkpoint_every_steps = 3
+  config.optim.schedule = 'step'
+  config.optim.warmup_epochs = 0.0
+  config.eval.batch_size = 120
+  config.train.update(train)
+  return config
+
+
+def tiny_imagenet_config() -> ml_collections.ConfigDict:
+  """ResNet-18-s1 with two small branches at 32x32 on mocked imagenet2012 (64 examples)."""
+  config = imagenet_r18.get_config()
+  config.data.image_size = 32
+  config.data.shuffle_buffer = 64
+  config.model.branches.blocks = (1, 0, 0, 1)
+  config.model.branches.channels = (8, 8, 8, 8)
+  config.train.batch_size = 16
+  config.train.num_epochs = 0.5
+  config.train.log_every_steps = 1
+  config.eval.batch_size = 32
+  return config
