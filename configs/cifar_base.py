@@ -1,9 +1,10 @@
 """Shared CIFAR settings of the paper (Section V-D, Table IV): stage patterns, <=128 pooled channels
 with direct DR, dropout 0.5 before each branch classifier, betas 0.1/0.2/0.3 for stages 1-3.
 
-Each cifar_*.py file sets the backbone and its Table IV stage pattern. The dataset is the config
-argument (default cifar100):
-  python -m dsop_jax.complexity --config=configs/cifar_resnet110.py:cifar10
+Each cifar_*.py file sets the backbone and its Table IV stage pattern. The config argument is the
+dataset (default cifar100), optionally followed by ',plain' for the first-order baseline:
+  python -m dsop_jax.main --config=configs/cifar_resnet110.py:cifar10 --workdir=...
+  python -m dsop_jax.main --config=configs/cifar_resnet110.py:cifar10,plain --workdir=...
 """
 
 import ml_collections
@@ -11,11 +12,25 @@ import ml_collections
 NUM_CLASSES = {'cifar10': 10, 'cifar100': 100}
 
 
-def get_config(dataset: str = 'cifar100') -> ml_collections.ConfigDict:
+def parse_argument(argument: str) -> tuple:
+  """'cifar10', 'cifar100', optionally followed by ',plain' -> (dataset, plain)."""
+  dataset, *options = argument.split(',')
+  if dataset not in NUM_CLASSES or any(o != 'plain' for o in options):
+    raise ValueError(f'config argument (dataset) = {argument!r} is invalid: allowed: '
+                     f'{", ".join(NUM_CLASSES)}, optionally followed by ",plain".')
+  return dataset, bool(options)
+
+
+def plain(config: ml_collections.ConfigDict, is_plain: bool) -> ml_collections.ConfigDict:
+  """Without branches when `is_plain`: the first-order baseline of Tables V-VI."""
+  if is_plain:
+    config.model.branches.pattern = ''
+  return config
+
+
+def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:
   """Pre-activation ResNet-110 with the Table IV layout; variants override the backbone fields."""
-  if dataset not in NUM_CLASSES:
-    raise ValueError(f'config argument (dataset) = {dataset!r} is invalid: allowed: '
-                     f'{", ".join(NUM_CLASSES)}.')
+  dataset, is_plain = parse_argument(argument)
   config = ml_collections.ConfigDict()
 
   config.model = ml_collections.ConfigDict()
@@ -75,4 +90,4 @@ def get_config(dataset: str = 'cifar100') -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 200  # Global eval batch (the last one is padded and masked).
-  return config
+  return plain(config, is_plain)

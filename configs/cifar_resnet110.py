@@ -2,7 +2,8 @@
 
 Paper: Table V (CIFAR-10) 5.73% top-1 error, plain 6.37; Table VI (CIFAR-100) 25.43%, plain 26.88.
 
-  python -m dsop_jax.complexity --config=configs/cifar_resnet110.py:cifar10
+  python -m dsop_jax.main --config=configs/cifar_resnet110.py:cifar10 --workdir=...        # DSoP-Net
+  python -m dsop_jax.main --config=configs/cifar_resnet110.py:cifar100,plain --workdir=... # baseline
 """
 
 import ml_collections
@@ -10,8 +11,9 @@ import ml_collections
 from configs import cifar_base
 
 
-def get_config(dataset: str = 'cifar100') -> ml_collections.ConfigDict:
+def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:
+  dataset, is_plain = cifar_base.parse_argument(argument)
   config = cifar_base.get_config(dataset)
   config.model.name = 'preact_resnet110'
   config.model.branches.pattern = '[0,0,3]x6'  # Table IV.
-  return config
+  return cifar_base.plain(config, is_plain)

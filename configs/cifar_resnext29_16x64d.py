@@ -2,7 +2,8 @@
 
 Paper: Table V (CIFAR-10) 3.20% top-1 error, plain 3.58; Table VI (CIFAR-100) 16.23%, plain 17.31.
 
-  python -m dsop_jax.complexity --config=configs/cifar_resnext29_16x64d.py:cifar10
+  python -m dsop_jax.main --config=configs/cifar_resnext29_16x64d.py:cifar10 --workdir=...        # DSoP-Net
+  python -m dsop_jax.main --config=configs/cifar_resnext29_16x64d.py:cifar100,plain --workdir=... # baseline
 """
 
 import ml_collections
@@ -10,7 +11,8 @@ import ml_collections
 from configs import cifar_base
 
 
-def get_config(dataset: str = 'cifar100') -> ml_collections.ConfigDict:
+def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:
+  dataset, is_plain = cifar_base.parse_argument(argument)
   config = cifar_base.get_config(dataset)
   config.model.name = 'resnext29_16x64d'
   config.model.branches.pattern = '[1,0,2]'  # Table IV.
@@ -18,4 +20,4 @@ def get_config(dataset: str = 'cifar100') -> ml_collections.ConfigDict:
   config.optim.learning_rate = 0.1
   config.optim.weight_decay = 5e-4
   config.optim.decay_epochs = (150, 225)
-  return config
+  return cifar_base.plain(config, is_plain)

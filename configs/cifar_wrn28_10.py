@@ -2,7 +2,8 @@
 
 Paper: Table V (CIFAR-10) 3.81% top-1 error, plain 4.17; Table VI (CIFAR-100) 18.50%, plain 20.50.
 
-  python -m dsop_jax.complexity --config=configs/cifar_wrn28_10.py:cifar10
+  python -m dsop_jax.main --config=configs/cifar_wrn28_10.py:cifar10 --workdir=...        # DSoP-Net
+  python -m dsop_jax.main --config=configs/cifar_wrn28_10.py:cifar100,plain --workdir=... # baseline
 """
 
 import ml_collections
@@ -10,7 +11,8 @@ import ml_collections
 from configs import cifar_base
 
 
-def get_config(dataset: str = 'cifar100') -> ml_collections.ConfigDict:
+def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:
+  dataset, is_plain = cifar_base.parse_argument(argument)
   config = cifar_base.get_config(dataset)
   config.model.name = 'wrn28_10'
   config.model.branches.pattern = '[0,2,0,2]'  # Table IV.
@@ -19,4 +21,4 @@ def get_config(dataset: str = 'cifar100') -> ml_collections.ConfigDict:
   config.optim.weight_decay = 5e-4
   config.optim.decay_epochs = (60, 120, 160)
   config.optim.decay_factor = 0.2
-  return config
+  return cifar_base.plain(config, is_plain)

@@ -7,7 +7,20 @@ Not a paper row on its own: the imagenet_r*.py files import it and set the backb
 import ml_collections
 
 
-def get_config() -> ml_collections.ConfigDict:
+def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+  """The config argument: comma-separated options 's2' (standard stride, Table II's "-s2" rows) and
+  'plain' (no branches: the first-order baseline), e.g. --config=configs/imagenet_r50.py:s2,plain."""
+  for option in filter(None, variant.split(',')):
+    if option == 's2':
+      config.model.last_stride = 2
+    elif option == 'plain':
+      config.model.branches.blocks = (0,) * len(config.model.branches.blocks)
+    else:
+      raise ValueError(f'config argument option {option!r} is invalid: allowed: s2, plain.')
+  return config
+
+
+def get_config(variant: str = '') -> ml_collections.ConfigDict:
   """ResNet-18-s1 with the Table I branches; variants override `model.name` and the layout."""
   config = ml_collections.ConfigDict()
 
@@ -68,4 +81,4 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 256  # Global eval batch (the last one is padded and masked).
-  return config
+  return apply_variant(config, variant)

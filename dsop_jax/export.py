@@ -71,15 +71,10 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False) -> str:
     ValueError: WORKDIR has no config.json or no checkpoint, or OUTPUT_DIR already holds an export
       and `overwrite` is False.
   """
-  import ml_collections  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from dsop_jax import models  # pylint: disable=g-import-not-at-top
   from dsop_jax import train  # pylint: disable=g-import-not-at-top
-  config_path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(config_path):
-    raise ValueError(f'--workdir={workdir!r} holds no config.json: not a dsop_jax training workdir.')
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = train.workdir_config(workdir)
   if os.path.exists(os.path.join(output_dir, 'model_config.json')) and not overwrite:
     raise ValueError(f'--output_dir={output_dir!r} already holds an export; pass --overwrite to '
                      'replace it.')

@@ -189,16 +189,22 @@ def _validate(config: ml_collections.ConfigDict, input_pipeline: Any) -> None:
   input_pipeline.check_prepared(config)
 
 
-def _init_state(model: Any, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
-                mesh: Any) -> TrainState:
-  size = config.data.image_size
+def _state_init_fn(model: Any, tx: optax.GradientTransformation, image_size: int
+                   ) -> Callable[[jax.Array], TrainState]:
+  """rng -> a fresh TrainState (variables initialised on a 1-image batch)."""
 
   def init(rng):
-    variables = model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
-    params = variables['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
+    variables = model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                      batch_stats=variables.get('batch_stats', {}),
+                      opt_state=tx.init(variables['params']))
 
+  return init
+
+
+def _init_state(model: Any, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                mesh: Any) -> TrainState:
+  init = _state_init_fn(model, tx, config.data.image_size)
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(
       jax.random.PRNGKey(config.train.seed))
 
@@ -206,11 +212,9 @@ def _init_state(model: Any, tx: optax.GradientTransformation, config: ml_collect
 def _load_backbone(state: TrainState, config: ml_collections.ConfigDict, mesh: Any) -> TrainState:
   """Two-phase training: the trained backbone goes into the 'backbone' subtree."""
   path = config.train.backbone_checkpoint
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    abstract = _abstract_state(state)
-    restored, _ = checkpointing.Checkpointer(path).restore(abstract)
-    backbone = {'params': restored.params['backbone'],
-                'batch_stats': restored.batch_stats.get('backbone', {})}
+  if os.path.isdir(os.path.join(path, 'checkpoints')):  # A training workdir, of its own config.
+    variables = restore_variables(workdir_config(path), path)
+    backbone = {c: variables[c][dsop.BACKBONE] for c in ('params', 'batch_stats')}
   else:
     _, backbone = export.load(path)
   expected = {'params': state.params['backbone'], 'batch_stats': state.batch_stats['backbone']}
@@ -226,8 +230,10 @@ def _abstract_state(state: TrainState) -> TrainState:
 
 
 def _summarise(history: Sequence[Mapping[str, jax.Array]]) -> Dict[str, float]:
-  stacked = jax.device_get(history)
-  return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+  """Mean of every metric over the steps that report it (heads disappear at early removal)."""
+  fetched = jax.device_get(list(history))
+  keys = dict.fromkeys(k for m in fetched for k in m)
+  return {k: float(np.mean([m[k] for m in fetched if k in m])) for k in keys}
 
 
 def _nested(flat: Mapping[str, float]) -> Dict[str, Dict[str, float]]:
@@ -367,20 +373,21 @@ def _log_eval(writer: Any, workdir: str, step: int, steps_per_epoch: int,
 
 def _abstract_initial_state(config: ml_collections.ConfigDict, mesh: Any) -> TrainState:
   """Shapes and shardings of a fresh training state of `config` (nothing is computed)."""
-  model = models.create(config.model)
   tx = optim.create_optimizer(config, steps_per_epoch=1, num_steps=1)
-  size = config.data.image_size
-
-  def init(rng):
-    variables = model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                      batch_stats=variables.get('batch_stats', {}),
-                      opt_state=tx.init(variables['params']))
-
+  init = _state_init_fn(models.create(config.model), tx, config.data.image_size)
   replicated = sharding.replicated(mesh)
   return jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       jax.eval_shape(init, jax.random.PRNGKey(0)))
+
+
+def workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a training workdir was trained with (its config.json)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise ValueError(f'{workdir!r} holds no config.json: not a dsop_jax training workdir.')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
 
 
 def restore_variables(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:

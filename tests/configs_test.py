@@ -44,3 +44,23 @@ def test_config_builds_and_runs_forward(name):
   total, _ = losses.dsop_loss(outputs=out, labels=jnp.zeros(2, jnp.int32),
                               weights=models.loss_weights(config))
   assert bool(jnp.isfinite(total))
+
+
+def test_imagenet_variants():
+  r50 = importlib.import_module('configs.imagenet_r50')
+  assert r50.get_config().model.last_stride == 1
+  config = r50.get_config('s2,plain')
+  assert config.model.last_stride == 2 and config.model.branches.blocks == (0, 0, 0, 0)
+  assert models.branch_specs(config.model) == []
+  with pytest.raises(ValueError, match=r"config argument option 's3' is invalid: allowed: s2, plain"):
+    r50.get_config('s3')
+
+
+def test_cifar_variants():
+  wrn = importlib.import_module('configs.cifar_wrn28_10')
+  config = wrn.get_config('cifar10,plain')
+  assert config.model.num_classes == 10 and config.model.branches.pattern == ''
+  assert config.optim.decay_epochs == (60, 120, 160) and config.optim.decay_factor == 0.2
+  assert len(models.branch_specs(wrn.get_config('cifar100').model)) == 6
+  with pytest.raises(ValueError, match=r"config argument \(dataset\) = 'cifar10,dsop' is invalid"):
+    wrn.get_config('cifar10,dsop')

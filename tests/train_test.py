@@ -159,3 +159,77 @@ def test_unprepared_dataset_is_named(tmp_path):
   config.data.data_dir = str(tmp_path / 'no_data_here')
   _config_error(config, r"config.data.dataset = 'cifar10' is not prepared at config.data.data_dir",
                 tmp_path)
+
+
+def test_early_removal_freezes_branches_after_the_removal_step(tmp_path):
+  config = train_helpers.tiny_digits_config(policy='early_removal', remove_branches_at_epoch=3 / 22,
+                                            checkpoint_every_steps=3)  # Branches removed at step 3.
+  final = train.train_and_evaluate(config, str(tmp_path))
+  checkpointer = checkpointing.Checkpointer(str(tmp_path))
+  at_removal, _ = checkpointer.restore(jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), final), step=3)
+  for name in final.params:
+    same = all(np.array_equal(a, b) for a, b in zip(_leaves(final.params[name]),
+                                                     _leaves(at_removal.params[name])))
+    assert same == (name != 'backbone'), name
+  assert set(_metrics(tmp_path)[-1]['train']) == {'logits'}  # Only the main head after removal.
+
+
+def test_two_phase_trains_branches_on_a_frozen_backbone(tmp_path):
+  plain = train_helpers.tiny_digits_config(num_epochs=2 / 22)
+  plain.model.branches.pattern = ''
+  train.train_and_evaluate(plain, str(tmp_path / 'plain'))
+  export.export(str(tmp_path / 'plain'), str(tmp_path / 'backbone'))
+  _, backbone = export.load(str(tmp_path / 'backbone'))
+
+  config = train_helpers.tiny_digits_config(num_epochs=2 / 22, policy='two_phase',
+                                            backbone_checkpoint=str(tmp_path / 'backbone'))
+  state = train.train_and_evaluate(config, str(tmp_path / 'branches'))
+  for a, b in zip(_leaves(backbone), _leaves({'params': state.params['backbone'],
+                                              'batch_stats': state.batch_stats['backbone']})):
+    np.testing.assert_array_equal(a, b)
+  heads = set(_metrics(tmp_path / 'branches')[-1]['eval'])
+  assert heads == {'logits', 'a_pds1_3', 'a_pds2_3', 'a_pds3_3'}
+
+
+def test_two_phase_refuses_a_backbone_of_another_network(tmp_path):
+  other = train_helpers.tiny_digits_config(num_epochs=1 / 22)
+  other.model.name = 'preact_resnet110'
+  other.model.branches.pattern = ''
+  train.train_and_evaluate(other, str(tmp_path / 'r110'))
+  config = train_helpers.tiny_digits_config(policy='two_phase',
+                                            backbone_checkpoint=str(tmp_path / 'r110'))
+  with pytest.raises(ValueError, match='do not match the expected structure'):
+    train.train_and_evaluate(config, str(tmp_path / 'branches'))
+
+
+def test_sigterm_saves_the_current_step_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  overrides = ['--config.model.branches.pattern=[0,0,1]', '--config.train.num_epochs=0.5',
+               '--config.train.checkpoint_every_steps=1000', '--config.train.log_every_steps=1',
+               '--config.optim.schedule=step', '--config.optim.warmup_epochs=0']
+  workdir = str(tmp_path / 'preempted')
+  command = [sys.executable, '-m', 'dsop_jax.main', '--config=configs/quickstart.py',
+             f'--workdir={workdir}', *overrides]
+  root = os.path.dirname(HERE)
+  log = open(tmp_path / 'log.txt', 'w+')
+  process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+  deadline = time.time() + 240
+  while '] train/' not in open(tmp_path / 'log.txt').read():  # At least one step done.
+    assert process.poll() is None and time.time() < deadline, open(tmp_path / 'log.txt').read()
+    time.sleep(0.2)
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=120) == 0
+  text = open(tmp_path / 'log.txt').read()
+  assert 'Preempted (SIGTERM) at step' in text
+  saved = checkpointing.Checkpointer(workdir).latest_step()
+  assert saved is not None and 1 <= saved < 11  # The step it was at, not a periodic checkpoint.
+  subprocess.run(command, cwd=root, check=True, capture_output=True)
+  subprocess.run([*command[:4], f'--workdir={tmp_path / "uninterrupted"}', *overrides], cwd=root,
+                 check=True, capture_output=True)
+  config = train.workdir_config(workdir)
+  resumed = train.restore_variables(config, workdir)
+  uninterrupted = train.restore_variables(config, str(tmp_path / 'uninterrupted'))
+  for a, b in zip(_leaves(resumed), _leaves(uninterrupted)):
+    np.testing.assert_array_equal(a, b)
