@@ -25,12 +25,16 @@ _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.ini
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Index of this process.')
+_CPU_COLLECTIVES = flags.DEFINE_enum('cpu_collectives', None, ['gloo', 'mpi'],
+                                     'Collectives for multi-process runs on CPU (tests, laptops).')
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   checkpointing.quiet_orbax_info_logs()
+  if _CPU_COLLECTIVES.value:
+    jax.config.update('jax_cpu_collectives_implementation', _CPU_COLLECTIVES.value)
   if _DISTRIBUTED.value or _COORDINATOR.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)

@@ -15,6 +15,14 @@ from tests import train_helpers  # pylint: disable=g-import-not-at-top
 
 
 def main(workdir: str, out: str) -> None:
+  if jax.device_count() == 8:  # A global batch that does not split over 8 devices is refused.
+    bad = train_helpers.tiny_digits_config(batch_size=12)
+    try:
+      train.train_and_evaluate(bad, workdir + '_bad')
+      raise AssertionError('batch_size=12 on 8 devices was accepted')
+    except ValueError as e:
+      assert 'config.train.batch_size = 12 is invalid: must be a positive multiple of the number ' \
+             'of devices (8)' in str(e), e
   config = train_helpers.tiny_digits_config(num_epochs=1 / 22, checkpoint_every_steps=100)
   state = train.train_and_evaluate(config, workdir)
   flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in

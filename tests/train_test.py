@@ -233,3 +233,39 @@ def test_sigterm_saves_the_current_step_and_the_rerun_matches_an_uninterrupted_r
   uninterrupted = train.restore_variables(config, str(tmp_path / 'uninterrupted'))
   for a, b in zip(_leaves(resumed), _leaves(uninterrupted)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_bfloat16_mixed_precision_trains_with_float32_parameters(tmp_path):
+  config = train_helpers.tiny_digits_config(num_epochs=2 / 22)
+  config.model.dtype = 'bfloat16'
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert {x.dtype for x in jax.tree_util.tree_leaves((state.params, state.batch_stats))} == {
+      jnp.dtype(jnp.float32)}
+  (record,) = _metrics(tmp_path)
+  assert all(np.isfinite(m['loss']) for m in record['eval'].values())
+
+
+def test_two_processes_with_jax_distributed(tmp_path):
+  """`dsop_jax.main` as 2 processes (jax.distributed on 127.0.0.1, gloo collectives): each reads
+  its own data shard, both see the same global metrics, and the checkpoint is written collectively."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  workdir = str(tmp_path / 'work')
+  processes = [subprocess.Popen(
+      [sys.executable, '-m', 'dsop_jax.main', '--config=configs/quickstart.py', f'--workdir={workdir}',
+       '--config.model.branches.pattern=[0,0,1]', '--config.train.num_epochs=0.25',
+       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}',
+       '--cpu_collectives=gloo'], cwd=os.path.dirname(HERE), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+               for i in range(2)]
+  logs = [p.communicate(timeout=400)[0] for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+  for i, log in enumerate(logs):
+    assert f'JAX process {i}/2, 1 local / 2 global devices' in log
+  evals = [[line.split('): ', 1)[1] for line in log.splitlines() if 'Eval at step 6' in line]
+           for log in logs]
+  assert evals[0] and evals[0] == evals[1]
+  assert [r['step'] for r in _metrics(workdir)] == [6]
+  assert checkpointing.Checkpointer(workdir).manager.all_steps() == [6]
