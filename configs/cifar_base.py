@@ -28,6 +28,23 @@ def plain(config: ml_collections.ConfigDict, is_plain: bool) -> ml_collections.C
   return config
 
 
+def wrn_schedule(config: ml_collections.ConfigDict) -> None:
+  """WRN schedule (Section V-D): 200 epochs, lr 0.1 divided by 5 at 60, 120, 160, wd 5e-4."""
+  config.train.num_epochs = 200.0
+  config.optim.learning_rate = 0.1
+  config.optim.weight_decay = 5e-4
+  config.optim.decay_epochs = (60, 120, 160)
+  config.optim.decay_factor = 0.2
+
+
+def resnext_schedule(config: ml_collections.ConfigDict) -> None:
+  """ResNeXt schedule (Section V-D): 300 epochs, lr 0.1 divided by 10 at 150, 225, wd 5e-4."""
+  config.train.num_epochs = 300.0
+  config.optim.learning_rate = 0.1
+  config.optim.weight_decay = 5e-4
+  config.optim.decay_epochs = (150, 225)
+
+
 def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:
   """Pre-activation ResNet-110 with the Table IV layout; variants override the backbone fields."""
   dataset, is_plain = parse_argument(argument)

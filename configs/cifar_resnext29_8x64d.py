@@ -16,8 +16,5 @@ def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:
   config = cifar_base.get_config(dataset)
   config.model.name = 'resnext29_8x64d'
   config.model.branches.pattern = '[1,0,2]'  # Table IV.
-  config.train.num_epochs = 300.0  # ResNeXt schedule (Section V-D): lr 0.1, /10 at 150, 225.
-  config.optim.learning_rate = 0.1
-  config.optim.weight_decay = 5e-4
-  config.optim.decay_epochs = (150, 225)
+  cifar_base.resnext_schedule(config)
   return cifar_base.plain(config, is_plain)

@@ -16,9 +16,5 @@ def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:
   config = cifar_base.get_config(dataset)
   config.model.name = 'wrn28_10'
   config.model.branches.pattern = '[0,2,0,2]'  # Table IV.
-  config.train.num_epochs = 200.0  # WRN schedule (Section V-D): lr 0.1, /5 at 60, 120, 160.
-  config.optim.learning_rate = 0.1
-  config.optim.weight_decay = 5e-4
-  config.optim.decay_epochs = (60, 120, 160)
-  config.optim.decay_factor = 0.2
+  cifar_base.wrn_schedule(config)
   return cifar_base.plain(config, is_plain)

@@ -175,6 +175,12 @@ def _validate(config: ml_collections.ConfigDict, input_pipeline: Any) -> None:
   if t.policy == 'two_phase' and not t.backbone_checkpoint:
     raise ValueError("config.train.backbone_checkpoint = '' is invalid: two_phase training needs "
                      'an export directory or training workdir holding the trained backbone.')
+  for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+    if not isinstance(t[field], int) or t[field] < 1:
+      raise ValueError(f'config.train.{field} = {t[field]!r} is invalid: must be an integer >= 1.')
+  if not t.eval_every_epochs > 0:
+    raise ValueError(f'config.train.eval_every_epochs = {t.eval_every_epochs!r} is invalid: '
+                     'must be > 0.')
   if t.on_nonfinite not in ('stop', 'skip'):
     raise ValueError(f'config.train.on_nonfinite = {t.on_nonfinite!r} is invalid: allowed: stop, skip.')
   sharding.local_batch_size(t.batch_size, 'train.batch_size')
@@ -334,7 +340,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       progress(step + 1)
       done = step + 1 == num_steps
       preempted = preemption.reached(step + 1)
-      if (step + 1) % t.log_every_steps == 0 or done or preempted or (step + 1) % eval_every == 0:
+      save_now = (step + 1) % t.checkpoint_every_steps == 0 or done or preempted
+      if (step + 1) % t.log_every_steps == 0 or save_now or (step + 1) % eval_every == 0:
         _check_finite(history, window_start, t.on_nonfinite, last_saved)
         train_summary = _summarise(history)
         writer.write_scalars(step + 1, {f'train/{k}': v for k, v in train_summary.items()})
@@ -346,7 +353,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                         process_index=jax.process_index(),
                                         process_count=jax.process_count()), mesh)
         _log_eval(writer, workdir, step + 1, steps_per_epoch, eval_metrics, train_summary)
-      if (step + 1) % t.checkpoint_every_steps == 0 or done or preempted:
+      if save_now:
         save(step + 1)
       if preempted:
         logging.warning('Preempted (SIGTERM) at step %d; checkpoint saved. Rerun the same command '

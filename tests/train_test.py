@@ -67,7 +67,13 @@ def test_digits_train_evaluate_resume_and_export(tmp_path):
   np.testing.assert_array_equal(np.asarray(deployed), np.asarray(main))
   with pytest.raises(ValueError, match='already holds an export; pass --overwrite'):
     export.export(str(tmp_path / 'full'), out)
-  export.export(str(tmp_path / 'full'), out, overwrite=True)
+  cli = [sys.executable, '-m', 'dsop_jax.export', f'--workdir={tmp_path / "full"}',
+         f'--output_dir={out}']
+  refused = subprocess.run(cli, cwd=os.path.dirname(HERE), capture_output=True, text=True)
+  assert refused.returncode != 0 and 'already holds an export' in refused.stderr
+  done = subprocess.run(cli + ['--overwrite'], cwd=os.path.dirname(HERE), capture_output=True,
+                        text=True, check=True)
+  assert f'Exported the detached first-order network to {out}' in done.stdout
   evaluated = train.evaluate_checkpoint(config, str(tmp_path / 'full'), export_dir=out)
   assert evaluated['logits'] == pytest.approx(records[0]['eval']['logits'], rel=1e-5)
 
@@ -147,6 +153,8 @@ def _config_error(config, match, tmp_path):
     (lambda c: setattr(c.optim, 'name', 'adamw'), r'config.optim.name'),
     (lambda c: setattr(c.model, 'num_classes', 100), r'config.model.num_classes = 100 is invalid'),
     (lambda c: setattr(c.data, 'dataset', 'mnist'), r'config.data.dataset = .mnist. is invalid'),
+    (lambda c: setattr(c.train, 'checkpoint_every_steps', 0),
+     r'config.train.checkpoint_every_steps = 0 is invalid: must be an integer >= 1'),
 ])
 def test_bad_config_stops_before_compilation(tmp_path, mutate, match):
   config = train_helpers.tiny_digits_config()
