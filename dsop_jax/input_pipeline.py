@@ -14,6 +14,7 @@ Digits (1,797 8x8 images shipped inside scikit-learn, upscaled to 32x32, fixed 1
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any, Dict, Iterator, Tuple
 
@@ -50,8 +51,10 @@ DATASETS: Dict[str, DatasetInfo] = {
 DIGITS_TEST_SIZE = 360
 
 
+@functools.lru_cache(maxsize=1)
 def _digits_arrays() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-  """scikit-learn's digits as uint8 32x32x3 images with a fixed (seed 0) 1437/360 split."""
+  """scikit-learn's digits as uint8 32x32x3 images with a fixed (seed 0) 1437/360 split (cached;
+  callers must not modify the arrays)."""
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
   digits = datasets.load_digits()
   images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # 8x8 in [0, 16].
