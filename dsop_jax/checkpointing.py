@@ -1,8 +1,9 @@
 """Orbax checkpoints of the training state, with the metadata needed to resume exactly.
 
 A checkpoint holds two items: 'state' (step, params, batch_stats, opt_state: the whole pytree, saved
-as it is sharded and restored onto the same shardings) and 'meta' (JSON: step, epoch, the config).
-The data position and the RNG are functions of (seed, step), so the step restores them too. Orbax
+as it is sharded and restored onto the same shardings) and 'meta' (JSON: step and epoch; the config
+sits beside the checkpoints in WORKDIR/config.json). The data position and the RNG are functions of
+(seed, step), so the step restores them too. Orbax
 writes each checkpoint to a temporary directory and renames it when complete, so a run killed
 mid-save leaves the previous checkpoint as the latest one.
 """

@@ -69,7 +69,7 @@ def test_gradient_matches_finite_differences_of_float64_reference(shape):
 
 def test_gradient_passes_check_grads():
   x = jnp.asarray(_features((2, 3, 3, 5), seed=4))
-  jax.test_util.check_grads(lambda v: covpool.isqrt_cov_pool(v, 3), (x,), order=1, modes=('rev',),
+  check_grads(lambda v: covpool.isqrt_cov_pool(v, 3), (x,), order=1, modes=('rev',),
                             atol=5e-2, rtol=5e-2, eps=1e-2)
 
 
