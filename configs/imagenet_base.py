@@ -53,7 +53,11 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.data.data_dir = ''  # TFDS data_dir holding the prepared dataset; '' = TFDS's default.
   config.data.image_size = 224  # Training crop size (Section V-B).
   config.data.inception_crop = False  # True: Inception-style random-area crop instead of the paper's.
-  config.data.shuffle_buffer = 16384  # Examples in the shuffle buffer (per process).
+  config.data.shuffle_buffer = 16384  # Examples in the shuffle buffer (on every process).
+  # How processes share the training data: 'examples' (every process reads the whole split in one
+  # order and decodes its slice of each global batch: the data does not depend on the number of
+  # processes) or 'files' (each reads only its file shard: less I/O on many hosts).
+  config.data.process_split = 'examples'
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 256  # Global batch over all devices and hosts (Section V-B).

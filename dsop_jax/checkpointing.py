@@ -5,13 +5,15 @@ as it is sharded and restored onto the same shardings) and 'meta' (JSON: step an
 sits beside the checkpoints in WORKDIR/config.json). The data position and the RNG are functions of
 (seed, step), so the step restores them too. Orbax
 writes each checkpoint to a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoint as the latest one.
+mid-save leaves the previous checkpoint as the latest one; a finalised checkpoint whose files were
+damaged later is skipped at restore (see `Checkpointer.restore`).
 """
 
 import os
 import signal
 import threading
-from typing import Any, Mapping, Optional, Tuple
+import time
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
 import jax
@@ -45,23 +47,65 @@ class Checkpointer:
     logging.info('Saved checkpoint at step %d in %s', step, self.directory)
 
   def restore(self, abstract_state: Any, step: Optional[int] = None) -> Tuple[Any, dict]:
-    """Restores `step` (default: latest) onto the structure and shardings of `abstract_state`.
+    """Restores `step` (default: the latest readable one) onto the structure and shardings of
+    `abstract_state`.
+
+    Without `step`, a latest checkpoint that cannot be read (files truncated or lost after Orbax
+    finalised it, e.g. a full disk or a storage fault) is skipped with a warning and moved to
+    WORKDIR/corrupt_checkpoints/ (kept, not deleted), and the one before it is used. If no step can
+    be read, nothing is moved and the error of the latest is raised: a checkpoint of another config
+    fails at every step alike.
 
     Raises:
       ValueError: there is no checkpoint, or it does not match the state of this config (the
         message names the mismatching keys).
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise ValueError(f'No checkpoint in {self.directory}.')
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    if step is not None:
+      return self._restore(step, abstract)
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if not steps:
+      raise ValueError(f'No checkpoint in {self.directory}.')
+    failed = []
+    for candidate in steps:
+      try:
+        restored = self._restore(candidate, abstract)
+      except Exception as e:  # pylint: disable=broad-except  (any read failure of one step)
+        failed.append((candidate, e))
+        continue
+      for bad, error in failed:
+        logging.warning('Checkpoint at step %d in %s cannot be restored (%s: %s); skipping it and '
+                        'resuming from step %d.', bad, self.directory, type(error).__name__,
+                        str(error)[:500], candidate)
+      self._quarantine([bad for bad, _ in failed])
+      return restored
+    raise failed[0][1]
+
+  def _restore(self, step: int, abstract: Any) -> Tuple[Any, dict]:
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     except (ValueError, KeyError) as e:
-      raise ValueError(f'The checkpoint at step {step} in {self.directory} does not match the '
-                       f'model and optimiser of this config: {e}') from e
+      raise ValueError(f'The checkpoint at step {step} in {self.directory} cannot be restored: '
+                       f'it is unreadable or does not match the model and optimiser of this '
+                       f'config: {e}') from e
     return restored.state, restored.meta
+
+  def _quarantine(self, steps: Sequence[int]) -> None:
+    """Moves unreadable step directories out of the way, so later saves of those steps succeed."""
+    if not steps:
+      return
+    target = os.path.join(os.path.dirname(self.directory), 'corrupt_checkpoints')
+    if jax.process_index() == 0:
+      os.makedirs(target, exist_ok=True)
+      for step in steps:
+        destination = os.path.join(target, f'{step}-{int(time.time())}')
+        os.rename(os.path.join(self.directory, str(step)), destination)
+        logging.warning('Moved the unreadable checkpoint of step %d to %s.', step, destination)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices('dsop_jax_checkpoint_quarantine')
+    self.manager.reload()
 
   def close(self) -> None:
     self.manager.close()

@@ -25,8 +25,6 @@ from dsop_jax import branches as branches_lib
 from dsop_jax import covpool
 from dsop_jax import models
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Model config file.', lock_config=True)
-_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
 
 
 def _eqn_macs(eqn: Any) -> int:
@@ -121,10 +119,12 @@ def format_table(rep: Dict[str, Any]) -> str:
 def main(argv: Any) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  rep = report(_CONFIG.value)
-  print(json.dumps(rep) if _JSON.value else format_table(rep))
+  rep = report(flags.FLAGS.config)
+  print(json.dumps(rep) if flags.FLAGS.json else format_table(rep))
 
 
-if __name__ == '__main__':
+if __name__ == '__main__':  # Flags are defined here only, so importing the module defines none.
+  config_flags.DEFINE_config_file('config', None, 'Model config file.', lock_config=True)
+  flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
   flags.mark_flags_as_required(['config'])
   app.run(main)

@@ -16,7 +16,7 @@ Digits (1,797 8x8 images shipped inside scikit-learn, upscaled to 32x32, fixed 1
 import dataclasses
 import functools
 import math
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import ml_collections
 import numpy as np
@@ -109,9 +109,39 @@ def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
   return builder.info.splits[split].num_examples
 
 
+class SkipCounter:
+  """Counts the records a pipeline skipped as unreadable (read by this process so far)."""
+
+  def __init__(self):
+    self._count = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+  @property
+  def value(self) -> int:
+    return int(self._count.numpy())
+
+  def keep(self, ok: tf.Tensor) -> tf.Tensor:
+    self._count.assign_add(tf.cast(tf.logical_not(ok), tf.int64))
+    return ok
+
+
+def jpeg_is_complete(jpeg: tf.Tensor) -> tf.Tensor:
+  """True when `jpeg` starts with the JPEG start-of-image marker and has the end-of-image marker in
+  its last 64 bytes: truncated files, empty records and other bytes fail. (Damage inside a complete
+  file can still stop the decoder.)"""
+  length = tf.strings.length(jpeg)
+  tail = tf.strings.bytes_split(tf.strings.substr(jpeg, tf.maximum(length - 64, 0), 64))
+  eoi = tf.reduce_any(tf.logical_and(tail[:-1] == b'\xff', tail[1:] == b'\xd9'))
+  return tf.logical_and(tf.strings.substr(jpeg, 0, 2) == b'\xff\xd8', eoi)
+
+
 def _records(config: ml_collections.ConfigDict, split: str, *, process_index: int,
-             process_count: int, train: bool, file_seed: int) -> Tuple[tf.data.Dataset, int]:
-  """This process's raw records of `split` and their count ({'image', 'label'})."""
+             process_count: int, train: bool, file_seed: int,
+             skipped: Optional[SkipCounter] = None) -> Tuple[tf.data.Dataset, int]:
+  """This process's raw records of `split` ({'image', 'label'}) and how many were assigned to it.
+
+  ImageNet records whose JPEG is not complete are dropped (and counted in `skipped`), so a damaged
+  file costs one example instead of the run.
+  """
   total = num_examples(config, split)
   count = total // process_count if train else math.ceil(total / process_count)
   if config.data.dataset == 'digits':
@@ -128,7 +158,11 @@ def _records(config: ml_collections.ConfigDict, split: str, *, process_index: in
         shuffle_files=train, decoders=decoders,
         read_config=tfds.ReadConfig(shuffle_seed=file_seed, interleave_cycle_length=16))
     ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
-  return ds.take(count), count
+  ds = ds.take(count)
+  if config.data.dataset == 'imagenet2012':
+    counter = skipped or SkipCounter()
+    ds = ds.filter(lambda ex: counter.keep(jpeg_is_complete(ex['image'])))
+  return ds, count
 
 
 def _normalise(image: tf.Tensor, info: DatasetInfo) -> tf.Tensor:
@@ -195,48 +229,93 @@ def steps_per_epoch(config: ml_collections.ConfigDict, global_batch_size: int) -
   return num_examples(config, dataset_info(config).train_split) // global_batch_size
 
 
+PROCESS_SPLITS = ('examples', 'files')
+
+
 def train_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, start_step: int,
-                  seed: int, process_index: int = 0, process_count: int = 1
-                  ) -> Iterator[Dict[str, np.ndarray]]:
-  """Endless training batches of this process, starting at global step `start_step`."""
+                  seed: int, process_index: int = 0, process_count: int = 1,
+                  skipped: Optional[SkipCounter] = None) -> Iterator[Dict[str, np.ndarray]]:
+  """Endless training batches of this process, starting at global step `start_step`.
+
+  With config.data.process_split = 'examples' every process reads the whole split in the same
+  shuffled order and takes its slice of each global batch, so the global batches (and their
+  augmentation, seeded by the global example index) do not depend on the number of processes: a
+  run on 2 hosts sees exactly the data of a run on 1. Each process decodes only its own images.
+  With 'files' each process reads only its shard of the files (`tfds.split_for_jax_process`), which
+  saves storage bandwidth on many hosts, but the data order then depends on the process count.
+
+  Unreadable records are skipped and counted in `skipped`; an epoch is then topped up from its own
+  start, so every epoch still has its `steps_per_epoch` batches and positions stay a function of
+  (seed, step).
+  """
+  if config.data.process_split not in PROCESS_SPLITS:
+    raise ValueError(f'config.data.process_split = {config.data.process_split!r} is invalid: '
+                     f'allowed: {", ".join(PROCESS_SPLITS)}.')
   info = dataset_info(config)
-  per_epoch = steps_per_epoch(config, local_batch_size * process_count)
+  global_batch = local_batch_size * process_count
+  per_epoch = steps_per_epoch(config, global_batch)
   if per_epoch < 1:
-    raise ValueError(f'config.train.batch_size = {local_batch_size * process_count} is larger '
+    raise ValueError(f'config.train.batch_size = {global_batch} is larger '
                      f'than the training split of {config.data.dataset!r}.')
+  by_example = config.data.process_split == 'examples'
   epoch, offset = divmod(start_step, per_epoch)
   while True:
     epoch_seed = seed * 1_000_003 + epoch
-    ds, count = _records(config, info.train_split, process_index=process_index,
-                         process_count=process_count, train=True, file_seed=epoch_seed)
+    ds, count = _records(config, info.train_split, process_index=0 if by_example else process_index,
+                         process_count=1 if by_example else process_count, train=True,
+                         file_seed=epoch_seed, skipped=skipped)
     ds = ds.shuffle(min(count, config.data.shuffle_buffer), seed=epoch_seed,
-                    reshuffle_each_iteration=False)
-    ds = ds.enumerate().skip(offset * local_batch_size)
+                    reshuffle_each_iteration=False).repeat()  # Tops up after skipped records.
+    if by_example:  # Global index i; this process keeps its slice of every global batch.
+      ds = ds.enumerate().skip(offset * global_batch).filter(
+          lambda i, ex: (i % global_batch) // local_batch_size == process_index)
+    else:  # Local index i, made unique over processes.
+      ds = ds.enumerate(start=process_index * 2**40).skip(offset * local_batch_size)
     ds = ds.map(lambda i, ex: preprocess(
-        ex, tf.stack([tf.constant(epoch_seed, tf.int64), i + process_index * 2**40]), info=info,
-        train=True, image_size=config.data.image_size, inception_crop=config.data.inception_crop),
+        ex, tf.stack([tf.constant(epoch_seed, tf.int64), i]), info=info, train=True,
+        image_size=config.data.image_size, inception_crop=config.data.inception_crop),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch_size, drop_remainder=True).take(per_epoch - offset)
-    yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+    produced = 0
+    for batch in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+      produced += 1
+      yield batch
+    if not produced:
+      raise ValueError(f'config.data.dataset = {config.data.dataset!r}: no readable training '
+                       f'record in epoch {epoch} (skipped as unreadable: '
+                       f'{skipped.value if skipped else "not counted"}).')
     epoch, offset = epoch + 1, 0
 
 
 def eval_steps(config: ml_collections.ConfigDict, global_batch_size: int,
                process_count: int = 1) -> int:
+  """Eval batches every process yields (the same number on all of them)."""
   total = num_examples(config, dataset_info(config).eval_split)
+  if config.data.process_split == 'examples':
+    return math.ceil(total / global_batch_size)
   return math.ceil(math.ceil(total / process_count) / (global_batch_size // process_count))
 
 
 def eval_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[Dict[str, np.ndarray]]:
+                 process_count: int = 1, skipped: Optional[SkipCounter] = None
+                 ) -> Iterator[Dict[str, np.ndarray]]:
   """Every eval example once, in batches padded to full size; 'mask' marks real examples.
 
   Every process yields the same number of batches (`eval_steps`), all-padding ones included, so the
-  collective eval step runs in lockstep on all hosts.
+  collective eval step runs in lockstep on all hosts. With config.data.process_split = 'examples'
+  each process takes its slice of every global batch, as in training, so the sums are grouped the
+  same way whatever the number of processes. Unreadable records are skipped (counted in `skipped`):
+  the metrics are then over the readable images.
   """
   info = dataset_info(config)
-  ds, _ = _records(config, info.eval_split, process_index=process_index,
-                   process_count=process_count, train=False, file_seed=0)
+  by_example = config.data.process_split == 'examples'
+  ds, _ = _records(config, info.eval_split, process_index=0 if by_example else process_index,
+                   process_count=1 if by_example else process_count, train=False, file_seed=0,
+                   skipped=skipped)
+  if by_example:
+    global_batch = local_batch_size * process_count
+    ds = ds.enumerate().filter(
+        lambda i, ex: (i % global_batch) // local_batch_size == process_index).map(lambda i, ex: ex)
   ds = ds.map(lambda ex: preprocess(ex, tf.zeros(2, tf.int64), info=info, train=False,
                                     image_size=config.data.image_size),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

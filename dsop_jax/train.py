@@ -14,6 +14,7 @@ Training policies (`config.train.policy`):
   training workdir) and frozen, parameters and BN statistics; only the branches are trained.
 """
 
+import ctypes
 import functools
 import json
 import os
@@ -21,8 +22,6 @@ import time
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 import flax
 import jax
 import jax.numpy as jnp
@@ -142,10 +141,16 @@ def plain_model_heads(model: Any) -> Callable[[Any, jax.Array], Mapping[str, jax
   return lambda variables, x: {'logits': model.apply(variables, x, train=False)[0]}
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_eval_step(heads_fn: Callable[..., Mapping[str, jax.Array]]) -> Callable[..., Any]:
+  """One jitted eval step per heads function, so repeated evaluations do not recompile."""
+  return jax.jit(functools.partial(eval_step, heads_fn=heads_fn))
+
+
 def evaluate(variables: Any, heads_fn: Callable[..., Mapping[str, jax.Array]],
              batches: Iterable[Mapping[str, np.ndarray]], mesh: Any) -> Dict[str, Dict[str, float]]:
   """{head: {'loss', 'top1', 'top5'}} over every eval example (means)."""
-  step = jax.jit(functools.partial(eval_step, heads_fn=heads_fn))
+  step = _jitted_eval_step(heads_fn)
   totals = None
   for batch in batches:
     sums = step(variables, sharding.shard_batch(batch, mesh))
@@ -181,10 +186,30 @@ def _validate(config: ml_collections.ConfigDict, input_pipeline: Any) -> None:
   if not t.eval_every_epochs > 0:
     raise ValueError(f'config.train.eval_every_epochs = {t.eval_every_epochs!r} is invalid: '
                      'must be > 0.')
+  if not isinstance(t.seed, int) or t.seed < 0:
+    raise ValueError(f'config.train.seed = {t.seed!r} is invalid: must be an integer >= 0.')
+  if not 0.0 <= config.loss.label_smoothing < 1.0:
+    raise ValueError(f'config.loss.label_smoothing = {config.loss.label_smoothing!r} is invalid: '
+                     'must lie in [0, 1).')
+  d = config.data
+  if not isinstance(d.shuffle_buffer, int) or d.shuffle_buffer < 1:
+    raise ValueError(f'config.data.shuffle_buffer = {d.shuffle_buffer!r} is invalid: must be an '
+                     'integer >= 1.')
+  if not isinstance(d.image_size, int) or d.image_size < 32:
+    raise ValueError(f'config.data.image_size = {d.image_size!r} is invalid: must be an integer '
+                     '>= 32.')
+  for field, value in (('data.inception_crop', d.inception_crop),
+                       ('optim.nesterov', config.optim.nesterov),
+                       ('model.branches.psdr_aux', config.model.branches.psdr_aux)):
+    if not isinstance(value, bool):
+      raise ValueError(f'config.{field} = {value!r} is invalid: allowed: True, False.')
   if t.on_nonfinite not in ('stop', 'skip'):
     raise ValueError(f'config.train.on_nonfinite = {t.on_nonfinite!r} is invalid: allowed: stop, skip.')
   sharding.local_batch_size(t.batch_size, 'train.batch_size')
   sharding.local_batch_size(config.eval.batch_size, 'eval.batch_size')
+  if config.data.process_split not in input_pipeline.PROCESS_SPLITS:
+    raise ValueError(f'config.data.process_split = {config.data.process_split!r} is invalid: '
+                     f'allowed: {", ".join(input_pipeline.PROCESS_SPLITS)}.')
   info = input_pipeline.dataset_info(config)
   if config.model.num_classes != info.num_classes:
     raise ValueError(f'config.model.num_classes = {config.model.num_classes} is invalid: '
@@ -195,7 +220,7 @@ def _validate(config: ml_collections.ConfigDict, input_pipeline: Any) -> None:
   input_pipeline.check_prepared(config)
 
 
-def _state_init_fn(model: Any, tx: optax.GradientTransformation, image_size: int
+def state_init_fn(model: Any, tx: optax.GradientTransformation, image_size: int
                    ) -> Callable[[jax.Array], TrainState]:
   """rng -> a fresh TrainState (variables initialised on a 1-image batch)."""
 
@@ -210,7 +235,7 @@ def _state_init_fn(model: Any, tx: optax.GradientTransformation, image_size: int
 
 def _init_state(model: Any, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
                 mesh: Any) -> TrainState:
-  init = _state_init_fn(model, tx, config.data.image_size)
+  init = state_init_fn(model, tx, config.data.image_size)
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(
       jax.random.PRNGKey(config.train.seed))
 
@@ -251,6 +276,49 @@ def _nested(flat: Mapping[str, float]) -> Dict[str, Dict[str, float]]:
   return heads
 
 
+class _MallInfo2(ctypes.Structure):
+  _fields_ = [(name, ctypes.c_size_t) for name in (
+      'arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks', 'uordblks', 'fordblks',
+      'keepcost')]
+
+
+def host_memory() -> Dict[str, float]:
+  """This process's host memory, logged with the training metrics so long runs show leaks.
+
+  'host/rss_mib' is the resident set; 'host/heap_in_use_mib' the bytes malloc has handed out and
+  not had back (glibc's mallinfo2; absent elsewhere), which, unlike the RSS, neither hides a leak
+  in freed-but-resident memory nor grows with allocator fragmentation; 'host/open_files' counts
+  file descriptors. Linux only; elsewhere an empty dict.
+  """
+  result: Dict[str, float] = {}
+  try:
+    with open('/proc/self/status') as f:
+      rss_kb = next(int(line.split()[1]) for line in f if line.startswith('VmRSS:'))
+    result['host/rss_mib'] = rss_kb / 1024
+    result['host/open_files'] = float(len(os.listdir('/proc/self/fd')))
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    result['host/heap_in_use_mib'] = (info.uordblks + info.hblkhd) / 2**20
+  except (OSError, StopIteration, AttributeError):
+    pass
+  return result
+
+
+_WARNED_SKIPS: Dict[str, float] = {}  # The last count warned about, per counter.
+
+
+def _skipped_records(counters: Mapping[str, Any]) -> Dict[str, float]:
+  """Unreadable records skipped so far by this process's pipelines, warned about once each."""
+  counts = {f'data/skipped_{name}_records': float(c.value) for name, c in counters.items()}
+  for key, count in counts.items():
+    if count and count != _WARNED_SKIPS.get(key):
+      logging.warning('%s = %d: unreadable records (incomplete JPEGs) were skipped; the run goes '
+                      'on without them.', key, count)
+      _WARNED_SKIPS[key] = count
+  return counts
+
+
 def _check_finite(history: Sequence[Mapping[str, jax.Array]], first_step: int, policy: str,
                   last_saved: Optional[int]) -> None:
   """Raises FloatingPointError naming the heads when a step in `history` had a non-finite loss."""
@@ -274,6 +342,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   with one JSON object per evaluation: {"step", "epoch", "eval": {head: {"top1", "top5", "loss"}},
   "train": {...}}.
   """
+  # Imported here so that the pure steps above (used by dsop_jax.benchmark on accelerator hosts)
+  # need neither TensorFlow nor clu.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
   from dsop_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
   _validate(config, input_pipeline)
   mesh = sharding.create_mesh()
@@ -296,7 +368,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   checkpointer = checkpointing.Checkpointer(workdir, t.keep_checkpoints)
   last_saved = checkpointer.latest_step()
   if last_saved is not None:
-    state, _ = checkpointer.restore(_abstract_state(state))
+    check_resume_config(config, workdir)
+    state, _ = checkpointer.restore(_abstract_state(state))  # Skips unreadable checkpoints.
+    last_saved = int(state.step)
     logging.info('Resuming from step %d in %s', last_saved, workdir)
   elif t.policy == 'two_phase':
     state = _load_backbone(state, config, mesh)
@@ -317,9 +391,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   base_rng = jax.random.PRNGKey(t.seed)
+  skipped = {'train': input_pipeline.SkipCounter(), 'eval': input_pipeline.SkipCounter()}
   train_iter = input_pipeline.train_batches(
       config, local_batch_size=local_batch, start_step=int(state.step), seed=t.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      skipped=skipped['train'])
   eval_local = sharding.local_batch_size(config.eval.batch_size, 'eval.batch_size')
   heads_fn = training_model_heads(model)
 
@@ -344,14 +420,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if (step + 1) % t.log_every_steps == 0 or save_now or (step + 1) % eval_every == 0:
         _check_finite(history, window_start, t.on_nonfinite, last_saved)
         train_summary = _summarise(history)
-        writer.write_scalars(step + 1, {f'train/{k}': v for k, v in train_summary.items()})
+        writer.write_scalars(step + 1, {**{f'train/{k}': v for k, v in train_summary.items()},
+                                        **host_memory(), **_skipped_records(skipped)})
         history, window_start = [], step + 1
       if (step + 1) % eval_every == 0 or done:
         eval_metrics = evaluate(
             {'params': state.params, 'batch_stats': state.batch_stats}, heads_fn,
             input_pipeline.eval_batches(config, local_batch_size=eval_local,
                                         process_index=jax.process_index(),
-                                        process_count=jax.process_count()), mesh)
+                                        process_count=jax.process_count(),
+                                        skipped=skipped['eval']), mesh)
         _log_eval(writer, workdir, step + 1, steps_per_epoch, eval_metrics, train_summary)
       if save_now:
         save(step + 1)
@@ -381,7 +459,7 @@ def _log_eval(writer: Any, workdir: str, step: int, steps_per_epoch: int,
 def _abstract_initial_state(config: ml_collections.ConfigDict, mesh: Any) -> TrainState:
   """Shapes and shardings of a fresh training state of `config` (nothing is computed)."""
   tx = optim.create_optimizer(config, steps_per_epoch=1, num_steps=1)
-  init = _state_init_fn(models.create(config.model), tx, config.data.image_size)
+  init = state_init_fn(models.create(config.model), tx, config.data.image_size)
   replicated = sharding.replicated(mesh)
   return jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
@@ -395,6 +473,33 @@ def workdir_config(workdir: str) -> ml_collections.ConfigDict:
     raise ValueError(f'{workdir!r} holds no config.json: not a dsop_jax training workdir.')
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
+
+
+def _flatten(tree: Any, prefix: str) -> Dict[str, Any]:
+  if isinstance(tree, Mapping):
+    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f'{prefix}.{key}').items()}
+  return {prefix: list(tree) if isinstance(tree, (list, tuple)) else tree}
+
+
+def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume WORKDIR's checkpoints with a config that builds a different state.
+
+  The model and the optimiser's kind fix the checkpoint's structure; other fields (epochs,
+  schedule, logging) may change between runs. Raises ValueError naming each differing field.
+  """
+  if not os.path.exists(os.path.join(workdir, 'config.json')):
+    return
+  saved = workdir_config(workdir)
+  ours = ml_collections.ConfigDict(json.loads(config.to_json_best_effort()))
+  fields = lambda c: {**_flatten(c.model.to_dict(), 'config.model'),  # noqa: E731
+                      'config.optim.name': c.optim.get('name')}
+  before, now = fields(saved), fields(ours)
+  diff = [f'{k} = {now.get(k)!r} (checkpoints: {before.get(k)!r})'
+          for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+  if diff:
+    raise ValueError(f'{workdir!r} holds checkpoints of another model or optimiser; this config '
+                     f'differs in: {"; ".join(diff)}. Use a new --workdir, or the config the '
+                     f'checkpoints were trained with (WORKDIR/config.json).')
 
 
 def restore_variables(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:

@@ -149,3 +149,22 @@ def test_rank_deficient_covariance_is_finite_and_close_to_eigh():
   np.testing.assert_allclose(np.asarray(sqrtm), exact, atol=1e-3 * np.abs(exact).max())
   grad = jax.grad(lambda v: jnp.sum(covpool.isqrt_cov_pool(v)))(x)
   assert bool(jnp.all(jnp.isfinite(grad)))
+
+
+@pytest.mark.parametrize('scale', [1e-5, 1e15])
+def test_small_and_huge_activations_scale_exactly(scale):
+  """iSQRT-COV is positively homogeneous, pool(s x) = s pool(x); float32 keeps that (and finite
+  gradients) from 1e-5 to 1e15 thanks to the trace normalisation. Below about 1e-6 the trace falls
+  under the 1e-12 floor that keeps all-zero maps finite, and the output shrinks towards 0."""
+  x = jnp.asarray(_features((2, 4, 4, 8), seed=3))
+  np.testing.assert_allclose(covpool.isqrt_cov_pool(x * scale) / scale, covpool.isqrt_cov_pool(x),
+                             rtol=1e-4, atol=1e-5)
+  grad = jax.grad(lambda v: jnp.sum(covpool.isqrt_cov_pool(v)))(x * scale)
+  assert bool(jnp.all(jnp.isfinite(grad)))
+
+
+def test_overflowing_activations_give_nonfinite_output_not_silent_garbage():
+  """Beyond float32's range (covariance > 3e38) the pooled output is inf/NaN, which the train
+  step's non-finite guard rejects and reports (train_test); it is never a finite wrong value."""
+  x = jnp.asarray(_features((2, 4, 4, 8), seed=3)) * 1e20
+  assert not bool(jnp.all(jnp.isfinite(covpool.isqrt_cov_pool(x))))

@@ -41,17 +41,47 @@ def test_same_seed_same_batches_and_resume_mid_epoch_and_across_epochs():
   assert not np.array_equal(full[0]['label'], _take(run(0, seed=1), 1)[0]['label'])
 
 
-def test_process_shards_are_disjoint_and_eval_covers_everything_once():
+@pytest.mark.parametrize('split', ['examples', 'files'])
+def test_process_shards_are_disjoint_and_eval_covers_everything_once(split):
   config = quickstart.get_config()
-  labels = []
-  for index in range(2):
-    batches = list(ip.eval_batches(config, local_batch_size=50, process_index=index,
-                                   process_count=2))
-    assert len(batches) == ip.eval_steps(config, 100, process_count=2) == 4
-    labels.append(np.concatenate([b['label'][b['mask']] for b in batches]))
+  config.data.process_split = split
+  per_process = [list(ip.eval_batches(config, local_batch_size=70, process_index=index,
+                                      process_count=2)) for index in range(2)]
+  assert [len(b) for b in per_process] == [ip.eval_steps(config, 140, process_count=2)] * 2 == [3, 3]
+  labels = [np.concatenate([b['label'][b['mask']] for b in batches]) for batches in per_process]
+  if split == 'examples':  # Slices of the 1-process global batches, in the same order.
+    single = np.concatenate([b['label'][b['mask']]
+                             for b in ip.eval_batches(config, local_batch_size=140)])
+    joined = [np.concatenate([p[step]['label'][p[step]['mask']] for p in per_process])
+              for step in range(3)]
+    np.testing.assert_array_equal(np.concatenate(joined), single)
   assert sum(len(x) for x in labels) == 360
   _, test_labels = ip._digits_arrays()['test']  # pylint: disable=protected-access
   assert sorted(np.concatenate(labels)) == sorted(test_labels)
+
+
+def test_process_example_split_gives_the_single_process_global_batches():
+  """process_split='examples': the slices of 2 processes make up exactly the 1-process batches
+  (images with their augmentation, and labels), also after a resume and across an epoch."""
+  config = quickstart.get_config()
+  single = _take(ip.train_batches(config, local_batch_size=64, start_step=20, seed=3), 4)
+  parts = [_take(ip.train_batches(config, local_batch_size=32, start_step=20, seed=3,
+                                  process_index=p, process_count=2), 4) for p in range(2)]
+  for step, batch in enumerate(single):
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(
+          np.concatenate([parts[0][step][key], parts[1][step][key]]), batch[key])
+  first = lambda: next(ip.train_batches(config, local_batch_size=32, start_step=0, seed=3,
+                                        process_index=0, process_count=2))
+  by_example = first()
+  config.data.process_split = 'files'  # Each process shuffles its own shard: another order.
+  by_file = first()
+  assert by_file['image'].shape == (32, 32, 32, 3)
+  assert not np.array_equal(by_file['label'], by_example['label'])
+  config.data.process_split = 'hosts'
+  with pytest.raises(ValueError, match="config.data.process_split = 'hosts' is invalid: allowed: "
+                                       'examples, files'):
+    next(ip.train_batches(config, local_batch_size=32, start_step=0, seed=3))
 
 
 @pytest.mark.parametrize('inception', [False, True])
@@ -75,3 +105,45 @@ def test_dataset_name_is_validated():
   config.data.dataset = 'svhn'
   with pytest.raises(ValueError, match="config.data.dataset = 'svhn' is invalid: allowed: "):
     ip.dataset_info(config)
+
+
+def _imagenet_records_with_damage(bad):
+  """An `as_dataset_fn` for tfds.testing.mock_data: 64 real JPEGs, label = index, some damaged."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  jpegs = []
+  for i in range(64):
+    jpeg = tf.io.encode_jpeg(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).numpy()
+    jpegs.append({'truncated': jpeg[:len(jpeg) // 2], 'empty': b'', 'other': b'GIF89a' + jpeg[6:]}
+                 .get(bad.get(i), jpeg))
+
+  def as_dataset(self, split, **kwargs):
+    del self, split, kwargs
+    return tf.data.Dataset.from_tensor_slices({'image': jpegs, 'label': np.arange(64),
+                                               'file_name': [f'{i}.JPEG' for i in range(64)]})
+  return as_dataset
+
+
+def test_unreadable_jpegs_are_skipped_counted_and_epochs_keep_their_length():
+  bad = {3: 'truncated', 17: 'empty', 40: 'other'}
+  config = imagenet_r18.get_config()
+  config.data.image_size = 32
+  config.data.shuffle_buffer = 64
+  with tfds.testing.mock_data(num_examples=64, data_dir=METADATA,
+                              as_dataset_fn=_imagenet_records_with_damage(bad)):
+    train_skips, eval_skips = ip.SkipCounter(), ip.SkipCounter()
+    batches = _take(ip.train_batches(config, local_batch_size=8, start_step=0, seed=0,
+                                     skipped=train_skips), 16)  # Two epochs of 8 steps.
+    resumed = _take(ip.train_batches(config, local_batch_size=8, start_step=5, seed=0), 11)
+    evals = list(ip.eval_batches(config, local_batch_size=24, skipped=eval_skips))
+  assert [b['image'].shape for b in batches] == [(8, 32, 32, 3)] * 16
+  for epoch in (batches[:8], batches[8:]):
+    labels = np.concatenate([b['label'] for b in epoch])
+    assert not set(labels) & set(bad)  # Never trained on.
+    assert len(set(labels)) == 61  # Every readable one, and 3 repeated to keep 8 batches.
+  assert train_skips.value >= 6  # Each epoch met all three (counted each time one is read).
+  for a, b in zip(batches[5:], resumed):  # Exact resume still holds.
+    np.testing.assert_array_equal(a['image'], b['image'])
+  assert len(evals) == 3 and sum(int(b['mask'].sum()) for b in evals) == 61
+  assert eval_skips.value == 3
+  assert not set(np.concatenate([b['label'][b['mask']] for b in evals])) & set(bad)

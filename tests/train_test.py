@@ -1,6 +1,7 @@
 """End-to-end training: real digits, mocked TFDS imagenet2012/cifar10, resume, export, data
 parallelism on 8 simulated devices, non-finite losses, and bad input stopping before compilation."""
 
+import functools
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import tensorflow_datasets as tfds
 
@@ -138,6 +140,33 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path):
   assert all(np.all(np.isfinite(x)) for x in _leaves(variables))
 
 
+def test_overflowing_branch_is_rejected_and_named_by_the_step(caplog):
+  """A step whose branch input overflows: the update is rejected in the jitted step (state
+  untouched), and the host names the head whose loss went bad; 'skip' logs it and goes on."""
+  import logging  # pylint: disable=g-import-not-at-top
+  config = train_helpers.tiny_digits_config()
+  model = models.create(config.model)
+  tx = optax.sgd(0.1)
+  state = jax.jit(train.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
+  # Huge images overflow float32 in the first BatchNorm's variance; the branch heads go
+  # non-finite (the main head stays finite here), and they are the ones named.
+  batch = {'image': jnp.full((4, 32, 32, 3), 1e30).at[:, :16].set(-1e30),
+           'label': jnp.arange(4, dtype=jnp.int32)}
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+                                   loss_weights=models.loss_weights(config)))
+  new_state, metrics = step(state, batch, jax.random.PRNGKey(1))
+  assert float(metrics['nonfinite']) == 1.0 and int(new_state.step) == 1
+  for a, b in zip(_leaves((new_state.params, new_state.batch_stats, new_state.opt_state)),
+                  _leaves((state.params, state.batch_stats, state.opt_state))):
+    np.testing.assert_array_equal(a, b)
+  named = r"Non-finite loss in head\(s\) \['a_pds1_3', 'a_pds2_3', 'a_pds3_3'\] at step 8"
+  with pytest.raises(FloatingPointError, match=named + r'; .* last checkpoint \(step 6\) is intact'):
+    train._check_finite([metrics], 7, 'stop', 6)  # pylint: disable=protected-access
+  with caplog.at_level(logging.WARNING):
+    train._check_finite([metrics], 7, 'skip', 6)  # pylint: disable=protected-access
+  assert 'Skipping it (config.train.on_nonfinite = skip)' in caplog.text
+
+
 def _config_error(config, match, tmp_path):
   with pytest.raises(ValueError, match=match):
     train.train_and_evaluate(config, str(tmp_path))
@@ -155,6 +184,12 @@ def _config_error(config, match, tmp_path):
     (lambda c: setattr(c.data, 'dataset', 'mnist'), r'config.data.dataset = .mnist. is invalid'),
     (lambda c: setattr(c.train, 'checkpoint_every_steps', 0),
      r'config.train.checkpoint_every_steps = 0 is invalid: must be an integer >= 1'),
+    (lambda c: setattr(c.loss, 'label_smoothing', 1.0), r'config.loss.label_smoothing = 1.0'),
+    (lambda c: setattr(c.data, 'shuffle_buffer', 0), r'config.data.shuffle_buffer = 0 is invalid'),
+    (lambda c: setattr(c.data, 'image_size', 16), r'config.data.image_size = 16 is invalid'),
+    (lambda c: setattr(c.train, 'seed', -1), r'config.train.seed = -1 is invalid'),
+    (lambda c: setattr(c.data, 'process_split', 'hosts'),
+     r"config.data.process_split = 'hosts' is invalid: allowed: examples, files"),
 ])
 def test_bad_config_stops_before_compilation(tmp_path, mutate, match):
   config = train_helpers.tiny_digits_config()
@@ -211,36 +246,57 @@ def test_two_phase_refuses_a_backbone_of_another_network(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / 'branches'))
 
 
-def test_sigterm_saves_the_current_step_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
-  import signal  # pylint: disable=g-import-not-at-top
+def _start_and_signal(command, log_path, signum, min_steps, deadline_s=240):
+  """Starts `command`, sends `signum` once its log shows `min_steps` training steps; returns
+  (exit code, steps logged when it died)."""
   import time  # pylint: disable=g-import-not-at-top
+  with open(log_path, 'w') as log:
+    process = subprocess.Popen(command, cwd=os.path.dirname(HERE), stdout=log,
+                               stderr=subprocess.STDOUT)
+    deadline = time.time() + deadline_s
+    while open(log_path).read().count('train/loss=') < min_steps:
+      assert process.poll() is None and time.time() < deadline, open(log_path).read()[-3000:]
+      time.sleep(0.05)
+    process.send_signal(signum)
+    code = process.wait(timeout=120)
+  return code, open(log_path).read().count('train/loss=')
+
+
+def test_sigterm_and_sigkill_then_rerun_match_an_uninterrupted_run(tmp_path):
+  """SIGTERM: the run saves the step it is at and exits 0. SIGKILL at a random step: at most the
+  steps since the last periodic checkpoint are lost. Rerunning the same command ends, in both cases,
+  with exactly the parameters and BN statistics of an uninterrupted run."""
+  import random  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
   overrides = ['--config.model.branches.pattern=[0,0,1]', '--config.train.num_epochs=0.5',
-               '--config.train.checkpoint_every_steps=1000', '--config.train.log_every_steps=1',
-               '--config.optim.schedule=step', '--config.optim.warmup_epochs=0']
-  workdir = str(tmp_path / 'preempted')
-  command = [sys.executable, '-m', 'dsop_jax.main', '--config=configs/quickstart.py',
-             f'--workdir={workdir}', *overrides]
+               '--config.train.checkpoint_every_steps=3', '--config.train.log_every_steps=1',
+               '--config.optim.schedule=step', '--config.optim.warmup_epochs=0']  # 11 steps.
+  command = lambda name: [sys.executable, '-m', 'dsop_jax.main', '--config=configs/quickstart.py',
+                          f'--workdir={tmp_path / name}', *overrides]
   root = os.path.dirname(HERE)
-  log = open(tmp_path / 'log.txt', 'w+')
-  process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT)
-  deadline = time.time() + 240
-  while '] train/' not in open(tmp_path / 'log.txt').read():  # At least one step done.
-    assert process.poll() is None and time.time() < deadline, open(tmp_path / 'log.txt').read()
-    time.sleep(0.2)
-  process.send_signal(signal.SIGTERM)
-  assert process.wait(timeout=120) == 0
-  text = open(tmp_path / 'log.txt').read()
-  assert 'Preempted (SIGTERM) at step' in text
-  saved = checkpointing.Checkpointer(workdir).latest_step()
-  assert saved is not None and 1 <= saved < 11  # The step it was at, not a periodic checkpoint.
-  subprocess.run(command, cwd=root, check=True, capture_output=True)
-  subprocess.run([*command[:4], f'--workdir={tmp_path / "uninterrupted"}', *overrides], cwd=root,
-                 check=True, capture_output=True)
-  config = train.workdir_config(workdir)
-  resumed = train.restore_variables(config, workdir)
-  uninterrupted = train.restore_variables(config, str(tmp_path / 'uninterrupted'))
-  for a, b in zip(_leaves(resumed), _leaves(uninterrupted)):
-    np.testing.assert_array_equal(a, b)
+
+  code, _ = _start_and_signal(command('preempted'), tmp_path / 'term.txt', signal.SIGTERM, 1)
+  assert code == 0
+  assert 'Preempted (SIGTERM) at step' in open(tmp_path / 'term.txt').read()
+  saved = checkpointing.Checkpointer(str(tmp_path / 'preempted')).latest_step()
+  assert saved is not None and 1 <= saved < 11  # The step it was at: nothing lost.
+
+  kill_after = random.Random().randint(1, 9)
+  code, logged = _start_and_signal(command('killed'), tmp_path / 'kill.txt', signal.SIGKILL,
+                                   kill_after)
+  assert code == -signal.SIGKILL
+  killed = checkpointing.Checkpointer(str(tmp_path / 'killed')).latest_step() or 0
+  # Periodic checkpoints only; a save in progress at the kill may be lost, nothing before it.
+  assert killed % 3 == 0 and logged - 3 <= killed <= logged, (kill_after, logged, killed)
+
+  for name in ('preempted', 'killed', 'uninterrupted'):
+    subprocess.run(command(name), cwd=root, check=True, capture_output=True)
+  config = train.workdir_config(str(tmp_path / 'uninterrupted'))
+  reference = _leaves(train.restore_variables(config, str(tmp_path / 'uninterrupted')))
+  for name in ('preempted', 'killed'):
+    assert checkpointing.Checkpointer(str(tmp_path / name)).latest_step() == 11
+    for a, b in zip(_leaves(train.restore_variables(config, str(tmp_path / name))), reference):
+      np.testing.assert_array_equal(a, b, err_msg=f'{name} (SIGKILL after step {kill_after})')
 
 
 def test_bfloat16_mixed_precision_trains_with_float32_parameters(tmp_path):
@@ -253,21 +309,32 @@ def test_bfloat16_mixed_precision_trains_with_float32_parameters(tmp_path):
   assert all(np.isfinite(m['loss']) for m in record['eval'].values())
 
 
-def test_two_processes_with_jax_distributed(tmp_path):
-  """`dsop_jax.main` as 2 processes (jax.distributed on 127.0.0.1, gloo collectives): each reads
-  its own data shard, both see the same global metrics, and the checkpoint is written collectively."""
+def test_two_processes_with_jax_distributed_equal_one_process(tmp_path):
+  """`dsop_jax.main` as 2 processes (jax.distributed on 127.0.0.1, gloo collectives, 1 device
+  each) against one process with 2 devices started by launch/local.sh, same global batch: each
+  process decodes its half of every global batch, both print the same metrics, the checkpoint is
+  written collectively, and the two runs end with bit-identical parameters, BN statistics and
+  metrics (a 2-way all-reduce is one addition, so here even the rounding agrees)."""
   import socket  # pylint: disable=g-import-not-at-top
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
-  workdir = str(tmp_path / 'work')
+  workdir, reference = str(tmp_path / 'work'), str(tmp_path / 'reference')
+  overrides = ['--config.model.branches.pattern=[0,0,1]', '--config.train.num_epochs=0.25',
+               '--config.train.checkpoint_every_steps=4']
+  root = os.path.dirname(HERE)
   processes = [subprocess.Popen(
       [sys.executable, '-m', 'dsop_jax.main', '--config=configs/quickstart.py', f'--workdir={workdir}',
-       '--config.model.branches.pattern=[0,0,1]', '--config.train.num_epochs=0.25',
-       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}',
-       '--cpu_collectives=gloo'], cwd=os.path.dirname(HERE), stdout=subprocess.PIPE,
+       *overrides, f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+       f'--process_id={i}', '--cpu_collectives=gloo'], cwd=root, stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
                for i in range(2)]
+  single = subprocess.run(
+      ['bash', 'launch/local.sh', 'configs/quickstart.py', reference, *overrides], cwd=root,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu',
+           'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
+      capture_output=True, text=True, timeout=400)
+  assert single.returncode == 0, single.stderr[-3000:]
   logs = [p.communicate(timeout=400)[0] for p in processes]
   assert [p.returncode for p in processes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
   for i, log in enumerate(logs):
@@ -275,5 +342,11 @@ def test_two_processes_with_jax_distributed(tmp_path):
   evals = [[line.split('): ', 1)[1] for line in log.splitlines() if 'Eval at step 6' in line]
            for log in logs]
   assert evals[0] and evals[0] == evals[1]
+  assert checkpointing.Checkpointer(workdir).manager.all_steps() == [4, 6]
+  untimed = lambda records: [{k: v for k, v in r.items() if k != 'time'} for r in records]
+  assert untimed(_metrics(workdir)) == untimed(_metrics(reference))
   assert [r['step'] for r in _metrics(workdir)] == [6]
-  assert checkpointing.Checkpointer(workdir).manager.all_steps() == [6]
+  config = train.workdir_config(workdir)
+  distributed = train.restore_variables(config, workdir)
+  for a, b in zip(_leaves(distributed), _leaves(train.restore_variables(config, reference))):
+    np.testing.assert_array_equal(a, b)

@@ -1,0 +1,105 @@
+"""Benchmark: the --quick CLI end to end without TensorFlow, peak lookup, options, the eigh baseline
+and the input-pipeline measurement."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import quickstart
+from dsop_jax import benchmark
+from dsop_jax import covpool
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs the real CLI and reports which heavy modules it imported.
+_RUN_CLI = """
+import json, runpy, sys
+sys.argv = ['benchmark'] + sys.argv[1:]
+try:
+  runpy.run_module('dsop_jax.benchmark', run_name='__main__')
+except SystemExit as e:
+  if e.code:
+    raise
+print(json.dumps(sorted(m for m in ('tensorflow', 'tensorflow_datasets', 'clu') if m in sys.modules)))
+"""
+
+
+def test_quick_cli_json_without_tensorflow():
+  out = subprocess.run(
+      [sys.executable, '-c', _RUN_CLI, '--config=configs/quickstart.py', '--quick', '--json'],
+      cwd=ROOT, check=True, capture_output=True, text=True, timeout=300).stdout.strip().splitlines()
+  result, imported = json.loads(out[-2]), json.loads(out[-1])
+  assert imported == []  # Accelerator hosts have neither TensorFlow nor clu.
+  assert result['options']['batch_size'] == 8 and result['image_size'] == 32
+  assert result['options']['parts'] == ['train', 'inference', 'pooling']
+  assert result['device']['platform'] == 'cpu' and result['device']['jax_version'] == jax.__version__
+  train = result['train']
+  for name in ('plain', 'dsop'):
+    assert train[name]['step_time_ms'] > 0
+    assert train[name]['images_per_s'] == pytest.approx(8e3 / train[name]['step_time_ms'])
+    assert train[name]['mfu'] is None  # No peak for CPUs.
+  # The quickstart branches double the training FLOPs: both counts agree on that.
+  assert 1.8 < train['xla_flops_ratio'] < 2.6
+  assert 1.8 < train['forward_macs_ratio'] < 2.6
+  assert train['dsop']['xla_gflops_per_step'] > train['plain']['xla_gflops_per_step']
+  inference = result['inference']
+  assert inference['same_program']
+  assert inference['detached']['xla_gflops_per_step'] == inference['plain']['xla_gflops_per_step']
+  pooling = result['pooling']
+  assert [m['shape'] for m in pooling['fwd_bwd']] == [[2, 14, 14, 256], [2, 56, 56, 256]]
+  assert sorted(pooling['branches']) == ['a_pds1_3', 'a_pds2_3', 'a_pds3_3']
+  assert pooling['branches']['a_pds3_3']['pool_input_shape'] == [8, 8, 8, 64]
+  assert all(0 < b['pool_share'] for b in pooling['branches'].values())
+
+
+def test_table_format_names_every_part():
+  result = {'device': benchmark.device_info(), 'options': {'batch_size': 8, 'precision': 'float32',
+                                                           'rounds': 1, 'steps': 1, 'warmup': 0},
+            'pooling': {'fwd_bwd': [{'shape': [2, 14, 14, 256], 'isqrt_cov_ms': 2.0, 'eigh_ms': 8.0,
+                                     'speedup': 4.0}], 'branches': {}}}
+  text = benchmark.format_report(result)
+  assert '2x14x14x256' in text and '4.0x' in text and 'train:' not in text
+
+
+@pytest.mark.parametrize('kind, precision, peak', [
+    ('NVIDIA H100 80GB HBM3', 'bfloat16', 989.4), ('NVIDIA H100 80GB HBM3', 'float32', 494.7),
+    ('NVIDIA H100 PCIe', 'bfloat16', 756.0), ('NVIDIA H200', 'bfloat16', 989.4),
+    ('NVIDIA A100-SXM4-80GB', 'float32', 156.0), ('cpu', 'float32', None)])
+def test_peak_tflops(kind, precision, peak):
+  assert benchmark.peak_tflops(kind, precision) == peak
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(precision='float16'), '--precision'), (dict(parts=('train', 'disk')), '--parts'),
+    (dict(steps=0), '--steps'), (dict(batch_size=0), 'batch_size')])
+def test_bad_options_are_named(change, message):
+  opts = benchmark.Options(**change)
+  with pytest.raises(ValueError, match=message):
+    benchmark.validate_options(opts)
+
+
+def test_train_part_refuses_a_config_without_branches():
+  config = quickstart.get_config()
+  config.model.branches.pattern = ''
+  with pytest.raises(ValueError, match='config.model.branches'):
+    benchmark.run(config, benchmark.Options(batch_size=2, parts=('train',)))
+
+
+def test_eigh_baseline_equals_converged_newton_schulz():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 6))  # 64 positions, full-rank 6x6.
+  np.testing.assert_allclose(benchmark.eigh_sqrt_pool(x), covpool.isqrt_cov_pool(x, num_iters=15),
+                             rtol=2e-4, atol=2e-5)
+
+
+def test_input_pipeline_throughput_runs_the_real_preprocessing():
+  opts = benchmark.Options(input_images=6, parts=('input',))
+  result = benchmark.run(None, opts)['input']
+  assert result['images'] == 6 and result['image_size'] == 224
+  assert result['one_core_threads'] == 1
+  assert result['one_core_images_per_s'] > 0 and result['all_cores_images_per_s'] > 0
+  assert result['mean_jpeg_kb'] > 10  # Realistic JPEGs, not blank ones.

@@ -1,0 +1,92 @@
+"""Checkpoints that cannot be read: a half-written save left by a killed run, a finalised checkpoint
+damaged afterwards, and a workdir trained with another config."""
+
+import glob
+import logging
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from dsop_jax import checkpointing
+from dsop_jax import train
+from tests import train_helpers
+
+
+def _leaves(state):
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
+
+
+def _truncate_files(directory):
+  """Cuts every data file of a checkpoint to half its size, as a storage fault would."""
+  files = [f for f in glob.glob(os.path.join(directory, '**'), recursive=True)
+           if os.path.isfile(f) and os.path.getsize(f) > 0]
+  assert files
+  for path in files:
+    with open(path, 'r+b') as f:
+      f.truncate(os.path.getsize(path) // 2)
+
+
+def test_unreadable_checkpoints_are_skipped_and_the_run_ends_as_uninterrupted(tmp_path, caplog):
+  config = train_helpers.tiny_digits_config()  # 6 steps, checkpoints at 3 and 6.
+  workdir = str(tmp_path / 'work')
+  uninterrupted = train.train_and_evaluate(config, workdir)
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  assert sorted(os.listdir(checkpoints)) == ['3', '6']
+  # A save killed half way leaves Orbax's temporary directory behind ...
+  os.makedirs(os.path.join(checkpoints, '9.orbax-checkpoint-tmp-1700000000'))
+  with open(os.path.join(checkpoints, '9.orbax-checkpoint-tmp-1700000000', 'partial'), 'wb') as f:
+    f.write(b'\0' * 100)
+  # ... and the finalised step 6 loses half of each file.
+  _truncate_files(os.path.join(checkpoints, '6', 'state'))
+
+  assert checkpointing.Checkpointer(workdir).latest_step() == 6
+  with caplog.at_level(logging.WARNING):
+    resumed = train.train_and_evaluate(config, workdir)  # Resumes from 3, redoes 4-6.
+  assert 'Checkpoint at step 6 in' in caplog.text and 'resuming from step 3' in caplog.text
+  (moved,) = glob.glob(os.path.join(workdir, 'corrupt_checkpoints', '6-*'))  # Kept, not deleted.
+  assert os.listdir(moved)
+  assert checkpointing.Checkpointer(workdir).manager.all_steps() == [3, 6]
+  for a, b in zip(_leaves(resumed), _leaves(uninterrupted)):
+    np.testing.assert_array_equal(a, b)
+
+  # Every checkpoint unreadable: the error of the latest is raised and nothing is moved.
+  for step in ('3', '6'):
+    _truncate_files(os.path.join(checkpoints, step, 'state'))
+  with pytest.raises(ValueError, match='checkpoint at step 6 .* cannot be restored'):
+    train.train_and_evaluate(config, workdir)
+  assert checkpointing.Checkpointer(workdir).manager.all_steps() == [3, 6]
+
+
+def test_resuming_with_another_model_or_optimiser_is_refused_naming_the_fields(tmp_path):
+  config = train_helpers.tiny_digits_config()
+  workdir = str(tmp_path)
+  os.makedirs(os.path.join(workdir, 'checkpoints', '3'))
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort())
+  train.check_resume_config(config, workdir)  # Same config: accepted.
+  config.train.num_epochs = 5.0  # Training longer is allowed.
+  train.check_resume_config(config, workdir)
+  config.model.branches.pattern = '[0,0,2]'
+  config.optim.name = 'radam'
+  with pytest.raises(ValueError) as error:
+    train.check_resume_config(config, workdir)
+  assert ("config.model.branches.pattern = '[0,0,2]' (checkpoints: '[0,0,1]'); "
+          "config.optim.name = 'radam' (checkpoints: 'sgd')") in str(error.value)
+  # train_and_evaluate checks before it restores (or compiles) anything.
+  with pytest.raises(ValueError, match='holds checkpoints of another model or optimiser'):
+    train.train_and_evaluate(config, workdir)
+
+
+def test_export_of_a_workdir_without_config_or_checkpoint_is_refused_by_name(tmp_path):
+  from dsop_jax import export  # pylint: disable=g-import-not-at-top
+  workdir, out = str(tmp_path / 'work'), str(tmp_path / 'export')
+  os.makedirs(workdir)
+  with pytest.raises(ValueError, match='holds no config.json: not a dsop_jax training workdir'):
+    export.export(workdir, out)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(train_helpers.tiny_digits_config().to_json_best_effort())
+  with pytest.raises(ValueError, match='No checkpoint in .*checkpoints'):
+    export.export(workdir, out)
+  assert not os.path.exists(os.path.join(out, 'model_config.json'))
