@@ -112,10 +112,13 @@ class Checkpointer:
 
 
 class PreemptionWatch:
-  """Turns SIGTERM into a flag the training loop polls, so it saves before exiting.
+  """Turns SIGTERM into a step at which the training loop saves and stops.
 
-  With several processes, `jax.experimental.multihost_utils.reached_preemption_sync_point` makes all
-  processes agree on the step (it needs the preemption service of jax.distributed).
+  One process: a Python SIGTERM handler sets a flag the loop polls. Several processes: the signal
+  may reach only some hosts, and a save is collective, so every process must stop at the same step.
+  jax.distributed's preemption sync manager catches SIGTERM itself and
+  `multihost_utils.reached_preemption_sync_point(step)` turns true on all processes at the same
+  step; no Python handler is installed then (it would replace JAX's and hang the other hosts).
   """
 
   def __init__(self):
@@ -123,7 +126,7 @@ class PreemptionWatch:
     self._previous = None
 
   def __enter__(self) -> 'PreemptionWatch':
-    if threading.current_thread() is threading.main_thread():
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
     return self
 
@@ -134,5 +137,5 @@ class PreemptionWatch:
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      return self._flag.is_set() or multihost_utils.reached_preemption_sync_point(step)
+      return multihost_utils.reached_preemption_sync_point(step)
     return self._flag.is_set()

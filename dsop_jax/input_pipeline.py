@@ -1,10 +1,13 @@
 """Input pipelines (tf.data) for ImageNet, CIFAR-10/100 and the embedded scikit-learn digits.
 
 TensorFlow is used for input only and never sees a GPU. One code path serves every dataset: raw
-records -> this process's shard -> seeded shuffle -> (enumerate, skip to the resume position) ->
-per-example preprocessing with stateless random ops seeded by (seed, epoch, process, index) -> batches.
+records -> seeded shuffle -> (enumerate, skip to the resume position) -> this process's slice of
+every global batch (with data.process_split='files', each process reads its own file shard instead)
+-> per-example preprocessing with stateless random ops seeded by (seed, epoch, index) -> batches.
 So the data order and augmentation are a pure function of (seed, step): a run resumed at step k sees
-exactly the batches an uninterrupted run sees from step k on.
+exactly the batches an uninterrupted run sees from step k on. ImageNet JPEGs and CIFAR PNGs are read
+as bytes and checked before decoding: an incomplete file is skipped and counted instead of stopping
+the run.
 
 Augmentation (Section V-B): ImageNet, shorter side resized to a random size in [256, 512], random
 224x224 crop, random flip, mean/std normalisation (or an Inception crop); eval, shorter side 256 and a
@@ -134,13 +137,27 @@ def jpeg_is_complete(jpeg: tf.Tensor) -> tf.Tensor:
   return tf.logical_and(tf.strings.substr(jpeg, 0, 2) == b'\xff\xd8', eoi)
 
 
+def png_is_complete(png: tf.Tensor) -> tf.Tensor:
+  """True when `png` starts with the PNG signature and ends with the IEND chunk."""
+  length = tf.strings.length(png)
+  return tf.logical_and(tf.strings.substr(png, 0, 8) == b'\x89PNG\r\n\x1a\n',
+                        tf.strings.substr(png, tf.maximum(length - 8, 0), 8) == b'IEND\xaeB`\x82')
+
+
+# Datasets read as encoded bytes (tfds.decode.SkipDecoding), so a damaged image is skipped instead
+# of stopping TFDS's decoder: the completeness check of each, and whether the bytes are decoded in
+# _records (CIFAR) or by the ImageNet crops (which decode only the crop window).
+_ENCODED = {'imagenet2012': (jpeg_is_complete, False), 'cifar10': (png_is_complete, True),
+            'cifar100': (png_is_complete, True)}
+
+
 def _records(config: ml_collections.ConfigDict, split: str, *, process_index: int,
              process_count: int, train: bool, file_seed: int,
              skipped: Optional[SkipCounter] = None) -> Tuple[tf.data.Dataset, int]:
   """This process's raw records of `split` ({'image', 'label'}) and how many were assigned to it.
 
-  ImageNet records whose JPEG is not complete are dropped (and counted in `skipped`), so a damaged
-  file costs one example instead of the run.
+  Records whose encoded image (ImageNet JPEG, CIFAR PNG) is not complete are dropped and counted in
+  `skipped`, so a damaged file costs one example instead of the run.
   """
   total = num_examples(config, split)
   count = total // process_count if train else math.ceil(total / process_count)
@@ -151,7 +168,7 @@ def _records(config: ml_collections.ConfigDict, split: str, *, process_index: in
   else:
     builder = tfds.builder(config.data.dataset, data_dir=config.data.data_dir or None)
     decoders = ({'image': tfds.decode.SkipDecoding()}
-                if config.data.dataset == 'imagenet2012' else None)
+                if config.data.dataset in _ENCODED else None)
     ds = builder.as_dataset(
         split=tfds.split_for_jax_process(split, process_index=process_index,
                                          process_count=process_count, drop_remainder=train),
@@ -159,9 +176,13 @@ def _records(config: ml_collections.ConfigDict, split: str, *, process_index: in
         read_config=tfds.ReadConfig(shuffle_seed=file_seed, interleave_cycle_length=16))
     ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
   ds = ds.take(count)
-  if config.data.dataset == 'imagenet2012':
+  if config.data.dataset in _ENCODED:
+    complete, decode_here = _ENCODED[config.data.dataset]
     counter = skipped or SkipCounter()
-    ds = ds.filter(lambda ex: counter.keep(jpeg_is_complete(ex['image'])))
+    ds = ds.filter(lambda ex: counter.keep(complete(ex['image'])))
+    if decode_here:
+      ds = ds.map(lambda ex: {'image': tf.ensure_shape(tf.io.decode_png(ex['image'], channels=3),
+                                                       (32, 32, 3)), 'label': ex['label']})
   return ds, count
 
 
@@ -232,6 +253,17 @@ def steps_per_epoch(config: ml_collections.ConfigDict, global_batch_size: int) -
 PROCESS_SPLITS = ('examples', 'files')
 
 
+def _slice_of_global_batch(global_batch: int, local_batch: int, process_index: int
+                           ) -> Any:
+  """Predicate on (global index, example): the example is in this process's slice of its batch."""
+
+  def mine(index: tf.Tensor, example: Any) -> tf.Tensor:
+    del example
+    return (index % global_batch) // local_batch == process_index
+
+  return mine
+
+
 def train_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, start_step: int,
                   seed: int, process_index: int = 0, process_count: int = 1,
                   skipped: Optional[SkipCounter] = None) -> Iterator[Dict[str, np.ndarray]]:
@@ -268,7 +300,7 @@ def train_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, s
                     reshuffle_each_iteration=False).repeat()  # Tops up after skipped records.
     if by_example:  # Global index i; this process keeps its slice of every global batch.
       ds = ds.enumerate().skip(offset * global_batch).filter(
-          lambda i, ex: (i % global_batch) // local_batch_size == process_index)
+          _slice_of_global_batch(global_batch, local_batch_size, process_index))
     else:  # Local index i, made unique over processes.
       ds = ds.enumerate(start=process_index * 2**40).skip(offset * local_batch_size)
     ds = ds.map(lambda i, ex: preprocess(
@@ -315,7 +347,8 @@ def eval_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, pr
   if by_example:
     global_batch = local_batch_size * process_count
     ds = ds.enumerate().filter(
-        lambda i, ex: (i % global_batch) // local_batch_size == process_index).map(lambda i, ex: ex)
+        _slice_of_global_batch(global_batch, local_batch_size, process_index)).map(
+            lambda i, ex: ex)
   ds = ds.map(lambda ex: preprocess(ex, tf.zeros(2, tf.int64), info=info, train=False,
                                     image_size=config.data.image_size),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from configs import cifar_resnet20
 from configs import imagenet_r18
 from configs import quickstart
 from dsop_jax import input_pipeline as ip
@@ -107,30 +108,39 @@ def test_dataset_name_is_validated():
     ip.dataset_info(config)
 
 
-def _imagenet_records_with_damage(bad):
-  """An `as_dataset_fn` for tfds.testing.mock_data: 64 real JPEGs, label = index, some damaged."""
+def _records_with_damage(bad, png):
+  """An `as_dataset_fn` for tfds.testing.mock_data: 64 real JPEGs (ImageNet) or 32x32 PNGs
+  (CIFAR), label = index, some damaged."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
-  jpegs = []
+  encoded = []
   for i in range(64):
-    jpeg = tf.io.encode_jpeg(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).numpy()
-    jpegs.append({'truncated': jpeg[:len(jpeg) // 2], 'empty': b'', 'other': b'GIF89a' + jpeg[6:]}
-                 .get(bad.get(i), jpeg))
+    if png:
+      data = tf.io.encode_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).numpy()
+    else:
+      data = tf.io.encode_jpeg(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).numpy()
+    encoded.append({'truncated': data[:len(data) // 2], 'empty': b'',
+                    'other': b'GIF89a' + data[6:]}.get(bad.get(i), data))
 
   def as_dataset(self, split, **kwargs):
     del self, split, kwargs
-    return tf.data.Dataset.from_tensor_slices({'image': jpegs, 'label': np.arange(64),
-                                               'file_name': [f'{i}.JPEG' for i in range(64)]})
+    extra = {'id': [str(i) for i in range(64)]} if png else {
+        'file_name': [f'{i}.JPEG' for i in range(64)]}
+    return tf.data.Dataset.from_tensor_slices({'image': encoded, 'label': np.arange(64), **extra})
   return as_dataset
 
 
-def test_unreadable_jpegs_are_skipped_counted_and_epochs_keep_their_length():
+@pytest.mark.parametrize('dataset', ['imagenet2012', 'cifar10'])
+def test_unreadable_images_are_skipped_counted_and_epochs_keep_their_length(dataset):
   bad = {3: 'truncated', 17: 'empty', 40: 'other'}
-  config = imagenet_r18.get_config()
-  config.data.image_size = 32
+  if dataset == 'cifar10':
+    config = cifar_resnet20.get_config('cifar10')
+  else:
+    config = imagenet_r18.get_config()
+    config.data.image_size = 32
   config.data.shuffle_buffer = 64
   with tfds.testing.mock_data(num_examples=64, data_dir=METADATA,
-                              as_dataset_fn=_imagenet_records_with_damage(bad)):
+                              as_dataset_fn=_records_with_damage(bad, dataset == 'cifar10')):
     train_skips, eval_skips = ip.SkipCounter(), ip.SkipCounter()
     batches = _take(ip.train_batches(config, local_batch_size=8, start_step=0, seed=0,
                                      skipped=train_skips), 16)  # Two epochs of 8 steps.

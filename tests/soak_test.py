@@ -37,7 +37,7 @@ def test_soak_steady_memory_files_and_step_time(tmp_path):
     subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
   # The training summaries every 100 steps carry the host memory (train.host_memory()).
   host = {}
-  for step, values in re.findall(r'\] \[(\d+)\] (host/.*)', open(log_path).read()):
+  for step, values in re.findall(r'\] \[(\d+)\] (\S+=.*host/.*)', open(log_path).read()):
     if int(step) % 100 == 0:
       pairs = dict(item.split('=') for item in values.split(', '))
       host[int(step)] = {k[len('host/'):]: float(v) for k, v in pairs.items()
@@ -57,7 +57,7 @@ def test_soak_steady_memory_files_and_step_time(tmp_path):
   # Seconds per 100 steps from the log's timestamps; medians, as the machine is shared and noisy.
   times = {}
   for line in open(log_path).read().splitlines():
-    match = re.search(r' (\d\d):(\d\d):(\d\d\.\d+) .*\] \[(\d+)\] host/', line)
+    match = re.search(r' (\d\d):(\d\d):(\d\d\.\d+) .*\] \[(\d+)\] \S+=.*host/', line)
     if match and int(match[4]) % 100 == 0:
       times[int(match[4])] = int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3])
   per_100 = np.diff([times[s] for s in sorted(times)]) % 86400

@@ -311,41 +311,66 @@ def test_bfloat16_mixed_precision_trains_with_float32_parameters(tmp_path):
 
 def test_two_processes_with_jax_distributed_equal_one_process(tmp_path):
   """`dsop_jax.main` as 2 processes (jax.distributed on 127.0.0.1, gloo collectives, 1 device
-  each) against one process with 2 devices started by launch/local.sh, same global batch: each
-  process decodes its half of every global batch, both print the same metrics, the checkpoint is
-  written collectively, and the two runs end with bit-identical parameters, BN statistics and
-  metrics (a 2-way all-reduce is one addition, so here even the rounding agrees)."""
+  each) against one process with 2 devices started by launch/local.sh, same global batch.
+
+  SIGTERM reaches process 0 only (one preempted host): both processes still stop at the same step,
+  save collectively and exit 0. Rerun, they finish the 11 steps; each process decodes its half of
+  every global batch, both print the same metrics, and the run ends with parameters, BN statistics
+  and metrics bit-identical to the 1-process run (a 2-way all-reduce is one addition, so here even
+  the rounding agrees).
+  """
+  import signal  # pylint: disable=g-import-not-at-top
   import socket  # pylint: disable=g-import-not-at-top
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
+  import time  # pylint: disable=g-import-not-at-top
   workdir, reference = str(tmp_path / 'work'), str(tmp_path / 'reference')
-  overrides = ['--config.model.branches.pattern=[0,0,1]', '--config.train.num_epochs=0.25',
-               '--config.train.checkpoint_every_steps=4']
+  overrides = ['--config.model.branches.pattern=[0,0,1]', '--config.train.num_epochs=0.5',
+               '--config.train.checkpoint_every_steps=4', '--config.train.log_every_steps=1']
   root = os.path.dirname(HERE)
-  processes = [subprocess.Popen(
-      [sys.executable, '-m', 'dsop_jax.main', '--config=configs/quickstart.py', f'--workdir={workdir}',
-       *overrides, f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-       f'--process_id={i}', '--cpu_collectives=gloo'], cwd=root, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
-               for i in range(2)]
-  single = subprocess.run(
+
+  def start_two(logs):
+    with socket.socket() as s:
+      s.bind(('127.0.0.1', 0))
+      port = s.getsockname()[1]
+    return [subprocess.Popen(
+        [sys.executable, '-m', 'dsop_jax.main', '--config=configs/quickstart.py',
+         f'--workdir={workdir}', *overrides, f'--coordinator_address=127.0.0.1:{port}',
+         '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo'], cwd=root,
+        stdout=open(logs[i], 'w'), stderr=subprocess.STDOUT,
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu'}) for i in range(2)]
+
+  first = [tmp_path / f'first{i}.txt' for i in range(2)]
+  processes = start_two(first)
+  single = subprocess.Popen(
       ['bash', 'launch/local.sh', 'configs/quickstart.py', reference, *overrides], cwd=root,
       env={**os.environ, 'JAX_PLATFORMS': 'cpu',
            'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
-      capture_output=True, text=True, timeout=400)
-  assert single.returncode == 0, single.stderr[-3000:]
-  logs = [p.communicate(timeout=400)[0] for p in processes]
-  assert [p.returncode for p in processes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while open(first[0]).read().count('train/loss=') < 2:
+    assert processes[0].poll() is None and time.time() < deadline, open(first[0]).read()[-3000:]
+    time.sleep(0.05)
+  processes[0].send_signal(signal.SIGTERM)
+  assert [p.wait(timeout=300) for p in processes] == [0, 0]
+  stopped = [int(open(f).read().split('Preempted (SIGTERM) at step ')[1].split(';')[0])
+             for f in first]
+  assert stopped[0] == stopped[1] < 11
+  assert checkpointing.Checkpointer(workdir).latest_step() == stopped[0]
+
+  second = [tmp_path / f'second{i}.txt' for i in range(2)]
+  processes = start_two(second)
+  assert [p.wait(timeout=300) for p in processes] == [0, 0]
+  assert single.wait(timeout=300) == 0, single.stderr.read()[-3000:]
+  logs = [open(f).read() for f in second]
   for i, log in enumerate(logs):
     assert f'JAX process {i}/2, 1 local / 2 global devices' in log
-  evals = [[line.split('): ', 1)[1] for line in log.splitlines() if 'Eval at step 6' in line]
+    assert f'Resuming from step {stopped[0]}' in log
+  evals = [[line.split('): ', 1)[1] for line in log.splitlines() if 'Eval at step 11' in line]
            for log in logs]
   assert evals[0] and evals[0] == evals[1]
-  assert checkpointing.Checkpointer(workdir).manager.all_steps() == [4, 6]
+  assert checkpointing.Checkpointer(workdir).latest_step() == 11
   untimed = lambda records: [{k: v for k, v in r.items() if k != 'time'} for r in records]
   assert untimed(_metrics(workdir)) == untimed(_metrics(reference))
-  assert [r['step'] for r in _metrics(workdir)] == [6]
+  assert [r['step'] for r in _metrics(workdir)] == [11]
   config = train.workdir_config(workdir)
   distributed = train.restore_variables(config, workdir)
   for a, b in zip(_leaves(distributed), _leaves(train.restore_variables(config, reference))):
