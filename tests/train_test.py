@@ -237,8 +237,11 @@ def test_two_phase_trains_branches_on_a_frozen_backbone(tmp_path):
 
 def test_two_phase_refuses_a_backbone_of_another_network(tmp_path):
   other = train_helpers.tiny_digits_config(num_epochs=1 / 22)
-  other.model.name = 'preact_resnet110'
+  other.model.name = 'resnet18'  # 4 stages: per-stage fields need 4 entries.
   other.model.branches.pattern = ''
+  other.model.branches.channels = (8,) * 4
+  other.model.branches.reduction = ('direct',) * 4
+  other.loss.betas = (0.0,) * 4
   train.train_and_evaluate(other, str(tmp_path / 'r110'))
   config = train_helpers.tiny_digits_config(policy='two_phase',
                                             backbone_checkpoint=str(tmp_path / 'r110'))
