@@ -171,8 +171,7 @@ def train_benchmark(config: ml_collections.ConfigDict, opts: Options) -> Dict[st
   peak = peak_tflops(jax.devices()[0].device_kind, opts.precision)
   runners, flops, states = {}, {}, {}
   for name, (module, loss_weights) in variants.items():
-    init = jax.jit(train.state_init_fn(module, tx, size), out_shardings=sharding.replicated(mesh))
-    states[name] = init(jax.random.PRNGKey(0))
+    states[name] = train.init_state(module, tx, config, mesh)
     step = jax.jit(functools.partial(train.train_step, model=module, tx=tx,
                                      loss_weights=loss_weights), donate_argnums=(0,))
     compiled = step.lower(states[name], batch, rng).compile()

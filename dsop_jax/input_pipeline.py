@@ -52,6 +52,7 @@ DATASETS: Dict[str, DatasetInfo] = {
     'digits': DatasetInfo(10, 'train', 'test', 'digits', (0.0,) * 3, (1.0,) * 3),  # Set below.
 }
 DIGITS_TEST_SIZE = 360
+PROCESS_SPLITS = ('examples', 'files')  # config.data.process_split, see train_batches.
 
 
 @functools.lru_cache(maxsize=1)
@@ -78,6 +79,9 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   name = config.data.dataset
   if name not in DATASETS:
     raise ValueError(f'config.data.dataset = {name!r} is invalid: allowed: {", ".join(DATASETS)}.')
+  if config.data.process_split not in PROCESS_SPLITS:
+    raise ValueError(f'config.data.process_split = {config.data.process_split!r} is invalid: '
+                     f'allowed: {", ".join(PROCESS_SPLITS)}.')
   info = DATASETS[name]
   if name == 'digits':
     mean, std = _digits_stats()
@@ -156,9 +160,13 @@ def _records(config: ml_collections.ConfigDict, split: str, *, process_index: in
              skipped: Optional[SkipCounter] = None) -> Tuple[tf.data.Dataset, int]:
   """This process's raw records of `split` ({'image', 'label'}) and how many were assigned to it.
 
-  Records whose encoded image (ImageNet JPEG, CIFAR PNG) is not complete are dropped and counted in
-  `skipped`, so a damaged file costs one example instead of the run.
+  With config.data.process_split = 'examples' every process reads the whole split (its callers
+  then take its slice of each global batch). Records whose encoded image (ImageNet JPEG, CIFAR PNG)
+  is not complete are dropped and counted in `skipped`, so a damaged file costs one example
+  instead of the run.
   """
+  if config.data.process_split == 'examples':
+    process_index, process_count = 0, 1
   total = num_examples(config, split)
   count = total // process_count if train else math.ceil(total / process_count)
   if config.data.dataset == 'digits':
@@ -250,9 +258,6 @@ def steps_per_epoch(config: ml_collections.ConfigDict, global_batch_size: int) -
   return num_examples(config, dataset_info(config).train_split) // global_batch_size
 
 
-PROCESS_SPLITS = ('examples', 'files')
-
-
 def _slice_of_global_batch(global_batch: int, local_batch: int, process_index: int
                            ) -> Any:
   """Predicate on (global index, example): the example is in this process's slice of its batch."""
@@ -280,9 +285,6 @@ def train_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, s
   start, so every epoch still has its `steps_per_epoch` batches and positions stay a function of
   (seed, step).
   """
-  if config.data.process_split not in PROCESS_SPLITS:
-    raise ValueError(f'config.data.process_split = {config.data.process_split!r} is invalid: '
-                     f'allowed: {", ".join(PROCESS_SPLITS)}.')
   info = dataset_info(config)
   global_batch = local_batch_size * process_count
   per_epoch = steps_per_epoch(config, global_batch)
@@ -293,9 +295,9 @@ def train_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, s
   epoch, offset = divmod(start_step, per_epoch)
   while True:
     epoch_seed = seed * 1_000_003 + epoch
-    ds, count = _records(config, info.train_split, process_index=0 if by_example else process_index,
-                         process_count=1 if by_example else process_count, train=True,
-                         file_seed=epoch_seed, skipped=skipped)
+    ds, count = _records(config, info.train_split, process_index=process_index,
+                         process_count=process_count, train=True, file_seed=epoch_seed,
+                         skipped=skipped)
     ds = ds.shuffle(min(count, config.data.shuffle_buffer), seed=epoch_seed,
                     reshuffle_each_iteration=False).repeat()  # Tops up after skipped records.
     if by_example:  # Global index i; this process keeps its slice of every global batch.
@@ -340,11 +342,9 @@ def eval_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, pr
   the metrics are then over the readable images.
   """
   info = dataset_info(config)
-  by_example = config.data.process_split == 'examples'
-  ds, _ = _records(config, info.eval_split, process_index=0 if by_example else process_index,
-                   process_count=1 if by_example else process_count, train=False, file_seed=0,
-                   skipped=skipped)
-  if by_example:
+  ds, _ = _records(config, info.eval_split, process_index=process_index,
+                   process_count=process_count, train=False, file_seed=0, skipped=skipped)
+  if config.data.process_split == 'examples':
     global_batch = local_batch_size * process_count
     ds = ds.enumerate().filter(
         _slice_of_global_batch(global_batch, local_batch_size, process_index)).map(

@@ -207,9 +207,6 @@ def _validate(config: ml_collections.ConfigDict, input_pipeline: Any) -> None:
     raise ValueError(f'config.train.on_nonfinite = {t.on_nonfinite!r} is invalid: allowed: stop, skip.')
   sharding.local_batch_size(t.batch_size, 'train.batch_size')
   sharding.local_batch_size(config.eval.batch_size, 'eval.batch_size')
-  if config.data.process_split not in input_pipeline.PROCESS_SPLITS:
-    raise ValueError(f'config.data.process_split = {config.data.process_split!r} is invalid: '
-                     f'allowed: {", ".join(input_pipeline.PROCESS_SPLITS)}.')
   info = input_pipeline.dataset_info(config)
   if config.model.num_classes != info.num_classes:
     raise ValueError(f'config.model.num_classes = {config.model.num_classes} is invalid: '
@@ -233,8 +230,9 @@ def state_init_fn(model: Any, tx: optax.GradientTransformation, image_size: int
   return init
 
 
-def _init_state(model: Any, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
-                mesh: Any) -> TrainState:
+def init_state(model: Any, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+               mesh: Any) -> TrainState:
+  """A fresh TrainState of `model` (seed config.train.seed), replicated over the mesh."""
   init = state_init_fn(model, tx, config.data.image_size)
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(
       jax.random.PRNGKey(config.train.seed))
@@ -361,7 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   weights = models.loss_weights(config)
   lr_fn = optim.learning_rate_schedule(config, steps_per_epoch, num_steps)
   tx = optim.create_optimizer(config, steps_per_epoch, num_steps)
-  state = _init_state(model, tx, config, mesh)
+  state = init_state(model, tx, config, mesh)
   branch_names = [k for k in state.params if k != dsop.BACKBONE]
 
   os.makedirs(workdir, exist_ok=True)
