@@ -1,11 +1,25 @@
-"""Shared tiny models and configs for the tests."""
+"""Shared tiny models and configs for the tests, and a persistent XLA compilation cache.
+
+Many tests train the same tiny configs, in this process, in the other pytest-xdist worker, and in
+subprocesses (`dsop_jax.main` runs, notebooks). They share compiled programs through JAX's
+persistent compilation cache in .pytest_cache/ of the checkout (a clean clone starts empty). The
+cached executables are the ones XLA would compile, so results stay bit-identical; on this 2-core
+machine a repeated tiny training run took 17 s instead of 34 s.
+"""
 
 import functools
+import os
 
+import jax
 import ml_collections
 
 from dsop_jax import cifar_backbones
 from dsop_jax import resnet
+
+_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.pytest_cache',
+                      'jax_compilation_cache')
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)  # Inherited by subprocesses.
+jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
 
 # A 4-stage ImageNet-style ResNet with 4..32 channels and one basic block per stage.
 TinyResNet = functools.partial(resnet.ResNet, stage_sizes=(1, 1, 1, 1), block_cls=resnet.BasicBlock,

@@ -1,0 +1,129 @@
+"""Curves and summary tables: the CLI renders a PNG from real tiny runs on the digits; the figure's
+lines and the table's numbers are the metrics.jsonl values; damaged or missing input is refused."""
+
+import json
+import os
+import subprocess
+import sys
+
+from matplotlib import image as mpl_image
+import numpy as np
+import pytest
+
+from dsop_jax import plot
+from dsop_jax import train
+from tests import train_helpers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DSOP_HEADS = ['logits', 'a_pds1_3', 'a_pds2_3', 'a_pds3_3']  # Branches after block 3.
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """A DSoP run and a plain run on the real digits: 6 steps, an evaluation every 2 steps."""
+  base = tmp_path_factory.mktemp('runs')
+  workdirs = []
+  for name, pattern in (('dsop', '[0,0,1]'), ('plain', '')):
+    config = train_helpers.tiny_digits_config(checkpoint_every_steps=6)
+    config.train.eval_every_epochs = 2 / 22  # 22 steps per epoch.
+    config.model.branches.pattern = pattern
+    train.train_and_evaluate(config, str(base / name))
+    workdirs.append(str(base / name))
+  return workdirs
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_cli_renders_png_and_table_from_real_runs(runs, tmp_path):
+  output, table_path = tmp_path / 'curves.png', tmp_path / 'table.md'
+  result = subprocess.run(
+      [sys.executable, '-m', 'dsop_jax.plot', f'--workdir={runs[0]}', f'--workdir={runs[1]}',
+       f'--output={output}', f'--table={table_path}'],
+      cwd=ROOT, capture_output=True, text=True, check=True)
+  image = mpl_image.imread(str(output))
+  # Two rows (main heads of both runs; every head of the DSoP run; the plain run has one head),
+  # 12 x 8 inches at 100 dpi.
+  assert image.shape[:2] == (800, 1200)
+  assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 50  # Not a blank canvas.
+  table = table_path.read_text()
+  assert table.strip() in result.stdout
+  rows = [line for line in table.splitlines()[2:]]
+  assert len(rows) == 5  # 4 DSoP heads + the plain main head.
+  final = _records(runs[0])[-1]
+  assert final['step'] == 6
+  main = final['eval']['logits']
+  assert (f"| preact_resnet20 + DSoP (3 branches) | main (first-order) | {round(final['epoch'], 2):g} | "
+          f"{100 * (1 - main['top1']):.2f} | {100 * (1 - main['top5']):.2f} |") in rows[0]
+  assert rows[4].startswith('| preact_resnet20 (plain) | main (first-order) |')
+
+
+def test_figure_lines_are_the_recorded_errors(runs):
+  loaded = plot.load_runs(runs)
+  assert [r.label for r in loaded] == ['preact_resnet20 + DSoP (3 branches)',
+                                       'preact_resnet20 (plain)']
+  assert loaded[0].heads == DSOP_HEADS and loaded[1].heads == ['logits']
+  records = _records(runs[0])
+  assert [r['step'] for r in records] == [2, 4, 6]
+  fig = plot.figure(loaded)
+  compare_top1, _, heads_top1, heads_top5 = fig.axes
+  plain_records = _records(runs[1])
+  for line, recs in zip(compare_top1.lines, (records, plain_records)):
+    np.testing.assert_allclose(line.get_xdata(), [r['epoch'] for r in recs])
+    np.testing.assert_allclose(line.get_ydata(), [100 * (1 - r['eval']['logits']['top1'])
+                                                  for r in recs])
+  assert [l.get_label() for l in heads_top5.lines] == ['main (first-order)'] + DSOP_HEADS[1:]
+  for line, head in zip(heads_top5.lines, DSOP_HEADS):
+    np.testing.assert_allclose(line.get_ydata(), [100 * (1 - r['eval'][head]['top5'])
+                                                  for r in records])
+  assert len(heads_top1.lines) == 4
+  one = plot.figure(loaded[:1])  # One run: its heads only, no comparison row.
+  assert len(one.axes) == 2 and len(one.axes[0].lines) == 4
+
+
+def _write(path, lines):
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
+    f.write('\n'.join(lines))
+
+
+def _line(step, top1, epoch=None):
+  return json.dumps({'step': step, 'epoch': step / 10 if epoch is None else epoch,
+                     'eval': {'logits': {'top1': top1, 'top5': 1.0, 'loss': 0.1}}})
+
+
+def test_read_metrics_keeps_the_last_record_of_a_step_and_skips_a_torn_last_line(tmp_path):
+  # A run evaluated step 20, was killed before saving, resumed from step 10 and evaluated step 20
+  # again; then it was killed while writing.
+  _write(tmp_path, [_line(10, 0.5), _line(20, 0.6), _line(20, 0.7), _line(30, 0.8)[:25]])
+  records = plot.read_metrics(str(tmp_path))
+  assert [(r['step'], r['eval']['logits']['top1']) for r in records] == [(10, 0.5), (20, 0.7)]
+  run = plot.Run(str(tmp_path), 'x', records)
+  assert run.curve('logits', 'top1') == ((1.0, 2.0), (50.0, pytest.approx(30.0)))
+
+
+@pytest.mark.parametrize('lines, match', [
+    ([_line(10, 0.5)[:20], _line(20, 0.6)], 'line 1, is not an evaluation record'),
+    (['{"step": 1, "epoch": 0.1}', _line(20, 0.6)], "line 1, is not an evaluation record .*'eval'"),
+    ([_line(10, 'high'), _line(20, 0.6)], 'line 1, is not an evaluation record'),
+    ([], 'holds no evaluation yet'),
+])
+def test_read_metrics_refuses_damaged_files(tmp_path, lines, match):
+  _write(tmp_path, lines)
+  with pytest.raises(ValueError, match=match):
+    plot.read_metrics(str(tmp_path))
+
+
+def test_bad_arguments_name_the_flag(tmp_path, runs):
+  with pytest.raises(ValueError, match=r"--workdir='.*nothing' holds no metrics.jsonl"):
+    plot.read_metrics(str(tmp_path / 'nothing'))
+  with pytest.raises(ValueError, match=r"--output='.*curves.txt'.*allowed: .*png"):
+    plot.render(runs, str(tmp_path / 'curves.txt'))
+  with pytest.raises(ValueError, match='--label: got 1 labels for 2 workdirs'):
+    plot.render(runs, str(tmp_path / 'curves.png'), labels=['only one'])
+  assert not os.path.exists(tmp_path / 'curves.png')
+  table = plot.render(runs, str(tmp_path / 'out' / 'curves.svg'), labels=['DSoP', 'plain'])
+  assert os.path.getsize(tmp_path / 'out' / 'curves.svg') > 0
+  assert '| DSoP | a_pds3_3 |' in table and '| plain | main (first-order) |' in table
