@@ -12,13 +12,16 @@ import ml_collections
 NUM_CLASSES = {'cifar10': 10, 'cifar100': 100}
 
 
-def parse_argument(argument: str) -> tuple:
-  """'cifar10', 'cifar100', optionally followed by ',plain' -> (dataset, plain)."""
+def parse_argument(argument: str, extra_options: tuple = ()) -> tuple:
+  """'cifar10', 'cifar100', optionally followed by ',plain' (and any of `extra_options`, e.g.
+  ',adahessian') -> (dataset, plain)."""
   dataset, *options = argument.split(',')
-  if dataset not in NUM_CLASSES or any(o != 'plain' for o in options):
+  allowed = ('plain',) + tuple(extra_options)
+  if dataset not in NUM_CLASSES or any(o not in allowed for o in options):
     raise ValueError(f'config argument (dataset) = {argument!r} is invalid: allowed: '
-                     f'{", ".join(NUM_CLASSES)}, optionally followed by ",plain".')
-  return dataset, bool(options)
+                     f'{", ".join(NUM_CLASSES)}, optionally followed by '
+                     f'{" and/or ".join(repr("," + o) for o in allowed)}.')
+  return dataset, 'plain' in options
 
 
 def plain(config: ml_collections.ConfigDict, is_plain: bool) -> ml_collections.ConfigDict:
@@ -35,6 +38,21 @@ def wrn_schedule(config: ml_collections.ConfigDict) -> None:
   config.optim.weight_decay = 5e-4
   config.optim.decay_epochs = (60, 120, 160)
   config.optim.decay_factor = 0.2
+
+
+def adahessian_schedule(config: ml_collections.ConfigDict) -> None:
+  """Table IX: AdaHessian with the settings of its official CIFAR code, which the paper says it
+  used (github.com/amirgholami/adahessian): batch 256, 160 epochs, lr 0.15 divided by 10 at 80 and
+  120, decoupled weight decay 5e-4, betas (0.9, 0.999), eps 1e-4, Hessian power 1."""
+  config.train.batch_size = 256
+  config.train.num_epochs = 160.0
+  config.optim.name = 'adahessian'
+  config.optim.learning_rate = 0.15
+  config.optim.weight_decay = 5e-4
+  config.optim.decay_epochs = (80, 120)
+  config.optim.decay_factor = 0.1
+  config.optim.eps = 1e-4
+  config.optim.hessian_power = 1.0
 
 
 def resnext_schedule(config: ml_collections.ConfigDict) -> None:
@@ -99,7 +117,7 @@ def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:
   config.train.keep_checkpoints = 3  # Checkpoints kept in WORKDIR/checkpoints.
 
   config.optim = ml_collections.ConfigDict()
-  config.optim.name = 'sgd'  # 'sgd' or 'radam' (Table IX).
+  config.optim.name = 'sgd'  # 'sgd', 'radam' or 'adahessian' (Table IX).
   config.optim.learning_rate = 0.3  # Pre-activation ResNets: 0.3 (Section V-D).
   config.optim.momentum = 0.9  # SGD momentum.
   config.optim.nesterov = False  # Nesterov momentum.
@@ -108,6 +126,8 @@ def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:
   config.optim.decay_epochs = (80, 95)  # Pre-activation ResNets: /10 at 80 and 95.
   config.optim.decay_factor = 0.1
   config.optim.warmup_epochs = 0.0  # Linear warm-up from 0.
+  config.optim.eps = 1e-4  # AdaHessian: added to the denominator.
+  config.optim.hessian_power = 1.0  # AdaHessian: k in m_hat / (sqrt(v_hat)^k + eps).
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 200  # Global eval batch (the last one is padded and masked).

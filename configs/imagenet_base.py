@@ -73,7 +73,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.train.keep_checkpoints = 3  # Checkpoints kept in WORKDIR/checkpoints.
 
   config.optim = ml_collections.ConfigDict()
-  config.optim.name = 'sgd'  # 'sgd' or 'radam' (Table IX).
+  config.optim.name = 'sgd'  # 'sgd', 'radam' or 'adahessian' (Table IX).
   config.optim.learning_rate = 0.1  # Base learning rate (Section V-B).
   config.optim.momentum = 0.9  # SGD momentum.
   config.optim.nesterov = False  # Nesterov momentum.
@@ -82,6 +82,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.optim.decay_epochs = (30, 60)  # Step schedule: epochs where the rate is multiplied ...
   config.optim.decay_factor = 0.1  # ... by this factor.
   config.optim.warmup_epochs = 0.0  # Linear warm-up from 0.
+  config.optim.eps = 1e-4  # AdaHessian: added to the denominator.
+  config.optim.hessian_power = 1.0  # AdaHessian: k in m_hat / (sqrt(v_hat)^k + eps).
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 256  # Global eval batch (the last one is padded and masked).

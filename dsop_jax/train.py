@@ -64,9 +64,9 @@ def head_metrics(*, heads: Mapping[str, jax.Array], labels: jax.Array, terms: Ma
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, *, model: Any,
                tx: optax.GradientTransformation, loss_weights: Mapping[str, float],
                label_smoothing: float = 0.0, frozen: Sequence[str] = (),
-               learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None
-               ) -> Tuple[TrainState, Dict[str, jax.Array]]:
-  """One SGD step on Eq. 1.
+               learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
+               hessian: bool = False) -> Tuple[TrainState, Dict[str, jax.Array]]:
+  """One optimiser step on Eq. 1.
 
   Args:
     state: the training state.
@@ -79,6 +79,9 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
     frozen: top-level variable subtrees (e.g. 'backbone' in two-phase training, or every branch after
       early removal) whose parameters and BN statistics are kept as they are.
     learning_rate_fn: reported in the metrics when given.
+    hessian: also compute a Hessian-vector product H z (forward-over-reverse, in the same pass as
+      the gradient) with a Rademacher z drawn from (rng, step), and give the optimiser its
+      Hutchinson diagonal estimate (AdaHessian, `optim.needs_hessian`).
 
   Returns:
     (new state, metrics): 'loss', per-head '<head>/loss|top1|top5', 'nonfinite' (1.0 when the step
@@ -94,15 +97,27 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
                                     label_smoothing=label_smoothing)
     return total, (outputs, updates['batch_stats'], terms)
 
-  (total, (outputs, new_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
-  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  if hessian:
+    def grads_and_aux(params):
+      (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      return grads, (total, aux)
+    probe = optim.rademacher_like(state.params, jax.random.fold_in(dropout_rng, 1))
+    grads, hessian_z, (total, (outputs, new_stats, terms)) = jax.jvp(
+        grads_and_aux, (state.params,), (probe,), has_aux=True)
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params,
+                                       hessian_diagonal=optim.hutchinson_diagonal(hessian_z))
+  else:
+    (total, (outputs, new_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
   keep = lambda new, old: {k: (old[k] if k in frozen or k not in new else new[k]) for k in old}
   new_params = keep(new_params, state.params)
   new_stats = keep(new_stats, state.batch_stats)
   finite = jnp.logical_and(jnp.all(jnp.stack([jnp.isfinite(t) for t in terms.values()])),
                            jnp.isfinite(optax.tree.norm(grads)))
+  if hessian:  # A non-finite H z would poison AdaHessian's second moment for good.
+    finite = jnp.logical_and(finite, jnp.isfinite(optax.tree.norm(hessian_z)))
   new_state = TrainState(step=state.step + 1, params=new_params, batch_stats=new_stats,
                          opt_state=new_opt_state)
   # A non-finite loss leaves parameters, statistics and optimiser state as they were.
@@ -377,7 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       f.write(config.to_json_best_effort(indent=2))
 
   step_fn = functools.partial(train_step, tx=tx, label_smoothing=config.loss.label_smoothing,
-                              learning_rate_fn=lr_fn)
+                              learning_rate_fn=lr_fn, hessian=optim.needs_hessian(config))
   jit_step = lambda **kw: jax.jit(functools.partial(step_fn, **kw), donate_argnums=(0,))
   full_step = jit_step(model=model, loss_weights=weights,
                        frozen=(dsop.BACKBONE,) if t.policy == 'two_phase' else ())

@@ -64,3 +64,11 @@ def test_cifar_variants():
   assert len(models.branch_specs(wrn.get_config('cifar100').model)) == 6
   with pytest.raises(ValueError, match=r"config argument \(dataset\) = 'cifar10,dsop' is invalid"):
     wrn.get_config('cifar10,dsop')
+  with pytest.raises(ValueError, match=r"'cifar10,adahessian' is invalid: .* followed by ',plain'\.$"):
+    wrn.get_config('cifar10,adahessian')  # Table IX uses AdaHessian with ResNet-20 only.
+  resnet20 = importlib.import_module('configs.cifar_resnet20')
+  config = resnet20.get_config('cifar10,plain,adahessian')
+  assert config.model.branches.pattern == '' and config.optim.name == 'adahessian'
+  assert (config.train.batch_size, config.train.num_epochs, config.optim.learning_rate,
+          config.optim.decay_epochs) == (256, 160.0, 0.15, (80, 120))
+  assert resnet20.get_config('cifar10').optim.name == 'sgd'

@@ -1,6 +1,10 @@
 """Optimisers and schedules: the paper's step schedules at their boundaries, warm-up, cosine,
-PyTorch-style coupled weight decay by hand, RAdam, and validation messages."""
+PyTorch-style coupled weight decay by hand, RAdam, AdaHessian (a hand-computed update, the
+Hutchinson estimate, a tiny model trained through the train step), and validation messages."""
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -79,4 +83,111 @@ def test_invalid_fields_are_named(field, value, message):
   config = imagenet_r50.get_config()
   config.optim[field] = value
   with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
+    optim.create_optimizer(config, steps_per_epoch=10, num_steps=100)
+
+
+def _quadratic():
+  """f(w) = 1/2 w^T A w - b^T w with a non-diagonal A: gradient A w - b, Hessian A."""
+  a = jnp.asarray([[2.0, 0.5], [0.5, 1.0]])
+  b = jnp.asarray([1.0, -2.0])
+  return a, b, lambda w: 0.5 * w @ a @ w - b @ w
+
+
+def test_adahessian_matches_a_hand_computed_update_on_a_quadratic():
+  a, b, f = _quadratic()
+  w0, z = jnp.asarray([1.0, -1.0]), jnp.asarray([1.0, -1.0])
+  g, hz = jax.jvp(jax.grad(f), (w0,), (z,))  # Forward-over-reverse Hessian-vector product.
+  np.testing.assert_allclose(hz, a @ z, rtol=1e-6)  # [1.5, -0.5].
+  d = optim.hutchinson_diagonal(hz)
+  np.testing.assert_allclose(d, [1.5, 0.5])
+  lr, wd, eps = 0.15, 5e-4, 1e-4
+  tx = optim.adahessian(lr, weight_decay=wd, eps=eps)
+  state = tx.init(w0)
+  updates, state = tx.update(g, state, w0, hessian_diagonal=d)
+  # Step 1, by hand: m_hat = g, v_hat = d^2, so w1 = w0 - lr * (g / (|d| + eps) + wd * w0) with
+  # g = A w0 - b = [0.5, 1.5], hence the two entries below.
+  w1 = w0 + updates
+  np.testing.assert_allclose(w1, [1 - 0.15 * (0.5 / 1.5001 + 5e-4),
+                                  -1 - 0.15 * (1.5 / 0.5001 - 5e-4)], rtol=1e-5)  # float32 1 - b2.
+  # Step 2 against the official update rule written out in float64.
+  g2, d2 = np.asarray(a @ w1 - b, np.float64), np.asarray([0.7, 0.2])
+  m = 0.9 * (0.1 * np.asarray(g, np.float64)) + 0.1 * g2
+  v = 0.999 * (0.001 * np.asarray(d, np.float64) ** 2) + 0.001 * d2 ** 2
+  denom = np.sqrt(v) / np.sqrt(1 - 0.999 ** 2) + eps
+  expected = np.asarray(w1, np.float64) - lr * (m / (1 - 0.9 ** 2) / denom + wd * np.asarray(w1))
+  updates, state = tx.update(jnp.asarray(g2, jnp.float32), state, w1,
+                             hessian_diagonal=jnp.asarray(d2, jnp.float32))
+  np.testing.assert_allclose(w1 + updates, expected, rtol=1e-5)
+  with pytest.raises(ValueError, match='AdaHessian needs the Hessian-diagonal estimate'):
+    tx.update(g, state, w1)
+
+
+def test_hutchinson_estimate_is_unbiased_and_averages_conv_kernels_over_taps():
+  a, _, f = _quadratic()
+  w = jnp.zeros(2)
+  hvp = jax.vmap(lambda z: jax.jvp(jax.grad(f), (w,), (z,))[1])
+  probes = optim.rademacher_like(jnp.zeros((4000, 2)), jax.random.PRNGKey(0))
+  assert set(np.unique(np.asarray(probes))) == {-1.0, 1.0}
+  estimate = jnp.mean(probes * hvp(probes), axis=0)  # E[z * Hz] = diag(H).
+  np.testing.assert_allclose(estimate, jnp.diag(a), atol=0.05)
+  kernel = jnp.arange(3 * 3 * 2 * 4, dtype=jnp.float32).reshape(3, 3, 2, 4) - 30.0
+  averaged = optim.hutchinson_diagonal({'kernel': kernel, 'bias': -jnp.ones(4)})
+  np.testing.assert_allclose(averaged['kernel'][1, 2],
+                             jnp.mean(jnp.abs(kernel), axis=(0, 1)), rtol=1e-6)
+  np.testing.assert_array_equal(averaged['bias'], jnp.ones(4))
+
+
+def test_adahessian_trains_a_tiny_dsop_model_in_the_train_step():
+  from dsop_jax import dsop, models, train  # pylint: disable=g-import-not-at-top
+  from dsop_jax import losses as losses_lib  # pylint: disable=g-import-not-at-top
+  from tests import conftest  # pylint: disable=g-import-not-at-top
+  backbone = conftest.TinyPreAct()
+  layout = conftest.branches_config(blocks=(0, 0, 0), pattern='[0,0,1]', channels=(4, 8, 8),
+                                    reduction=('direct',) * 3)
+  model = dsop.DSoPNet(backbone=backbone, num_classes=5,
+                       branches=tuple(models.layout_branches(backbone.stage_specs(), layout)))
+  rng = np.random.default_rng(0)
+  batch = {'image': jnp.asarray(rng.normal(size=(16, 16, 16, 3)), jnp.float32),
+           'label': jnp.asarray(rng.integers(0, 5, size=16), jnp.int32)}
+  variables = model.init(jax.random.PRNGKey(0), batch['image'], train=False)
+  tx = optim.adahessian(0.15, weight_decay=5e-4)  # The official CIFAR settings.
+  state = train.TrainState(step=jnp.zeros([], jnp.int32), params=variables['params'],
+                           batch_stats=variables['batch_stats'],
+                           opt_state=tx.init(variables['params']))
+  heads = model.apply(variables, batch['image'], train=False)
+  weights = {'logits': 1.0, **{name: 0.3 for name in heads['aux_logits']}}
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, loss_weights=weights,
+                                   hessian=True))
+  # The step's curvature is a real Hessian-vector product: after one step AdaHessian's second
+  # moment holds (1 - b2) * |H z|^2 for the step's probe z, computed here independently.
+  def loss(params):
+    outputs, _ = model.apply({'params': params, 'batch_stats': state.batch_stats}, batch['image'],
+                             train=True, mutable=['batch_stats'])
+    return losses_lib.dsop_loss(outputs=outputs, labels=batch['label'], weights=weights)[0]
+  probe = optim.rademacher_like(
+      state.params, jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(1), 0), 1))
+  hessian_z = jax.jvp(jax.grad(loss), (state.params,), (probe,))[1]
+  first, _ = step(state, batch, jax.random.PRNGKey(1))
+  jax.tree_util.tree_map(
+      lambda nu, d: np.testing.assert_allclose(nu, 0.001 * d ** 2, rtol=2e-3, atol=1e-9),
+      first.opt_state[0].nu, optim.hutchinson_diagonal(hessian_z))
+  losses = []
+  for _ in range(25):  # Fitting one fixed batch: the loss must fall steadily.
+    state, metrics = step(state, batch, jax.random.PRNGKey(1))
+    losses.append(float(metrics['loss']))
+    assert float(metrics['nonfinite']) == 0.0
+  assert losses[-1] < 0.3 * losses[0], losses
+  assert int(state.opt_state[0].count) == 25
+
+
+def test_adahessian_config_builds_and_is_validated():
+  config = cifar_wrn28_10.get_config()
+  config.optim.name = 'adahessian'
+  assert optim.needs_hessian(config)
+  tx = optim.create_optimizer(config, steps_per_epoch=10, num_steps=100)
+  w = jnp.ones(3)
+  updates, _ = tx.update(jnp.ones(3), tx.init(w), w, hessian_diagonal=jnp.ones(3))
+  assert bool(jnp.all(updates < 0))
+  config.optim.hessian_power = 1.5
+  with pytest.raises(ValueError, match=r'config.optim.hessian_power = 1.5 is invalid: must lie '):
     optim.create_optimizer(config, steps_per_epoch=10, num_steps=100)

@@ -80,12 +80,12 @@ def test_digits_train_evaluate_resume_and_export(tmp_path):
   assert evaluated['logits'] == pytest.approx(records[0]['eval']['logits'], rel=1e-5)
 
 
-@pytest.mark.parametrize('name', ['imagenet2012', 'cifar10'])
+@pytest.mark.parametrize('name', ['imagenet2012', 'cifar10', 'cifar10,adahessian'])
 def test_mocked_tfds_train_and_evaluate(tmp_path, name):
   if name == 'imagenet2012':
     config = train_helpers.tiny_imagenet_config()
   else:
-    config = cifar_resnet20.get_config('cifar10')
+    config = cifar_resnet20.get_config(name)  # Table IX: SGD, or AdaHessian's own settings.
     config.model.branches.channels = (8, 8, 8)
     config.data.shuffle_buffer = 64
     config.train.update(batch_size=16, num_epochs=0.5, log_every_steps=1)
@@ -93,6 +93,9 @@ def test_mocked_tfds_train_and_evaluate(tmp_path, name):
   with tfds.testing.mock_data(num_examples=64, data_dir=METADATA):
     state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 2
+  if name.endswith('adahessian'):  # Its Hessian moment was updated from H z in both steps.
+    assert int(state.opt_state[0].count) == 2
+    assert float(optax.tree.norm(state.opt_state[0].nu)) > 0
   (record,) = _metrics(tmp_path)
   assert set(record['eval']) == set(models.head_names(config.model))
   assert all(np.isfinite(m['loss']) for m in record['eval'].values())
