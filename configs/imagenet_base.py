@@ -7,16 +7,44 @@ Not a paper row on its own: the imagenet_r*.py files import it and set the backb
 import ml_collections
 
 
+# Output channels of each stage (for the 'gap' variant, which pools without any reduction).
+STAGE_WIDTHS = {'resnet18': (64, 128, 256, 512), 'resnet34': (64, 128, 256, 512),
+                'resnet50': (256, 512, 1024, 2048), 'resnet101': (256, 512, 1024, 2048),
+                'resnet152': (256, 512, 1024, 2048)}
+VARIANTS = ('s2', 'plain', 'gap', 'ch64', 'ch128', 'blocks=A-B-C-D', 'early30', 'early45',
+            'early60')
+
+
 def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-  """The config argument: comma-separated options 's2' (standard stride, Table II's "-s2" rows) and
-  'plain' (no branches: the first-order baseline), e.g. --config=configs/imagenet_r50.py:s2,plain."""
+  """The config argument: comma-separated options, e.g. --config=configs/imagenet_r50.py:s2,plain.
+
+  - 's2': standard stride (Table II's "-s2" rows); 'plain': no branches (the first-order baseline).
+  - 'gap': GAP instead of iSQRT-COV in every branch, without channel reduction (Table VII).
+  - 'ch64', 'ch128': 64 or 128 pooled channels per branch, 64/64/64/64 or 64/128/128/128
+    (Table VIII).
+  - 'blocks=A-B-C-D': S_a blocks per branch, 0 removing a branch (Table X: its "16,0,0,0" conv
+    layers are blocks=8-0-0-0 for ResNet-18's two-conv blocks).
+  - 'early30', 'early45', 'early60': remove the branches at that epoch (Section V-C, Table III).
+  """
   for option in filter(None, variant.split(',')):
     if option == 's2':
       config.model.last_stride = 2
     elif option == 'plain':
       config.model.branches.blocks = (0,) * len(config.model.branches.blocks)
+    elif option == 'gap':
+      config.model.branches.pool = 'gap'
+      config.model.branches.channels = STAGE_WIDTHS[config.model.name]
+    elif option in ('ch64', 'ch128'):
+      config.model.branches.channels = (64, 64, 64, 64) if option == 'ch64' else (64, 128, 128, 128)
+    elif option.startswith('blocks=') and all(
+        b.isdigit() for b in option[len('blocks='):].split('-')) and option.count('-') == 3:
+      config.model.branches.blocks = tuple(int(b) for b in option[len('blocks='):].split('-'))
+    elif option in ('early30', 'early45', 'early60'):
+      config.train.policy = 'early_removal'
+      config.train.remove_branches_at_epoch = float(option[len('early'):])
     else:
-      raise ValueError(f'config argument option {option!r} is invalid: allowed: s2, plain.')
+      raise ValueError(f'config argument option {option!r} is invalid: allowed: '
+                       f'{", ".join(VARIANTS)}.')
   return config
 
 

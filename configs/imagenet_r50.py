@@ -5,6 +5,13 @@ Paper (ImageNet, Table II, top-1/top-5 error %):
   plain ResNet-50-s1:    23.57 / 6.85   python -m dsop_jax.main --config=configs/imagenet_r50.py:plain --workdir=...
   DSoP-Net ResNet-50-s2: 23.14 / 6.56   python -m dsop_jax.main --config=configs/imagenet_r50.py:s2 --workdir=...
   plain ResNet-50-s2:    23.85 / 7.13   python -m dsop_jax.main --config=configs/imagenet_r50.py:s2,plain --workdir=...
+Ablations (ResNet-50-s1):
+  Table VII, GAP in the branches, no reduction:  22.74 / 6.61   --config=configs/imagenet_r50.py:gap
+  Table III / Section V-C, branches removed at epoch 30, 45, 60: 0.87/0.31, 0.41/0.14, 0.33/0.11
+    points worse than 21.15 / 5.70              --config=configs/imagenet_r50.py:early30 (early45, early60)
+  Table III, two-phase (branches trained 15 epochs on the fixed plain ResNet-50-s1 in DIR): 23.57 / 6.85
+    --config=configs/imagenet_r50.py --config.train.policy=two_phase --config.train.backbone_checkpoint=DIR
+    --config.train.num_epochs=15
 
 Branch layout. Table I lists 3/4/13/3 bottlenecks in a_conv2_x..a_conv5_x with direct DR, but that
 reading gives 156.5M / 14.30 GFLOPs against the table's own 181.9M / 13.45. The layout below, 3/4/6/3

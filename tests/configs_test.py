@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dsop_jax import complexity
 from dsop_jax import losses
 from dsop_jax import models
 
@@ -54,6 +55,20 @@ def test_imagenet_variants():
   assert models.branch_specs(config.model) == []
   with pytest.raises(ValueError, match=r"config argument option 's3' is invalid: allowed: s2, plain"):
     r50.get_config('s3')
+  gap = r50.get_config('gap')  # Table VII: GAP, no reduction layer in any branch.
+  assert gap.model.branches.pool == 'gap' and gap.model.branches.channels == (256, 512, 1024, 2048)
+  assert all(b['pooled_dim'] == c for b, c in zip(
+      complexity.report(gap)['branches'].values(), (256, 512, 1024, 2048)))
+  early = r50.get_config('early45')
+  assert (early.train.policy, early.train.remove_branches_at_epoch) == ('early_removal', 45.0)
+  r18 = importlib.import_module('configs.imagenet_r18')
+  for option, params in (('ch64', 32.7), ('ch128', 51.3)):  # Table VIII's #Param (M).
+    assert complexity.report(r18.get_config(option))['params_train'] / 1e6 == pytest.approx(
+        params, rel=0.003)
+  assert r18.get_config('blocks=8-0-0-0').model.branches.blocks == (8, 0, 0, 0)  # Table X.
+  for bad in ('blocks=8-0-0', 'blocks=a-0-0-0', 'early50'):
+    with pytest.raises(ValueError, match=f"option '{bad}' is invalid: allowed: .*blocks=A-B-C-D"):
+      r18.get_config(bad)
 
 
 def test_cifar_variants():

@@ -15,6 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import cifar_resnet20
+from configs import imagenet_base
 from dsop_jax import checkpointing
 from dsop_jax import export
 from dsop_jax import input_pipeline
@@ -80,10 +81,12 @@ def test_digits_train_evaluate_resume_and_export(tmp_path):
   assert evaluated['logits'] == pytest.approx(records[0]['eval']['logits'], rel=1e-5)
 
 
-@pytest.mark.parametrize('name', ['imagenet2012', 'cifar10', 'cifar10,adahessian'])
+@pytest.mark.parametrize('name', ['imagenet2012', 'imagenet2012:gap', 'cifar10',
+                                  'cifar10,adahessian'])
 def test_mocked_tfds_train_and_evaluate(tmp_path, name):
-  if name == 'imagenet2012':
+  if name.startswith('imagenet2012'):
     config = train_helpers.tiny_imagenet_config()
+    imagenet_base.apply_variant(config, name.partition(':')[2])  # Table VII's GAP branches.
   else:
     config = cifar_resnet20.get_config(name)  # Table IX: SGD, or AdaHessian's own settings.
     config.model.branches.channels = (8, 8, 8)
