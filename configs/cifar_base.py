@@ -92,6 +92,13 @@ def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:
   config.loss.betas = (0.1, 0.2, 0.3)  # Weights of the branches of stages 1-3 (Section V-D).
   config.loss.label_smoothing = 0.0  # Label smoothing of every head (the paper uses none).
 
+  # Knowledge distillation (the Table II baselines), off unless a teacher is given: an export
+  # directory or training workdir of a plain network; the student must have no branches.
+  config.distill = ml_collections.ConfigDict()
+  config.distill.teacher = ''
+  config.distill.temperature = 4.0  # Hinton's T; the paper gives neither T nor the weight.
+  config.distill.soft_weight = 0.5  # w: (1 - w) * CE + w * T^2 * KL.
+
   config.data = ml_collections.ConfigDict()
   config.data.dataset = dataset  # TFDS name: cifar10 or cifar100.
   config.data.data_dir = ''  # TFDS data_dir holding the prepared dataset; '' = TFDS's default.

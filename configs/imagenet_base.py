@@ -10,7 +10,7 @@ import ml_collections
 # Output channels of each stage (for the 'gap' variant, which pools without any reduction).
 STAGE_WIDTHS = {'resnet18': (64, 128, 256, 512), 'resnet34': (64, 128, 256, 512),
                 'resnet50': (256, 512, 1024, 2048), 'resnet101': (256, 512, 1024, 2048),
-                'resnet152': (256, 512, 1024, 2048)}
+                'resnet152': (256, 512, 1024, 2048), 'seresnext101_32x4d': (256, 512, 1024, 2048)}
 VARIANTS = ('s2', 'plain', 'gap', 'ch64', 'ch128', 'blocks=A-B-C-D', 'early30', 'early45',
             'early60')
 
@@ -75,6 +75,13 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.loss.alpha = 1.0  # Weight of the main first-order head (Eq. 1).
   config.loss.betas = (1.0, 1.0, 1.0, 1.0)  # Weights of the branches of stages 2-5 (Eq. 1).
   config.loss.label_smoothing = 0.0  # Label smoothing of every head (the paper uses none).
+
+  # Knowledge distillation (the Table II baselines), off unless a teacher is given: an export
+  # directory or training workdir of a plain network; the student must have no branches.
+  config.distill = ml_collections.ConfigDict()
+  config.distill.teacher = ''
+  config.distill.temperature = 4.0  # Hinton's T; the paper gives neither T nor the weight.
+  config.distill.soft_weight = 0.5  # w: (1 - w) * CE + w * T^2 * KL.
 
   config.data = ml_collections.ConfigDict()
   config.data.dataset = 'imagenet2012'  # TFDS name.

@@ -5,6 +5,12 @@ Paper (ImageNet, Table II, top-1/top-5 error %):
   plain ResNet-50-s1:    23.57 / 6.85   python -m dsop_jax.main --config=configs/imagenet_r50.py:plain --workdir=...
   DSoP-Net ResNet-50-s2: 23.14 / 6.56   python -m dsop_jax.main --config=configs/imagenet_r50.py:s2 --workdir=...
   plain ResNet-50-s2:    23.85 / 7.13   python -m dsop_jax.main --config=configs/imagenet_r50.py:s2,plain --workdir=...
+Knowledge-distillation baselines (Table II): a plain ResNet-50 student (3.86 GFLOPs, standard
+stride) learning from a trained teacher in DIR (an export or a workdir):
+  from ResNet-50-s1 (imagenet_r50.py:plain): 23.73 / 7.03; from ResNet-101 (imagenet_r101.py):
+  23.54 / 6.70; from SE-ResNeXt-101 (imagenet_seresnext101.py): 23.46 / 6.66
+    --config=configs/imagenet_r50.py:s2,plain --config.distill.teacher=DIR
+  (the paper gives neither T nor the soft-target weight: config.distill.temperature / soft_weight)
 Ablations (ResNet-50-s1):
   Table VII, GAP in the branches, no reduction:  22.74 / 6.61   --config=configs/imagenet_r50.py:gap
   Table III / Section V-C, branches removed at epoch 30, 45, 60: 0.87/0.31, 0.41/0.14, 0.33/0.11

@@ -32,6 +32,7 @@ BACKBONES: Dict[str, Tuple[Callable[..., Any], bool]] = {
     'resnet50': (resnet.ResNet50, True),
     'resnet101': (resnet.ResNet101, True),
     'resnet152': (resnet.ResNet152, True),
+    'seresnext101_32x4d': (resnet.SEResNeXt101_32x4d, True),
     'preact_resnet20': (cifar_backbones.PreActResNet20, False),
     'preact_resnet110': (cifar_backbones.PreActResNet110, False),
     'preact_resnet164': (cifar_backbones.PreActResNet164, False),

@@ -1,7 +1,10 @@
 """ImageNet ResNets (He et al. 2016) that return their intermediate features.
 
 Architecturally identical to torchvision's ResNet-18/34/50/101/152 (v1.5: the stride of a bottleneck
-sits in its 3x3 conv), so parameter counts match torchvision exactly. `last_stride=1` gives the
+sits in its 3x3 conv), so parameter counts match torchvision exactly. SE-ResNeXt-101 32x4d (a
+knowledge-distillation teacher of Table II) follows the reference SENet code (Hu et al. 2018, as
+packaged in `pretrainedmodels`): ResNeXt bottlenecks of 32 groups of 4 channels per 64 filters,
+each with a squeeze-and-excitation gate (reduction 16, biased 1x1 layers), 48,955,416 parameters. `last_stride=1` gives the
 paper's "-s1" variants (Section V-C, Table II): stage 5 keeps the 14x14 resolution of stage 4.
 
 A call returns `(logits, features)`; `features` holds 'stem', every block output
@@ -43,10 +46,26 @@ class BasicBlock(nn.Module):
     return self.act(residual + y)
 
 
+class SqueezeExcitation(nn.Module):
+  """Channel gates (Hu et al. 2018): GAP -> dense C/r (bias) -> ReLU -> dense C (bias) -> sigmoid;
+  the dense layers are the reference code's biased 1x1 convolutions on the pooled vector."""
+  reduction: int = 16
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    dense = functools.partial(nn.Dense, dtype=x.dtype, param_dtype=jnp.float32)
+    gate = jnp.mean(x, axis=(1, 2), keepdims=True)
+    gate = nn.relu(dense(channels // self.reduction, name='fc1')(gate))
+    return x * nn.sigmoid(dense(channels, name='fc2')(gate))
+
+
 class BottleneckBlock(nn.Module):
   """1x1 -> 3x3 (optionally grouped, carrying the stride) -> 1x1 with 4x expansion.
 
-  `width` is the inner width (default `filters`); ResNeXt uses `groups` > 1 and a wider inner width.
+  The inner width is `width`, else `filters * width_per_group // 64 * groups` when
+  `width_per_group` is set (ResNeXt "32x4d": groups 32, width_per_group 4), else `filters`.
+  `se_reduction` > 0 adds a squeeze-and-excitation gate before the residual sum (SE-ResNeXt).
   """
   filters: int
   conv: ModuleDef
@@ -55,10 +74,13 @@ class BottleneckBlock(nn.Module):
   strides: Tuple[int, int] = (1, 1)
   width: Optional[int] = None
   groups: int = 1
+  width_per_group: int = 0
+  se_reduction: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    width = self.width or self.filters
+    width = self.width or (self.filters * self.width_per_group // 64 * self.groups
+                           if self.width_per_group else self.filters)
     residual = x
     y = self.conv(width, (1, 1), name='conv1')(x)
     y = self.act(self.norm(name='bn1')(y))
@@ -67,6 +89,8 @@ class BottleneckBlock(nn.Module):
     y = self.act(self.norm(name='bn2')(y))
     y = self.conv(self.filters * 4, (1, 1), name='conv3')(y)
     y = self.norm(name='bn3')(y)
+    if self.se_reduction:
+      y = SqueezeExcitation(self.se_reduction, name='se')(y)
     if residual.shape != y.shape:
       residual = self.conv(self.filters * 4, (1, 1), self.strides, name='proj_conv')(residual)
       residual = self.norm(name='proj_bn')(residual)
@@ -93,7 +117,8 @@ class ResNet(nn.Module):
 
   def stage_specs(self) -> List[stages.StageSpec]:
     """The four stages 'stage2' ... 'stage5' as the auxiliary branches see them."""
-    expansion = 4 if self.block_cls is BottleneckBlock else 1
+    block = getattr(self.block_cls, 'func', self.block_cls)  # A functools.partial's class.
+    expansion = 4 if block is BottleneckBlock else 1
     specs = []
     for i, num_blocks in enumerate(self.stage_sizes):
       filters = self.num_filters * 2**i
@@ -124,3 +149,6 @@ ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBl
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BottleneckBlock)
 ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=BottleneckBlock)
 ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block_cls=BottleneckBlock)
+SEResNeXt101_32x4d = functools.partial(
+    ResNet, stage_sizes=(3, 4, 23, 3),
+    block_cls=functools.partial(BottleneckBlock, groups=32, width_per_group=4, se_reduction=16))

@@ -61,17 +61,20 @@ def head_metrics(*, heads: Mapping[str, jax.Array], labels: jax.Array, terms: Ma
   return metrics
 
 
-def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, *, model: Any,
-               tx: optax.GradientTransformation, loss_weights: Mapping[str, float],
-               label_smoothing: float = 0.0, frozen: Sequence[str] = (),
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array,
+               teacher_variables: Any = None, *, model: Any, tx: optax.GradientTransformation,
+               loss_weights: Mapping[str, float], label_smoothing: float = 0.0,
+               frozen: Sequence[str] = (),
                learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
-               hessian: bool = False) -> Tuple[TrainState, Dict[str, jax.Array]]:
+               hessian: bool = False, teacher: Any = None, temperature: float = 4.0,
+               soft_weight: float = 0.5) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One optimiser step on Eq. 1.
 
   Args:
     state: the training state.
     batch: {'image': (B, H, W, 3), 'label': (B,)}.
     rng: base key; the step's dropout key is derived from it and the step, so resuming replays it.
+    teacher_variables: the distillation teacher's variables, when `teacher` is given.
     model: the (possibly branch-less) DSoP model to apply.
     tx: the optimiser.
     loss_weights: alpha/beta of every head the model outputs.
@@ -82,6 +85,9 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
     hessian: also compute a Hessian-vector product H z (forward-over-reverse, in the same pass as
       the gradient) with a Rademacher z drawn from (rng, step), and give the optimiser its
       Hutchinson diagonal estimate (AdaHessian, `optim.needs_hessian`).
+    teacher: a plain network whose logits on the batch (eval mode, computed inside this step)
+      are distilled into the main head with `losses.distillation_loss` (the Table II baselines);
+      the model must then have no branches. `temperature` and `soft_weight` are its T and w.
 
   Returns:
     (new state, metrics): 'loss', per-head '<head>/loss|top1|top5', 'nonfinite' (1.0 when the step
@@ -93,8 +99,15 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
     outputs, updates = model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
         mutable=['batch_stats'], rngs={'dropout': dropout_rng})
-    total, terms = losses.dsop_loss(outputs=outputs, labels=batch['label'], weights=loss_weights,
-                                    label_smoothing=label_smoothing)
+    if teacher is None:
+      total, terms = losses.dsop_loss(outputs=outputs, labels=batch['label'],
+                                      weights=loss_weights, label_smoothing=label_smoothing)
+    else:
+      teacher_logits, _ = teacher.apply(teacher_variables, batch['image'], train=False)
+      total, parts = losses.distillation_loss(
+          student_logits=outputs['logits'], teacher_logits=teacher_logits, labels=batch['label'],
+          temperature=temperature, soft_weight=soft_weight)
+      terms = {'logits': parts['hard'], 'distill_soft': parts['soft']}
     return total, (outputs, updates['batch_stats'], terms)
 
   if hessian:
@@ -125,6 +138,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
                                      state.replace(step=state.step + 1))
   metrics = head_metrics(heads=losses.head_logits(outputs), labels=batch['label'], terms=terms)
   metrics['loss'] = total
+  if 'distill_soft' in terms:
+    metrics['distill_soft'] = terms['distill_soft']
   metrics['nonfinite'] = 1.0 - finite.astype(jnp.float32)
   if learning_rate_fn is not None:
     metrics['learning_rate'] = learning_rate_fn(state.step)
@@ -218,6 +233,20 @@ def _validate(config: ml_collections.ConfigDict, input_pipeline: Any) -> None:
                        ('model.branches.psdr_aux', config.model.branches.psdr_aux)):
     if not isinstance(value, bool):
       raise ValueError(f'config.{field} = {value!r} is invalid: allowed: True, False.')
+  distill = config.get('distill')
+  if distill is not None and distill.teacher:
+    if not os.path.isdir(distill.teacher):
+      raise ValueError(f'config.distill.teacher = {distill.teacher!r} is invalid: not a directory '
+                       '(give an export directory or a training workdir).')
+    if models.branch_specs(config.model):
+      raise ValueError('config.distill.teacher is set but the model has branches: distillation '
+                       'trains a plain student (add the :plain config option).')
+    if not distill.temperature > 0:
+      raise ValueError(f'config.distill.temperature = {distill.temperature!r} is invalid: must be '
+                       '> 0.')
+    if not 0 <= distill.soft_weight <= 1:
+      raise ValueError(f'config.distill.soft_weight = {distill.soft_weight!r} is invalid: must lie '
+                       'in [0, 1].')
   if t.on_nonfinite not in ('stop', 'skip'):
     raise ValueError(f'config.train.on_nonfinite = {t.on_nonfinite!r} is invalid: allowed: stop, skip.')
   sharding.local_batch_size(t.batch_size, 'train.batch_size')
@@ -253,14 +282,21 @@ def init_state(model: Any, tx: optax.GradientTransformation, config: ml_collecti
       jax.random.PRNGKey(config.train.seed))
 
 
+def load_first_order(path: str) -> Tuple[Any, Dict[str, Any]]:
+  """(plain network, its variables) from an export directory or a training workdir (its latest
+  checkpoint, branches detached)."""
+  if os.path.isdir(os.path.join(path, 'checkpoints')):  # A training workdir, of its own config.
+    config = workdir_config(path)
+    variables = restore_variables(config, path)
+    return models.create_backbone(config.model), {
+        c: variables[c][dsop.BACKBONE] for c in ('params', 'batch_stats')}
+  return export.load(path)
+
+
 def _load_backbone(state: TrainState, config: ml_collections.ConfigDict, mesh: Any) -> TrainState:
   """Two-phase training: the trained backbone goes into the 'backbone' subtree."""
   path = config.train.backbone_checkpoint
-  if os.path.isdir(os.path.join(path, 'checkpoints')):  # A training workdir, of its own config.
-    variables = restore_variables(workdir_config(path), path)
-    backbone = {c: variables[c][dsop.BACKBONE] for c in ('params', 'batch_stats')}
-  else:
-    _, backbone = export.load(path)
+  _, backbone = load_first_order(path)
   expected = {'params': state.params['backbone'], 'batch_stats': state.batch_stats['backbone']}
   export.check_same_structure(expected, backbone, f'backbone variables in {path}')
   backbone = jax.device_put(backbone, sharding.replicated(mesh))
@@ -362,6 +398,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   from dsop_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
   _validate(config, input_pipeline)
   mesh = sharding.create_mesh()
+  teacher, teacher_variables = None, None  # Knowledge distillation (Table II baselines).
+  distill = config.get('distill')
+  if distill is not None and distill.teacher:
+    teacher, teacher_variables = load_first_order(distill.teacher)
+    if teacher.num_classes != config.model.num_classes:
+      raise ValueError(f'config.distill.teacher = {distill.teacher!r} has {teacher.num_classes} '
+                       f'classes; the student has {config.model.num_classes}.')
+    teacher_variables = jax.device_put(teacher_variables, sharding.replicated(mesh))
+    logging.info('Distilling %s into the main head (T=%g, soft weight %g).', distill.teacher,
+                 distill.temperature, distill.soft_weight)
   t = config.train
   local_batch = sharding.local_batch_size(t.batch_size)
   steps_per_epoch = input_pipeline.steps_per_epoch(config, t.batch_size)
@@ -391,8 +437,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  step_fn = functools.partial(train_step, tx=tx, label_smoothing=config.loss.label_smoothing,
-                              learning_rate_fn=lr_fn, hessian=optim.needs_hessian(config))
+  step_fn = functools.partial(
+      train_step, tx=tx, label_smoothing=config.loss.label_smoothing, learning_rate_fn=lr_fn,
+      hessian=optim.needs_hessian(config), teacher=teacher,
+      **({} if teacher is None else dict(temperature=distill.temperature,
+                                          soft_weight=distill.soft_weight)))
   jit_step = lambda **kw: jax.jit(functools.partial(step_fn, **kw), donate_argnums=(0,))
   full_step = jit_step(model=model, loss_weights=weights,
                        frozen=(dsop.BACKBONE,) if t.policy == 'two_phase' else ())
@@ -424,7 +473,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   with checkpointing.PreemptionWatch() as preemption:
     for step in range(start_step, num_steps):
       fn = main_only_step if removal_step is not None and step >= removal_step else full_step
-      state, metrics = fn(state, sharding.shard_batch(next(train_iter), mesh), base_rng)
+      state, metrics = fn(state, sharding.shard_batch(next(train_iter), mesh), base_rng,
+                          teacher_variables)
       history.append(metrics)
       progress(step + 1)
       done = step + 1 == num_steps

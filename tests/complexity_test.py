@@ -13,6 +13,7 @@ import pytest
 from configs import imagenet_r18
 from configs import imagenet_r34
 from configs import imagenet_r50
+from configs import imagenet_seresnext101
 from dsop_jax import complexity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,3 +79,11 @@ def test_resnet18_dsop_parameter_count_exactly_by_hand():
   rep = complexity.report(imagenet_r18.get_config())
   assert {k: v['params'] for k, v in rep['branches'].items()} == want
   assert rep['params_train'] == 11_689_512 + sum(want.values())
+
+
+def test_report_runs_for_se_resnext101_with_and_without_branches():
+  plain = complexity.report(imagenet_seresnext101.get_config())
+  assert plain['params_train'] == plain['params_test'] == 48_955_416 and not plain['branches']
+  assert plain['gflops_test'] == pytest.approx(8.0, rel=0.05)  # Published: about 8.0 GMACs.
+  dsop = complexity.report(imagenet_seresnext101.get_config('blocks=1-0-0-1'))
+  assert list(dsop['branches']) == ['a_pds2', 'a_pds5'] and dsop['params_test'] == 48_955_416

@@ -19,7 +19,8 @@ def _abstract(module, size=32):
 
 @pytest.mark.parametrize('cls, torchvision_count', [
     (resnet.ResNet18, 11_689_512), (resnet.ResNet34, 21_797_672), (resnet.ResNet50, 25_557_032),
-    (resnet.ResNet101, 44_549_160), (resnet.ResNet152, 60_192_808)])
+    (resnet.ResNet101, 44_549_160), (resnet.ResNet152, 60_192_808),
+    (resnet.SEResNeXt101_32x4d, 48_955_416)])  # The reference SENet code's count (48.96M).
 @pytest.mark.parametrize('last_stride', [1, 2])
 def test_parameter_counts_equal_torchvision(cls, torchvision_count, last_stride):
   _, variables = _abstract(cls(last_stride=last_stride))
@@ -65,3 +66,17 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   (logits, features), variables = _abstract(model)
   assert logits.dtype == jnp.float32 and features['stage3'].dtype == jnp.bfloat16
   assert {x.dtype for x in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
+
+
+def test_squeeze_excitation_gates_each_channel_of_each_image():
+  """The SE gate is sigmoid(W2 relu(W1 GAP(x) + b1) + b2), one value per image and channel."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 5, 32)), jnp.float32)
+  se = resnet.SqueezeExcitation(reduction=16)
+  variables = se.init(jax.random.PRNGKey(0), x)
+  p = jax.tree_util.tree_map(np.asarray, variables['params'])
+  assert p['fc1']['kernel'].shape == (32, 2) and p['fc2']['kernel'].shape == (2, 32)
+  pooled = np.asarray(x).mean(axis=(1, 2))
+  hidden = np.maximum(pooled @ p['fc1']['kernel'] + p['fc1']['bias'], 0)
+  gate = 1 / (1 + np.exp(-(hidden @ p['fc2']['kernel'] + p['fc2']['bias'])))
+  np.testing.assert_allclose(se.apply(variables, x), np.asarray(x) * gate[:, None, None, :],
+                             rtol=1e-5, atol=1e-6)

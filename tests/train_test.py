@@ -19,7 +19,9 @@ from configs import imagenet_base
 from dsop_jax import checkpointing
 from dsop_jax import export
 from dsop_jax import input_pipeline
+from dsop_jax import losses
 from dsop_jax import models
+from dsop_jax import sharding
 from dsop_jax import train
 from tests import train_helpers
 
@@ -384,3 +386,49 @@ def test_two_processes_with_jax_distributed_equal_one_process(tmp_path):
   distributed = train.restore_variables(config, workdir)
   for a, b in zip(_leaves(distributed), _leaves(train.restore_variables(config, reference))):
     np.testing.assert_array_equal(a, b)
+
+
+def test_knowledge_distillation_from_a_teacher_inside_the_step(tmp_path):
+  """Table II's distillation baselines: the teacher's logits are computed in the jitted step and
+  the loss is Hinton's formula; a teacher given as an export or as a workdir trains end to end."""
+  teacher_config = train_helpers.tiny_digits_config(num_epochs=2 / 22)
+  teacher_config.model.branches.pattern = ''
+  train.train_and_evaluate(teacher_config, str(tmp_path / 'teacher'))
+  exported = export.export(str(tmp_path / 'teacher'), str(tmp_path / 'teacher_export'))
+  teacher, teacher_variables = export.load(exported)
+
+  config = train_helpers.tiny_digits_config(num_epochs=2 / 22)
+  config.model.branches.pattern = ''
+  config.distill.update(teacher=exported, temperature=2.0, soft_weight=0.7)
+  model = models.create(config.model)
+  tx = optax.sgd(0.1)
+  state = train.init_state(model, tx, config, sharding.create_mesh())
+  batch = next(input_pipeline.eval_batches(config, local_batch_size=64))
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+                                   loss_weights={'logits': 1.0}, teacher=teacher,
+                                   temperature=2.0, soft_weight=0.7))
+  _, metrics = step(state, batch, jax.random.PRNGKey(0), teacher_variables)
+  student_logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                               batch['image'], train=True, mutable=['batch_stats'])[0]['logits']
+  expected, parts = losses.distillation_loss(
+      student_logits=student_logits, labels=batch['label'], temperature=2.0, soft_weight=0.7,
+      teacher_logits=teacher.apply(teacher_variables, batch['image'], train=False)[0])
+  assert float(metrics['loss']) == pytest.approx(float(expected), rel=1e-5)
+  assert float(metrics['distill_soft']) == pytest.approx(float(parts['soft']), rel=1e-5)
+  assert float(parts['soft']) > 0
+
+  # End to end, the teacher given as a training workdir.
+  config.distill.teacher = str(tmp_path / 'teacher')
+  state = train.train_and_evaluate(config, str(tmp_path / 'student'))
+  assert int(state.step) == 2
+  (record,) = _metrics(tmp_path / 'student')
+  assert np.isfinite(record['eval']['logits']['loss'])
+
+  with_branches = train_helpers.tiny_digits_config()
+  with_branches.distill.teacher = exported
+  with pytest.raises(ValueError, match='distill.teacher is set but the model has branches'):
+    train.train_and_evaluate(with_branches, str(tmp_path / 'refused'))
+  config.distill.teacher = str(tmp_path / 'nowhere')
+  with pytest.raises(ValueError, match=r"config.distill.teacher = '.*nowhere' is invalid"):
+    train.train_and_evaluate(config, str(tmp_path / 'refused'))
+  assert not os.path.exists(tmp_path / 'refused' / 'checkpoints')

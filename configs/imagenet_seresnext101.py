@@ -1,0 +1,21 @@
+"""Plain SE-ResNeXt-101 32x4d (standard stride): the strongest knowledge-distillation teacher of
+Table II (the ResNet-50 it teaches reaches 23.46 / 6.66 there). 48,955,416 parameters, as the
+reference SENet code.
+
+  python -m dsop_jax.main --config=configs/imagenet_seresnext101.py --workdir=...   # train the teacher
+  python -m dsop_jax.complexity --config=configs/imagenet_seresnext101.py
+The paper reports no accuracy of its own for this network, and the distillation run itself is not
+in dsop_jax yet (docs/EXPERIMENTS.md).
+"""
+
+import ml_collections
+
+from configs import imagenet_base
+
+
+def get_config(variant: str = '') -> ml_collections.ConfigDict:
+  config = imagenet_base.get_config()
+  config.model.name = 'seresnext101_32x4d'
+  config.model.last_stride = 2
+  config.model.branches.blocks = (0, 0, 0, 0)
+  return imagenet_base.apply_variant(config, variant)
