@@ -166,7 +166,7 @@ def test_adahessian_trains_a_tiny_dsop_model_in_the_train_step():
     return losses_lib.dsop_loss(outputs=outputs, labels=batch['label'], weights=weights)[0]
   probe = optim.rademacher_like(
       state.params, jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(1), 0), 1))
-  hessian_z = jax.jvp(jax.grad(loss), (state.params,), (probe,))[1]
+  hessian_z = jax.jit(lambda p, z: jax.jvp(jax.grad(loss), (p,), (z,))[1])(state.params, probe)
   first, _ = step(state, batch, jax.random.PRNGKey(1))
   jax.tree_util.tree_map(
       lambda nu, d: np.testing.assert_allclose(nu, 0.001 * d ** 2, rtol=2e-3, atol=1e-9),
