@@ -48,6 +48,16 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collect
   return config
 
 
+def plain_standard_config(name: str, variant: str) -> ml_collections.ConfigDict:
+  """The plain network `name` with the standard stage-5 stride and no branches: the Table I
+  columns of networks the paper does not train with DSoP-Net, and the distillation teachers."""
+  config = get_config()
+  config.model.name = name
+  config.model.last_stride = 2
+  config.model.branches.blocks = (0, 0, 0, 0)
+  return apply_variant(config, variant)
+
+
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   """ResNet-18-s1 with the Table I branches; variants override `model.name` and the layout."""
   config = ml_collections.ConfigDict()

@@ -14,8 +14,4 @@ from configs import imagenet_base
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
-  config = imagenet_base.get_config()
-  config.model.name = 'seresnext101_32x4d'
-  config.model.last_stride = 2
-  config.model.branches.blocks = (0, 0, 0, 0)
-  return imagenet_base.apply_variant(config, variant)
+  return imagenet_base.plain_standard_config('seresnext101_32x4d', variant)

@@ -362,7 +362,7 @@ def _skipped_records(counters: Mapping[str, Any]) -> Dict[str, float]:
   counts = {f'data/skipped_{name}_records': float(c.value) for name, c in counters.items()}
   for key, count in counts.items():
     if count and count != _WARNED_SKIPS.get(key):
-      logging.warning('%s = %d: unreadable records (incomplete JPEGs) were skipped; the run goes '
+      logging.warning('%s = %d: unreadable records (incomplete images) were skipped; the run goes '
                       'on without them.', key, count)
       _WARNED_SKIPS[key] = count
   return counts
