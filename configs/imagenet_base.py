@@ -4,6 +4,8 @@ Not a paper row on its own: the imagenet_r*.py files import it and set the backb
   python -m dsop_jax.complexity --config=configs/imagenet_base.py
 """
 
+from typing import Any
+
 import ml_collections
 
 
@@ -12,7 +14,18 @@ STAGE_WIDTHS = {'resnet18': (64, 128, 256, 512), 'resnet34': (64, 128, 256, 512)
                 'resnet50': (256, 512, 1024, 2048), 'resnet101': (256, 512, 1024, 2048),
                 'resnet152': (256, 512, 1024, 2048), 'seresnext101_32x4d': (256, 512, 1024, 2048)}
 VARIANTS = ('s2', 'plain', 'gap', 'ch64', 'ch128', 'blocks=A-B-C-D', 'early30', 'early45',
-            'early60')
+            'early60', 'isqrt_cov', 'mpn_cov', 'dr=N', 'psdr=N', 'delta=D', 'psdr_aux')
+# Options that configure the second-order head, which need 'isqrt_cov' or 'mpn_cov' beside them.
+_HEAD_OPTIONS = ('dr=', 'psdr=', 'delta=', 'psdr_aux')
+
+
+def _number(option: str, kind: type) -> Any:
+  """The value of 'key=value' as `kind`, or None when it is not one."""
+  try:
+    value = kind(option.partition('=')[2])
+  except ValueError:
+    return None
+  return value if value > 0 else None
 
 
 def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
@@ -25,8 +38,13 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collect
   - 'blocks=A-B-C-D': S_a blocks per branch, 0 removing a branch (Table X: its "16,0,0,0" conv
     layers are blocks=8-0-0-0 for ResNet-18's two-conv blocks).
   - 'early30', 'early45', 'early60': remove the branches at that epoch (Section V-C, Table III).
+  - 'isqrt_cov', 'mpn_cov': the second-order network, covariance pooling instead of GAP + FC at the
+    end, kept at test time (Table II's iSQRT-COV / MPN-COV rows, Table XI); direct DR to 256
+    channels unless 'dr=N' (direct DR to N) or 'psdr=N' (PSDR to N, Eq. 4) says otherwise.
+    'delta=D' sets PSDR's decay factor (default 0.25); 'psdr_aux' adds its supervised side branches.
   """
-  for option in filter(None, variant.split(',')):
+  options = [o for o in variant.split(',') if o]
+  for option in options:
     if option == 's2':
       config.model.last_stride = 2
     elif option == 'plain':
@@ -42,9 +60,22 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collect
     elif option in ('early30', 'early45', 'early60'):
       config.train.policy = 'early_removal'
       config.train.remove_branches_at_epoch = float(option[len('early'):])
+    elif option in ('isqrt_cov', 'mpn_cov'):
+      config.model.head.pool = option
+    elif option.startswith(('dr=', 'psdr=')) and _number(option, int):
+      config.model.head.reduction = 'direct' if option.startswith('dr=') else 'psdr'
+      config.model.head.channels = _number(option, int)
+    elif option.startswith('delta=') and _number(option, float) and _number(option, float) < 1:
+      config.model.head.psdr_delta = _number(option, float)
+    elif option == 'psdr_aux':
+      config.model.head.psdr_aux = True
     else:
       raise ValueError(f'config argument option {option!r} is invalid: allowed: '
                        f'{", ".join(VARIANTS)}.')
+  head_options = [o for o in options if o.startswith(_HEAD_OPTIONS)]
+  if head_options and config.model.head.pool == 'gap':
+    raise ValueError(f'config argument option {head_options[0]!r} configures the second-order head: '
+                     "add 'isqrt_cov' or 'mpn_cov'.")
   return config
 
 
@@ -80,6 +111,18 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.model.branches.psdr_aux = True  # PSDR intermediate layers carry supervised side branches.
   config.model.branches.num_iters = 5  # Newton-Schulz iterations of iSQRT-COV.
   config.model.branches.dropout = 0.0  # Dropout before each branch classifier.
+
+  # The network's own head. 'gap': GAP + FC, the first-order network DSoP-Net deploys. 'isqrt_cov' or
+  # 'mpn_cov': the second-order network, a reduction + covariance pooling + FC kept at test time
+  # (Table II's iSQRT-COV / MPN-COV rows, Table XI; dsop_jax/gsop.py).
+  config.model.head = ml_collections.ConfigDict()
+  config.model.head.pool = 'gap'
+  config.model.head.channels = 256  # Target channels of the reduction before pooling (Table XI).
+  config.model.head.reduction = 'direct'  # 'direct' (1x1 conv + BN + ReLU) or 'psdr' (Eq. 4 chain).
+  config.model.head.psdr_delta = 0.25  # Decay factor delta of Eq. 4.
+  config.model.head.psdr_aux = False  # Supervised side branches on PSDR's intermediate layers.
+  config.model.head.num_iters = 5  # Newton-Schulz iterations (isqrt_cov).
+  config.model.head.dropout = 0.0  # Dropout before the classifier.
 
   config.loss = ml_collections.ConfigDict()
   config.loss.alpha = 1.0  # Weight of the main first-order head (Eq. 1).

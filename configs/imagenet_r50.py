@@ -19,6 +19,8 @@ Ablations (ResNet-50-s1):
     --config=configs/imagenet_r50.py --config.train.policy=two_phase --config.train.backbone_checkpoint=DIR
     --config.train.num_epochs=15
 
+The second-order network (Table II's iSQRT-COV / MPN-COV rows, Table XI): configs/imagenet_r50_gsop.py.
+
 Branch layout. Table I lists 3/4/13/3 bottlenecks in a_conv2_x..a_conv5_x with direct DR, but that
 reading gives 156.5M / 14.30 GFLOPs against the table's own 181.9M / 13.45. The layout below, 3/4/6/3
 bottlenecks (the text: branches have as many conv layers as the backbone) with PSDR at a_pds5 (the

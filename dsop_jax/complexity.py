@@ -3,7 +3,7 @@
 GFLOPs follow the paper (Tables I, II, VIII, X): multiply-accumulates per image, counted here from
 the jaxpr of one forward pass at the config's input size; every convolution and matrix product
 counts (backbone, branch blocks, dimensionality reductions, covariance, Newton-Schulz iterations and
-classifiers), elementwise work (BN, ReLU, pooling) does not. Everything runs under abstract
+classifiers), elementwise work (BN, ReLU, pooling) does not, nor does MPN-COV's eigendecomposition. Everything runs under abstract
 evaluation (`jax.eval_shape` / `jax.make_jaxpr`), so 224x224 ImageNet models report in seconds.
 
   python -m dsop_jax.complexity --config=configs/imagenet_r18.py [--json]
@@ -23,6 +23,7 @@ from ml_collections import config_flags
 
 from dsop_jax import branches as branches_lib
 from dsop_jax import covpool
+from dsop_jax import gsop
 from dsop_jax import models
 
 
@@ -66,7 +67,8 @@ def report(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 
   Returns:
     {'model', 'image_size', 'params_train', 'params_test', 'gflops_train', 'gflops_test',
-     'branches': {name: {'params', 'gflops', 'attach', 'pooled_dim'}}}.
+     'branches': {name: {'params', 'gflops', 'attach', 'pooled_dim'}}}, and for the second-order
+    network 'head': {'params', 'gflops', 'pooled_dim'} of its reduction + pooling + classifier.
   """
   size = config.data.image_size
   image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
@@ -81,8 +83,8 @@ def report(config: ml_collections.ConfigDict) -> Dict[str, Any]:
                                     models.DTYPES[config.model.dtype])
     feature = features[spec.attach]
     branch_vars = _abstract_init(branch, feature)
-    pooled = branches_lib.reduction_channels(spec, stage_specs[spec.stage].channels)
-    channels = pooled[-1] if pooled else stage_specs[spec.stage].channels
+    pooled = branches_lib.reduction_channels(spec, feature.shape[-1])
+    channels = pooled[-1] if pooled else feature.shape[-1]
     per_branch[spec.name] = {
         'attach': spec.attach,
         'params': models.count_params(train_vars['params'][spec.name]),
@@ -90,7 +92,7 @@ def report(config: ml_collections.ConfigDict) -> Dict[str, Any]:
                              branch_vars, feature) / 1e9,
         'pooled_dim': covpool.pooled_dim(spec.pool, channels),
     }
-  return {
+  rep = {
       'model': config.model.name,
       'image_size': size,
       'params_train': models.count_params(train_vars['params']),
@@ -101,6 +103,18 @@ def report(config: ml_collections.ConfigDict) -> Dict[str, Any]:
                                 test_vars, image) / 1e9,
       'branches': per_branch,
   }
+  head = models.head_spec(config.model)
+  if head is not None:
+    module = gsop.GSoPHead(head, config.model.num_classes, models.DTYPES[config.model.dtype])
+    feature = features[head.attach]
+    head_vars = _abstract_init(module, feature)
+    pooled = branches_lib.reduction_channels(head, feature.shape[-1])
+    rep['head'] = {
+        'params': models.count_params(head_vars['params']),
+        'gflops': count_macs(lambda v, x: module.apply(v, x, train=False), head_vars, feature) / 1e9,
+        'pooled_dim': covpool.pooled_dim(head.pool, pooled[-1] if pooled else feature.shape[-1]),
+    }
+  return rep
 
 
 def format_table(rep: Dict[str, Any]) -> str:
@@ -110,6 +124,10 @@ def format_table(rep: Dict[str, Any]) -> str:
   row = '{:<16}{:<16}{:>11}{:>12.2f}{:>9.2f}'
   lines.append(row.format('train (DSoP)', '', '', rep['params_train'] / 1e6, rep['gflops_train']))
   lines.append(row.format('test (detached)', '', '', rep['params_test'] / 1e6, rep['gflops_test']))
+  if 'head' in rep:
+    h = rep['head']
+    lines.append(row.format(f'  {gsop.NAME} head', '', h['pooled_dim'], h['params'] / 1e6,
+                            h['gflops']))
   for name, b in rep['branches'].items():
     lines.append(row.format(f'  {name}', b['attach'], b['pooled_dim'], b['params'] / 1e6,
                             b['gflops']))

@@ -12,8 +12,13 @@ matrix square root normalization", CVPR 2018). It mirrors the official iSQRT-COV
 
 Everything is plain jax.numpy, so autodiff gives the gradient, and it always computes in float32 at
 the highest matmul precision whatever the input dtype, so bf16 activations do not degrade it.
+
+MPN-COV (Li et al., "Is second-order information helpful for large-scale visual recognition?",
+ICCV 2017), the eigendecomposition-based predecessor in Table II, is `eig_sqrtm`: the same
+Sigma^{1/2} through `eigh`, with its own backward pass (below).
 """
 
+import functools
 from typing import Callable
 
 import jax
@@ -83,6 +88,54 @@ def newton_schulz_sqrtm(cov: jax.Array, num_iters: int = 5) -> jax.Array:
   return y * jnp.sqrt(trace)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def eig_sqrtm(cov: jax.Array, rel_eps: float = 1e-5) -> jax.Array:
+  """Matrix square root of SPD matrices by eigendecomposition (MPN-COV's matrix power 1/2).
+
+  Sigma = U diag(lambda) U^T gives U diag(sqrt(lambda')) U^T, where lambda' drops (sets to 0) every
+  eigenvalue at or below `rel_eps` times the largest: float32 `eigh` cannot resolve them, and the
+  covariance of M positions has rank below M, so they are numerical noise (MPN-COV's code likewise
+  keeps only the eigenvalues above a threshold).
+
+  The backward pass is the Daleckii-Krein formula, dL/dSigma = U (K o U^T sym(G) U) U^T with
+  K_ij = (f(l_i) - f(l_j)) / (l_i - l_j) = 1 / (sqrt(l'_i) + sqrt(l'_j)), and 0 where both are
+  dropped. It is finite for repeated and zero eigenvalues, where differentiating `eigh` itself
+  divides by l_i - l_j = 0.
+
+  Args:
+    cov: (B, C, C) symmetric positive semi-definite matrices.
+    rel_eps: eigenvalues at or below rel_eps * the largest count as 0.
+
+  Returns:
+    (B, C, C) float32 Sigma^{1/2}.
+  """
+  return _eig_sqrtm_fwd(cov, rel_eps)[0]
+
+
+def _kept_roots(cov: jax.Array, rel_eps: float):
+  lam, u = jnp.linalg.eigh(cov.astype(jnp.float32), symmetrize_input=True)
+  kept = lam > rel_eps * jnp.max(lam, axis=-1, keepdims=True)
+  return u, jnp.where(kept, jnp.sqrt(jnp.where(kept, lam, 1.0)), 0.0)
+
+
+def _eig_sqrtm_fwd(cov: jax.Array, rel_eps: float):
+  u, roots = _kept_roots(cov, rel_eps)
+  return _bmm(u * roots[:, None, :], jnp.swapaxes(u, -1, -2)), (u, roots)
+
+
+def _eig_sqrtm_bwd(rel_eps: float, residuals, g: jax.Array):
+  del rel_eps
+  u, roots = residuals
+  denominator = roots[:, :, None] + roots[:, None, :]
+  k = jnp.where(denominator > 0, 1.0 / jnp.where(denominator > 0, denominator, 1.0), 0.0)
+  ut = jnp.swapaxes(u, -1, -2)
+  inner = _bmm(_bmm(ut, 0.5 * (g + jnp.swapaxes(g, -1, -2))), u)
+  return (_bmm(_bmm(u, k * inner), ut),)
+
+
+eig_sqrtm.defvjp(_eig_sqrtm_fwd, _eig_sqrtm_bwd)
+
+
 def triu_vector(mat: jax.Array) -> jax.Array:
   """Upper triangle including the diagonal, row-major: (B, C, C) -> (B, C(C+1)/2)."""
   rows, cols = jnp.triu_indices(mat.shape[-1])
@@ -102,6 +155,18 @@ def isqrt_cov_pool(x: jax.Array, num_iters: int = 5) -> jax.Array:
   return triu_vector(newton_schulz_sqrtm(covariance(x), num_iters))
 
 
+def mpn_cov_pool(x: jax.Array) -> jax.Array:
+  """MPN-COV pooling of NHWC features: the upper triangle of Sigma^{1/2} computed by `eigh`.
+
+  Args:
+    x: (B, H, W, C) features, any float dtype.
+
+  Returns:
+    (B, C(C+1)/2) float32 representation.
+  """
+  return triu_vector(eig_sqrtm(covariance(x)))
+
+
 def gap_pool(x: jax.Array) -> jax.Array:
   """Global average pooling (the first-order alternative of the Table VII ablation), in float32."""
   return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
@@ -109,13 +174,15 @@ def gap_pool(x: jax.Array) -> jax.Array:
 
 def pooled_dim(pool: str, channels: int) -> int:
   """Length of the pooled representation for `channels` input channels."""
-  return {'isqrt_cov': channels * (channels + 1) // 2, 'gap': channels}[pool]
+  return channels if pool == 'gap' else channels * (channels + 1) // 2
 
 
 def get_pool(pool: str, num_iters: int = 5) -> Callable[[jax.Array], jax.Array]:
-  """The pooling function named `pool` ('isqrt_cov' or 'gap')."""
+  """The pooling function named `pool` ('isqrt_cov', 'mpn_cov' or 'gap')."""
   if pool == 'isqrt_cov':
     return lambda x: isqrt_cov_pool(x, num_iters)
+  if pool == 'mpn_cov':
+    return mpn_cov_pool
   if pool == 'gap':
     return gap_pool
-  raise ValueError(f"pool must be one of 'isqrt_cov', 'gap'; got {pool!r}.")
+  raise ValueError(f"pool must be one of 'isqrt_cov', 'mpn_cov', 'gap'; got {pool!r}.")

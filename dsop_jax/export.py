@@ -4,7 +4,9 @@ After training, "all auxiliary branches are removed and only the backbone first-
 preserved for inference" (Section III-A). Because `dsop.DSoPNet` keeps the backbone's variables in
 one 'backbone' subtree and every branch in its own top-level subtree, detaching drops the branch keys
 and returns the backbone subtree of every collection, which `models.create_backbone(config)` accepts
-unchanged. Nothing is recomputed or re-initialised, so the detached network is bit-identical.
+unchanged. Nothing is recomputed or re-initialised, so the detached network is bit-identical. For
+the second-order network (`gsop.py`) the backbone subtree holds its covariance head too, and the
+side branches of its PSDR are detached like DSoP branches.
 """
 
 import json
@@ -114,8 +116,11 @@ def _main(argv: Any) -> None:
   from dsop_jax import checkpointing  # pylint: disable=g-import-not-at-top
   del argv
   checkpointing.quiet_orbax_info_logs()
+  from dsop_jax import models  # pylint: disable=g-import-not-at-top
+  from dsop_jax import train  # pylint: disable=g-import-not-at-top
   out = export(flags.FLAGS.workdir, flags.FLAGS.output_dir, overwrite=flags.FLAGS.overwrite)
-  print(f'Exported the detached first-order network to {out}')
+  second = models.head_spec(train.workdir_config(flags.FLAGS.workdir).model) is not None
+  print(f'Exported the detached {"second" if second else "first"}-order network to {out}')
 
 
 if __name__ == '__main__':

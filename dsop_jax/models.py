@@ -3,7 +3,13 @@
 - `create(model_config)`: the DSoP-Net training model (`dsop.DSoPNet`).
 - `create_backbone(model_config)`: the plain first-order network, which accepts detached variables.
 - `branch_specs(model_config)`: the branches a config asks for, with the paper's names.
+- `head_spec(model_config)`: the second-order head that replaces GAP + FC (`config.model.head`),
+  or None for the first-order network.
 - `loss_weights(config)`: alpha and beta_i of Eq. 1 for every head, keyed like the model outputs.
+
+`config.model.head.pool` 'isqrt_cov' or 'mpn_cov' builds the second-order network (Table II,
+Table XI; `gsop.py`); the supervised side branches of its PSDR count among the branches (named
+gsop_psdr<i>, weighted like the main head) and are detached like them.
 
 Branch layouts come in two forms (exactly one is set, or neither for the plain network):
 - `branches.blocks`: one branch at the end of each stage with that many S_a blocks, 0 for none
@@ -12,8 +18,9 @@ Branch layouts come in two forms (exactly one is set, or neither for the plain n
   backbone block: '[0,0,3]x6' puts a 3-block branch after every third block. Names: a_pds<s>_<b>.
 """
 
+import functools
 import re
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +29,7 @@ import ml_collections
 from dsop_jax import branches as branches_lib
 from dsop_jax import cifar_backbones
 from dsop_jax import dsop
+from dsop_jax import gsop
 from dsop_jax import resnet
 from dsop_jax import stages
 
@@ -69,16 +77,46 @@ def _backbone(model_config: ml_collections.ConfigDict) -> Any:
   kwargs = dict(num_classes=model_config.num_classes, dtype=DTYPES[model_config.dtype])
   if imagenet:
     kwargs['last_stride'] = model_config.last_stride
+  head = head_spec(model_config)
+  if head is not None:
+    kwargs['head'] = functools.partial(gsop.GSoPHead, head)
   return constructor(**kwargs)
 
 
 def _stage_specs(model_config: ml_collections.ConfigDict) -> List[stages.StageSpec]:
-  return _backbone(model_config).stage_specs()
+  constructor, imagenet = BACKBONES[model_config.name]
+  return constructor(**({'last_stride': model_config.last_stride} if imagenet else {})
+                     ).stage_specs()
+
+
+def head_spec(model_config: ml_collections.ConfigDict,
+              stage_list: Optional[Sequence[stages.StageSpec]] = None
+              ) -> Optional[branches_lib.BranchSpec]:
+  """The second-order head of `config.model.head` on the last stage, or None (GAP + FC).
+
+  Configs written before the field existed have no `head` and build the first-order network.
+  """
+  head = model_config.get('head')
+  if head is None or head.pool == 'gap':
+    return None
+  stage_list = stage_list or _stage_specs(model_config)
+  last = stage_list[-1]
+  return branches_lib.BranchSpec(
+      name=gsop.NAME, stage=last.name, stage_index=len(stage_list) - 1,
+      attach=last.name, num_blocks=0, pool=head.pool, pool_channels=head.channels,
+      reduction=head.reduction, psdr_delta=head.psdr_delta, psdr_aux=head.psdr_aux,
+      num_iters=head.num_iters, dropout=head.dropout)
 
 
 def branch_specs(model_config: ml_collections.ConfigDict) -> List[branches_lib.BranchSpec]:
-  """The auxiliary branches of the config, ordered from the input to the output."""
-  return layout_branches(_stage_specs(model_config), model_config.branches)
+  """The auxiliary branches of the config, ordered from the input to the output: the DSoP
+  branches, then the side branches of a PSDR second-order head."""
+  stage_list = _stage_specs(model_config)
+  specs = layout_branches(stage_list, model_config.branches)
+  head = head_spec(model_config, stage_list)
+  if head is not None:
+    specs += gsop.side_specs(head, stage_list[-1].channels)
+  return specs
 
 
 def layout_branches(stage_list: Sequence[stages.StageSpec],
@@ -134,7 +172,8 @@ def loss_weights(config: ml_collections.ConfigDict) -> Dict[str, float]:
   weights = {'logits': float(config.loss.alpha)}
   for name in head_names(config.model)[1:]:
     parent = name.split('_psdr')[0]
-    weights[name] = float(betas[stage_of[parent]])
+    # The PSDR side branches of a second-order head supervise the main head's reduction: alpha.
+    weights[name] = float(config.loss.alpha if parent == gsop.NAME else betas[stage_of[parent]])
   return weights
 
 
@@ -180,6 +219,31 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
     _fail('model.branches.num_iters', b.num_iters, 'must be an integer >= 1')
   if not 0.0 <= b.dropout < 1.0:
     _fail('model.branches.dropout', b.dropout, 'must lie in [0, 1)')
+  _validate_head(m)
+
+
+def _validate_head(m: ml_collections.ConfigDict) -> None:
+  h = m.get('head')
+  if h is None:
+    return
+  if h.pool not in ('gap',) + gsop.POOLS:
+    _fail('model.head.pool', h.pool, f'allowed: gap (first-order), {", ".join(gsop.POOLS)}')
+  if h.pool == 'gap':
+    return
+  imagenet = [name for name, (_, is_imagenet) in BACKBONES.items() if is_imagenet]
+  if m.name not in imagenet:
+    _fail('model.head.pool', h.pool, f'a second-order head is built on the ImageNet ResNets '
+          f'({", ".join(imagenet)}), not on {m.name}; use gap')
+  if not isinstance(h.channels, int) or h.channels < 1:
+    _fail('model.head.channels', h.channels, 'must be a positive integer')
+  if h.reduction not in branches_lib.REDUCTIONS:
+    _fail('model.head.reduction', h.reduction, f'allowed: {", ".join(branches_lib.REDUCTIONS)}')
+  if not 0.0 < h.psdr_delta < 1.0:
+    _fail('model.head.psdr_delta', h.psdr_delta, 'must lie in the open interval (0, 1)')
+  if not isinstance(h.num_iters, int) or h.num_iters < 1:
+    _fail('model.head.num_iters', h.num_iters, 'must be an integer >= 1')
+  if not 0.0 <= h.dropout < 1.0:
+    _fail('model.head.dropout', h.dropout, 'must lie in [0, 1)')
 
 
 def count_params(params: Mapping[str, Any]) -> int:

@@ -27,10 +27,16 @@ METRICS = ('top1', 'top5')
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """One training run: its workdir, a label, and its evaluations sorted by step."""
+  """One training run: its workdir, a label, its evaluations sorted by step, and the order of its
+  main head's pooling (2 for the second-order network of `config.model.head`)."""
   workdir: str
   label: str
   records: List[Dict[str, Any]]
+  main_order: int = 1
+
+  def head_label(self, head: str) -> str:
+    order = 'first' if self.main_order == 1 else 'second'
+    return f'main ({order}-order)' if head == MAIN_HEAD else head
 
   @property
   def heads(self) -> List[str]:
@@ -90,15 +96,21 @@ def read_metrics(workdir: str) -> List[Dict[str, Any]]:
 
 
 def config_label(config: Any) -> str:
-  """'preact_resnet20 + DSoP (3 branches)' or 'preact_resnet20 (plain)', from a run's config."""
+  """'preact_resnet20 + DSoP (3 branches)' or 'preact_resnet20 (plain)', from a run's config; a
+  second-order network reads 'resnet50 + isqrt_cov head (psdr to 256)'."""
   from dsop_jax import models  # pylint: disable=g-import-not-at-top
-  branches = models.branch_specs(config.model)
+  head = models.head_spec(config.model)
+  name = config.model.name if head is None else (
+      f'{config.model.name} + {head.pool} head ({head.reduction} to {head.pool_channels})')
+  branches = [s for s in models.branch_specs(config.model)
+              if head is None or not s.name.startswith(head.name)]
   if not branches:
-    return f'{config.model.name} (plain)'
+    return f'{name} (plain)' if head is None else name
   pool = '' if config.model.branches.pool == 'isqrt_cov' else f', {config.model.branches.pool}'
   policy = config.train.get('policy', 'one_phase')
   policy = '' if policy == 'one_phase' else f', {policy.replace("_", " ")}'
-  return f'{config.model.name} + DSoP ({len(branches)} branches{pool}{policy})'
+  count = f'{len(branches)} branch' + ('es' if len(branches) != 1 else '')
+  return f'{name} + DSoP ({count}{pool}{policy})'
 
 
 def load_runs(workdirs: Sequence[str], labels: Optional[Sequence[str]] = None) -> List[Run]:
@@ -109,16 +121,15 @@ def load_runs(workdirs: Sequence[str], labels: Optional[Sequence[str]] = None) -
   if labels and len(labels) != len(workdirs):
     raise ValueError(f'--label: got {len(labels)} labels for {len(workdirs)} workdirs; give one '
                      'per --workdir, in the same order, or none.')
+  from dsop_jax import models  # pylint: disable=g-import-not-at-top
   records = [read_metrics(w) for w in workdirs]
+  configs = [train.workdir_config(w) for w in workdirs]
   if not labels:
-    labels = [config_label(train.workdir_config(w)) for w in workdirs]
+    labels = [config_label(c) for c in configs]
     labels = [f'{l} [{os.path.basename(os.path.normpath(w))}]' if labels.count(l) > 1 else l
               for l, w in zip(labels, workdirs)]
-  return [Run(w, l, r) for w, l, r in zip(workdirs, labels, records)]
-
-
-def head_label(head: str) -> str:
-  return 'main (first-order)' if head == MAIN_HEAD else head
+  orders = [1 if models.head_spec(c.model) is None else 2 for c in configs]
+  return [Run(*args) for args in zip(workdirs, labels, records, orders)]
 
 
 def _axes_style(ax: Any, metric: str, title: str) -> None:
@@ -146,7 +157,7 @@ def figure(runs: Sequence[Run]) -> mpl_figure.Figure:
       else:
         for head in run.heads:
           main = head == MAIN_HEAD
-          ax.plot(*run.curve(head, metric), marker='.', label=head_label(head),
+          ax.plot(*run.curve(head, metric), marker='.', label=run.head_label(head),
                   linewidth=2.2 if main else 1.2, linestyle='-' if main else '--',
                   zorder=3 if main else 2)
         _axes_style(ax, metric, f'{run.label}: every head, {name} error')
@@ -161,7 +172,7 @@ def summary_rows(runs: Sequence[Run]) -> List[Dict[str, Any]]:
       epochs, top1 = run.curve(head, 'top1')
       _, top5 = run.curve(head, 'top5')
       best = min(range(len(top1)), key=top1.__getitem__)
-      rows.append({'run': run.label, 'head': head_label(head), 'epoch': epochs[-1],
+      rows.append({'run': run.label, 'head': run.head_label(head), 'epoch': epochs[-1],
                    'top1_error': top1[-1], 'top5_error': top5[-1],
                    'best_top1_error': top1[best], 'best_epoch': epochs[best]})
   return rows

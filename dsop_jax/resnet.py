@@ -6,6 +6,7 @@ knowledge-distillation teacher of Table II) follows the reference SENet code (Hu
 packaged in `pretrainedmodels`): ResNeXt bottlenecks of 32 groups of 4 channels per 64 filters,
 each with a squeeze-and-excitation gate (reduction 16, biased 1x1 layers), 48,955,416 parameters. `last_stride=1` gives the
 paper's "-s1" variants (Section V-C, Table II): stage 5 keeps the 14x14 resolution of stage 4.
+`head=` replaces GAP + FC by another head, e.g. `gsop.GSoPHead` for the second-order network.
 
 A call returns `(logits, features)`; `features` holds 'stem', every block output
 ('stage2_block1', ...), every stage output ('stage2' ... 'stage5') and 'pre_logits', which is what the
@@ -107,6 +108,9 @@ class ResNet(nn.Module):
     num_filters: width of the stem and of stage 2 (64 in the paper).
     last_stride: stride of stage 5: 2 is the standard network ("s2"), 1 the paper's "s1".
     dtype: compute dtype of activations (parameters stay float32); logits are float32.
+    head: None for GAP + a dense layer ('head'), else a module factory called with
+      (num_classes=, dtype=, name='gsop') whose module maps the stage-5 output and `train` to
+      (logits, features); its features join the backbone's ('pre_logits' among them).
   """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
@@ -114,6 +118,7 @@ class ResNet(nn.Module):
   num_filters: int = 64
   last_stride: int = 2
   dtype: Any = jnp.float32
+  head: Optional[ModuleDef] = None
 
   def stage_specs(self) -> List[stages.StageSpec]:
     """The four stages 'stage2' ... 'stage5' as the auxiliary branches see them."""
@@ -138,6 +143,11 @@ class ResNet(nn.Module):
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     features = {'stem': x}
     x = stages.run_stages(x, self.stage_specs(), conv=conv, norm=norm, features=features)
+    if self.head is not None:
+      logits, head_features = self.head(num_classes=self.num_classes, dtype=self.dtype,
+                                        name='gsop')(x, train)
+      features.update(head_features)
+      return logits, features
     x = jnp.mean(x, axis=(1, 2))
     features['pre_logits'] = x
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name='head')(x)

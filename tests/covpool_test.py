@@ -121,7 +121,8 @@ def test_gap_pool_and_dims():
   np.testing.assert_allclose(covpool.gap_pool(jnp.asarray(x)), x.mean(axis=(1, 2)), rtol=1e-6)
   assert covpool.pooled_dim('isqrt_cov', 256) == 32896
   assert covpool.pooled_dim('gap', 256) == 256
-  with pytest.raises(ValueError, match="pool must be one of 'isqrt_cov', 'gap'"):
+  assert covpool.pooled_dim('mpn_cov', 256) == 32896
+  with pytest.raises(ValueError, match="pool must be one of 'isqrt_cov', 'mpn_cov', 'gap'"):
     covpool.get_pool('max')
   with pytest.raises(ValueError, match='num_iters must be >= 1'):
     covpool.newton_schulz_sqrtm(jnp.eye(2)[None], 0)
@@ -168,3 +169,52 @@ def test_overflowing_activations_give_nonfinite_output_not_silent_garbage():
   step's non-finite guard rejects and reports (train_test); it is never a finite wrong value."""
   x = jnp.asarray(_features((2, 4, 4, 8), seed=3)) * 1e20
   assert not bool(jnp.all(jnp.isfinite(covpool.isqrt_cov_pool(x))))
+
+
+def _eigh_sqrtm64(cov: np.ndarray) -> np.ndarray:
+  vals, vecs = np.linalg.eigh(np.asarray(cov, np.float64))
+  return (vecs * np.sqrt(np.clip(vals, 0, None))[..., None, :]) @ np.swapaxes(vecs, -1, -2)
+
+
+@pytest.mark.parametrize('shape', [(2, 6, 6, 8), (2, 2, 2, 16), (1, 14, 14, 64)])
+def test_mpn_cov_forward_is_the_float64_square_root(shape):
+  """Full-rank and rank-deficient (4 positions, 16 channels) covariances; the reference takes the
+  covariance in float64 too, where a rank-deficient one's null eigenvalues are ~1e-17, not noise."""
+  features = _features(shape, seed=11)
+  x = jnp.asarray(features)
+  cov = covpool.covariance(x)
+  centred = features.astype(np.float64).reshape(shape[0], -1, shape[-1])
+  centred -= centred.mean(axis=1, keepdims=True)
+  exact = _eigh_sqrtm64(np.swapaxes(centred, 1, 2) @ centred / centred.shape[1])
+  np.testing.assert_allclose(covpool.eig_sqrtm(cov), exact, atol=2e-5 * np.abs(exact).max())
+  rows, cols = np.triu_indices(shape[-1])
+  np.testing.assert_allclose(covpool.mpn_cov_pool(x), exact[:, rows, cols],
+                             atol=2e-5 * np.abs(exact).max())
+
+
+def test_mpn_cov_gradient_matches_float64_finite_differences():
+  cov = covpool.covariance(jnp.asarray(_features((1, 6, 6, 8), seed=12)))
+  weights = np.random.default_rng(13).normal(size=(8, 8))
+  grad = jax.grad(lambda c: jnp.sum(covpool.eig_sqrtm(c) * weights))(cov)[0]
+  base, eps = np.asarray(cov[0], np.float64), 1e-5
+  numeric = np.zeros((8, 8))
+  for i in range(8):
+    for j in range(i, 8):  # Symmetric perturbations: the gradient is the symmetric one.
+      d = np.zeros((8, 8))
+      d[i, j] = d[j, i] = eps
+      diff = np.sum((_eigh_sqrtm64(base + d) - _eigh_sqrtm64(base - d)) * weights) / (2 * eps)
+      numeric[i, j] = numeric[j, i] = diff if i == j else diff / 2
+  np.testing.assert_allclose(grad, numeric, atol=1e-4 * np.abs(numeric).max())
+
+
+def test_mpn_cov_gradient_is_finite_at_repeated_and_zero_eigenvalues():
+  """Differentiating eigh divides by l_i - l_j; the Daleckii-Krein backward pass does not. At
+  A = c I (one eigenvalue, repeated), d sqrt(A) = dA / (2 sqrt(c)) exactly."""
+  weights = np.random.default_rng(14).normal(size=(5, 5))
+  grad = jax.grad(lambda c: jnp.sum(covpool.eig_sqrtm(c) * weights))(4.0 * jnp.eye(5)[None])[0]
+  np.testing.assert_allclose(grad, (weights + weights.T) / 2 / (2 * 2.0), rtol=1e-5, atol=1e-6)
+  for x in (jnp.zeros((2, 4, 4, 8)), jnp.asarray(_features((2, 2, 2, 16), seed=15))):
+    out = covpool.mpn_cov_pool(x)
+    grad = jax.grad(lambda v: jnp.sum(covpool.mpn_cov_pool(v)))(x)
+    assert bool(jnp.all(jnp.isfinite(out))) and bool(jnp.all(jnp.isfinite(grad)))
+  np.testing.assert_array_equal(covpool.mpn_cov_pool(jnp.zeros((2, 4, 4, 8))), 0.0)

@@ -104,6 +104,17 @@ def test_read_metrics_keeps_the_last_record_of_a_step_and_skips_a_torn_last_line
   assert run.curve('logits', 'top1') == ((1.0, 2.0), (50.0, pytest.approx(30.0)))
 
 
+def test_labels_of_second_order_networks():
+  from configs import imagenet_r50_gsop  # pylint: disable=g-import-not-at-top
+  assert plot.config_label(imagenet_r50_gsop.get_config('psdr=64,delta=0.5,psdr_aux')) == (
+      'resnet50 + isqrt_cov head (psdr to 64)')  # Its 4 PSDR side branches are not DSoP branches.
+  config = imagenet_r50_gsop.get_config('mpn_cov')
+  config.model.branches.blocks = (3, 0, 0, 0)
+  assert plot.config_label(config) == 'resnet50 + mpn_cov head (direct to 256) + DSoP (1 branch)'
+  assert plot.Run('w', 'x', [], main_order=2).head_label('logits') == 'main (second-order)'
+  assert plot.Run('w', 'x', []).head_label('a_pds2') == 'a_pds2'
+
+
 @pytest.mark.parametrize('lines, match', [
     ([_line(10, 0.5)[:20], _line(20, 0.6)], 'line 1, is not an evaluation record'),
     (['{"step": 1, "epoch": 0.1}', _line(20, 0.6)], "line 1, is not an evaluation record .*'eval'"),

@@ -83,12 +83,15 @@ def test_digits_train_evaluate_resume_and_export(tmp_path):
   assert evaluated['logits'] == pytest.approx(records[0]['eval']['logits'], rel=1e-5)
 
 
-@pytest.mark.parametrize('name', ['imagenet2012', 'imagenet2012:gap', 'cifar10',
+@pytest.mark.parametrize('name', ['imagenet2012', 'imagenet2012:gap',
+                                  'imagenet2012:isqrt_cov,psdr=8,delta=0.5,psdr_aux', 'cifar10',
                                   'cifar10,plain,adahessian'])
 def test_mocked_tfds_train_and_evaluate(tmp_path, name):
   if name.startswith('imagenet2012'):
     config = train_helpers.tiny_imagenet_config()
-    imagenet_base.apply_variant(config, name.partition(':')[2])  # Table VII's GAP branches.
+    # Table VII's GAP branches; Table XI's second-order network (PSDR 512 -> 256 ... 8 with side
+    # branches, beside two DSoP branches).
+    imagenet_base.apply_variant(config, name.partition(':')[2])
   else:
     # Table IX: SGD, or AdaHessian's own settings. AdaHessian on a DSoP model is tested in
     # optim_test.py; here its plain row keeps the forward-over-reverse program small to compile.
@@ -106,6 +109,12 @@ def test_mocked_tfds_train_and_evaluate(tmp_path, name):
   (record,) = _metrics(tmp_path)
   assert set(record['eval']) == set(models.head_names(config.model))
   assert all(np.isfinite(m['loss']) for m in record['eval'].values())
+  if 'isqrt_cov' in name:  # The exported second-order network evaluates as the main head did.
+    assert len(record['eval']) == 1 + 2 + 5
+    out = export.export(str(tmp_path), str(tmp_path / 'export'))
+    with tfds.testing.mock_data(num_examples=64, data_dir=METADATA):
+      evaluated = train.evaluate_checkpoint(config, str(tmp_path), export_dir=out)
+    assert evaluated['logits'] == pytest.approx(record['eval']['logits'], rel=1e-5)
 
 
 def test_data_parallel_8_devices_matches_1_device(tmp_path):

@@ -1,0 +1,178 @@
+"""The second-order network (Table II's iSQRT-COV/MPN-COV rows, Table XI): structure, counts, detach."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import imagenet_r18
+from configs import imagenet_r50_gsop
+from dsop_jax import branches
+from dsop_jax import complexity
+from dsop_jax import export
+from dsop_jax import gsop
+from dsop_jax import losses
+from dsop_jax import models
+
+R50_PARAMS = 25_557_032  # torchvision's ResNet-50, of which the FC is 2048 * 1000 + 1000.
+
+# Table XI: (config option, reduction chain, side branches) for every row.
+TABLE_XI = [
+    ('dr=64', [64], 0), ('dr=128', [128], 0), ('dr=256', [256], 0),
+    ('psdr=64', [1024, 256, 64], 0), ('psdr=128', [1024, 256, 128], 0),
+    ('psdr=64,delta=0.5', [1024, 512, 256, 128, 64], 0),
+    ('psdr=128,delta=0.5', [1024, 512, 256, 128], 0),
+    ('psdr=256,delta=0.5', [1024, 512, 256], 0),
+    ('psdr=64,delta=0.5,psdr_aux', [1024, 512, 256, 128, 64], 4),
+    ('psdr=128,delta=0.5,psdr_aux', [1024, 512, 256, 128], 3),
+    ('psdr=256,delta=0.5,psdr_aux', [1024, 512, 256], 2),
+]
+
+
+def _conv_bn(cin: int, cout: int) -> int:
+  return cin * cout + 2 * cout
+
+
+def _classifier(channels: int) -> int:
+  return channels * (channels + 1) // 2 * 1000 + 1000
+
+
+def test_table_ii_isqrt_cov_resnet50_parameters_and_macs():
+  config = imagenet_r50_gsop.get_config()
+  rep = complexity.report(config)
+  # Table II: 56.9M = ResNet-50 without its FC + DR 2048 -> 256 + FC on the 32,896-d vector.
+  expected = R50_PARAMS - 2_049_000 + _conv_bn(2048, 256) + _classifier(256)
+  assert rep['params_train'] == rep['params_test'] == expected == 56_929_832
+  assert rep['branches'] == {} and rep['head']['pooled_dim'] == 32896
+  # MACs of the head at 14x14 (stride-1 stage 5): DR, covariance, 12 Newton-Schulz products of
+  # 256x256 matrices (5 iterations), FC.
+  head_macs = 196 * 2048 * 256 + 196 * 256 * 256 + 12 * 256**3 + 32896 * 1000
+  assert rep['head']['gflops'] == pytest.approx(head_macs / 1e9, rel=1e-9)
+  plain = complexity.report(imagenet_r50_gsop.imagenet_r50.get_config('plain'))
+  assert rep['gflops_test'] == pytest.approx(
+      plain['gflops_test'] + (head_macs - 2048 * 1000) / 1e9, rel=1e-9)
+  mpn = complexity.report(imagenet_r50_gsop.get_config('mpn_cov'))
+  assert mpn['params_test'] == expected  # MPN-COV differs only in how it takes the square root.
+
+
+@pytest.mark.parametrize('option, chain, num_sides', TABLE_XI)
+def test_table_xi_rows_build_their_reduction_and_side_branches(option, chain, num_sides):
+  config = imagenet_r50_gsop.get_config(option)
+  head = models.head_spec(config.model)
+  assert branches.reduction_channels(head, 2048) == chain
+  sides = models.branch_specs(config.model)
+  assert [s.name for s in sides] == [f'gsop_psdr{i + 1}' for i in range(num_sides)]
+  assert models.head_names(config.model) == ['logits'] + [s.name for s in sides]
+  assert set(models.loss_weights(config).values()) == {config.loss.alpha}
+  feature = jax.ShapeDtypeStruct((1, 14, 14, 2048), jnp.float32)
+  variables = jax.eval_shape(lambda x: gsop.GSoPHead(head).init(
+      jax.random.PRNGKey(0), x, train=False), feature)
+  layers = [(cin, cout) for cin, cout in zip([2048] + chain, chain)]
+  assert models.count_params(variables['params']) == sum(
+      _conv_bn(*l) for l in layers) + _classifier(chain[-1])
+  names = ['dr'] if option.startswith('dr=') else [f'psdr{i + 1}' for i in range(len(chain))]
+  assert sorted(variables['params']) == sorted(names + ['fc'])
+  stage5 = models.create_backbone(config.model).stage_specs()[-1]
+  for side, channels in zip(sides, chain):  # Each side branch reduces straight to the target.
+    side_vars = jax.eval_shape(lambda x, s=side: branches.AuxBranch(
+        s, stage5, 1000).init(jax.random.PRNGKey(0), x, train=False),
+                               jax.ShapeDtypeStruct((1, 14, 14, channels), jnp.float32))
+    assert models.count_params(side_vars['params']) == _conv_bn(channels, chain[-1]) + _classifier(
+        chain[-1])
+
+
+def _tiny_config(variant: str):
+  config = imagenet_r18.get_config(variant)
+  config.model.branches.blocks = (1, 0, 0, 0)
+  config.model.branches.channels = (8, 8, 8, 8)
+  return config
+
+
+@pytest.mark.parametrize('variant', ['isqrt_cov,psdr=8,delta=0.5,psdr_aux', 'mpn_cov,dr=8'])
+def test_detached_second_order_network_is_bit_identical(variant):
+  config = _tiny_config(variant)
+  model, deployed = models.create(config.model), models.create_backbone(config.model)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  outputs = jax.jit(lambda v: model.apply(v, x, train=False))(variables)
+  names = [s.name for s in models.branch_specs(config.model)]
+  detached = export.detach(variables, names)
+  logits, features = jax.jit(lambda v: deployed.apply(v, x, train=False))(detached)
+  np.testing.assert_array_equal(logits, outputs['logits'])
+  assert set(detached['params']) == set(deployed.init(jax.random.PRNGKey(1), x, train=False)[
+      'params'])
+  assert 'gsop' in detached['params'] and not any(n in detached['params'] for n in names)
+  # ResNet-18's 512 channels: PSDR 256, 128, 64, 32, 16, 8 (delta 0.5), side branches on the first 5.
+  assert len(names) == (6 if variant.startswith('isqrt') else 1)
+  assert features['pre_logits'].shape == (2, 36)  # 8 channels -> 8 * 9 / 2.
+  assert sorted(losses.head_logits(outputs)) == sorted(models.head_names(config.model))
+
+
+def _sgd_losses(variant: str, steps: int) -> list:
+  """Losses of `steps` plain SGD steps (lr 0.1) of the tiny network on 8 fixed images."""
+  config = imagenet_r18.get_config(variant)
+  config.model.branches.channels = (8, 8, 8, 8)
+  config.model.num_classes = 10
+  model = models.create(config.model)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(8, 32, 32, 3)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 10, 8), jnp.int32)
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  weights = models.loss_weights(config)
+
+  def loss_fn(params):
+    out, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
+                         train=True, mutable=['batch_stats'])
+    return losses.dsop_loss(outputs=out, labels=labels, weights=weights)[0]
+
+  params, history = variables['params'], []
+  step = jax.jit(jax.value_and_grad(loss_fn))
+  for _ in range(steps):
+    loss, grads = step(params)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+    params = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads)
+    history.append(float(loss))
+  return history
+
+
+def test_mpn_cov_network_trains_like_isqrt_cov():
+  """Both heads compute Sigma^{1/2}, so SGD through MPN-COV's eigendecomposition backward pass
+  follows iSQRT-COV's curve. The 2x2 stage-5 maps give covariances of rank 3 or less, so that
+  backward pass meets zero eigenvalues at every step; the gradients stay finite."""
+  mpn = _sgd_losses('plain,mpn_cov,dr=8', 15)
+  isqrt = _sgd_losses('plain,isqrt_cov,dr=8', 15)
+  np.testing.assert_allclose(mpn, isqrt, rtol=0.05)  # Measured: 4.0% at most.
+  assert mpn[-1] < 0.5 * mpn[0], mpn
+
+
+def test_invalid_head_fields_are_named():
+  config = imagenet_r18.get_config('isqrt_cov')
+  for field, value, allowed in (('pool', 'max', 'allowed: gap'), ('channels', 0, 'positive'),
+                                ('reduction', 'pca', 'allowed: direct, psdr'),
+                                ('psdr_delta', 1.0, 'open interval'), ('num_iters', 0, '>= 1'),
+                                ('dropout', 1.0, r'\[0, 1\)')):
+    bad = imagenet_r18.get_config('isqrt_cov')
+    setattr(bad.model.head, field, value)
+    with pytest.raises(ValueError, match=f'config.model.head.{field} = .* is invalid: .*{allowed}'):
+      models.create(bad.model)
+  assert models.head_spec(config.model).pool == 'isqrt_cov'
+  from configs import cifar_resnet20  # pylint: disable=g-import-not-at-top
+  cifar = cifar_resnet20.get_config('cifar10')
+  cifar.model.head = config.model.head
+  with pytest.raises(ValueError, match='built on the ImageNet ResNets .* not on preact_resnet20'):
+    models.create(cifar.model)
+  del cifar.model['head']  # Configs from before the field existed: the first-order network.
+  assert models.head_spec(cifar.model) is None
+
+
+def test_head_options_need_a_second_order_head():
+  with pytest.raises(ValueError, match="option 'psdr=64' configures the second-order head: add"):
+    imagenet_r18.get_config('psdr=64')
+  for bad in ('dr=0', 'psdr=x', 'delta=1.5', 'delta=0'):
+    with pytest.raises(ValueError, match=f"option '{bad}' is invalid: allowed: .*psdr_aux"):
+      imagenet_r18.get_config(f'isqrt_cov,{bad}')
+  config = imagenet_r50_gsop.get_config('mpn_cov,psdr=128,delta=0.5,psdr_aux')
+  head = config.model.head
+  assert (head.pool, head.channels, head.reduction, head.psdr_delta, head.psdr_aux) == (
+      'mpn_cov', 128, 'psdr', 0.5, True)
+  assert config.model.branches.blocks == (0, 0, 0, 0) and config.model.last_stride == 1
