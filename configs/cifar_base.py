@@ -124,17 +124,19 @@ def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:
   config.train.keep_checkpoints = 3  # Checkpoints kept in WORKDIR/checkpoints.
 
   config.optim = ml_collections.ConfigDict()
-  config.optim.name = 'sgd'  # 'sgd', 'radam' or 'adahessian' (Table IX).
+  config.optim.name = 'sgd'  # 'sgd', 'radam', 'adahessian' (Table IX) or 'rmsprop' (EfficientNet).
   config.optim.learning_rate = 0.3  # Pre-activation ResNets: 0.3 (Section V-D).
   config.optim.momentum = 0.9  # SGD momentum.
   config.optim.nesterov = False  # Nesterov momentum.
   config.optim.weight_decay = 1e-4  # Pre-activation ResNets: 1e-4; WRN/ResNeXt: 5e-4.
-  config.optim.schedule = 'step'  # 'step' or 'cosine'.
+  config.optim.schedule = 'step'  # 'step', 'cosine' or 'exponential'.
   config.optim.decay_epochs = (80, 95)  # Pre-activation ResNets: /10 at 80 and 95.
   config.optim.decay_factor = 0.1
   config.optim.warmup_epochs = 0.0  # Linear warm-up from 0.
-  config.optim.eps = 1e-4  # AdaHessian: added to the denominator.
+  config.optim.eps = 1e-4  # AdaHessian: added to the denominator; RMSProp: inside the square root.
   config.optim.hessian_power = 1.0  # AdaHessian: k in m_hat / (sqrt(v_hat)^k + eps).
+  config.optim.rms_decay = 0.9  # RMSProp: decay of the squared-gradient average.
+  config.optim.decay_every_epochs = 2.4  # 'exponential' schedule: epochs between decays.
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 200  # Global eval batch (the last one is padded and masked).

@@ -12,7 +12,8 @@ import ml_collections
 # Output channels of each stage (for the 'gap' variant, which pools without any reduction).
 STAGE_WIDTHS = {'resnet18': (64, 128, 256, 512), 'resnet34': (64, 128, 256, 512),
                 'resnet50': (256, 512, 1024, 2048), 'resnet101': (256, 512, 1024, 2048),
-                'resnet152': (256, 512, 1024, 2048), 'seresnext101_32x4d': (256, 512, 1024, 2048)}
+                'resnet152': (256, 512, 1024, 2048), 'seresnext101_32x4d': (256, 512, 1024, 2048),
+                'efficientnet_b0': (16, 24, 40, 80, 112, 192, 320)}
 VARIANTS = ('s2', 'plain', 'gap', 'ch64', 'ch128', 'blocks=A-B-C-D', 'early30', 'early45',
             'early60', 'isqrt_cov', 'mpn_cov', 'dr=N', 'psdr=N', 'delta=D', 'psdr_aux')
 # Options that configure the second-order head, which need 'isqrt_cov' or 'mpn_cov' beside them.
@@ -94,7 +95,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'resnet18'  # Backbone: resnet18/34/50/101/152 (see dsop_jax.models.BACKBONES).
+  config.model.name = 'resnet18'  # resnet18/34/50/101/152, efficientnet_b0, ... (models.BACKBONES).
   config.model.num_classes = 1000  # ImageNet-1k.
   config.model.last_stride = 1  # Stage-5 stride: 1 = the paper's "-s1" (Tables I, II), 2 = standard.
   config.model.dtype = 'float32'  # Activation dtype: float32 or bfloat16 (covariance pooling: float32).
@@ -161,17 +162,19 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.train.keep_checkpoints = 3  # Checkpoints kept in WORKDIR/checkpoints.
 
   config.optim = ml_collections.ConfigDict()
-  config.optim.name = 'sgd'  # 'sgd', 'radam' or 'adahessian' (Table IX).
+  config.optim.name = 'sgd'  # 'sgd', 'radam', 'adahessian' (Table IX) or 'rmsprop' (EfficientNet).
   config.optim.learning_rate = 0.1  # Base learning rate (Section V-B).
   config.optim.momentum = 0.9  # SGD momentum.
   config.optim.nesterov = False  # Nesterov momentum.
   config.optim.weight_decay = 1e-4  # Coupled L2 weight decay on every parameter.
-  config.optim.schedule = 'step'  # 'step' or 'cosine'.
+  config.optim.schedule = 'step'  # 'step', 'cosine' or 'exponential'.
   config.optim.decay_epochs = (30, 60)  # Step schedule: epochs where the rate is multiplied ...
   config.optim.decay_factor = 0.1  # ... by this factor.
   config.optim.warmup_epochs = 0.0  # Linear warm-up from 0.
-  config.optim.eps = 1e-4  # AdaHessian: added to the denominator.
+  config.optim.eps = 1e-4  # AdaHessian: added to the denominator; RMSProp: inside the square root.
   config.optim.hessian_power = 1.0  # AdaHessian: k in m_hat / (sqrt(v_hat)^k + eps).
+  config.optim.rms_decay = 0.9  # RMSProp: decay of the squared-gradient average.
+  config.optim.decay_every_epochs = 2.4  # 'exponential' schedule: epochs between decays.
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 256  # Global eval batch (the last one is padded and masked).

@@ -46,6 +46,7 @@ class BranchSpec:
     psdr_aux: whether PSDR intermediate layers carry supervised side branches.
     num_iters: Newton-Schulz iterations.
     dropout: dropout rate before the classifier.
+    activation: of the reduction layers, a key of `layers.ACTIVATIONS` (the backbone's own).
   """
   name: str
   stage: str
@@ -59,6 +60,7 @@ class BranchSpec:
   psdr_aux: bool = True
   num_iters: int = 5
   dropout: float = 0.0
+  activation: str = 'relu'
 
 
 def psdr_channels(in_channels: int, target: int, delta: float) -> List[int]:
@@ -102,12 +104,14 @@ class PooledClassifier(nn.Module):
   num_iters: int = 5
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  activation: str = 'relu'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     if self.reduce_to is not None:
       x = layers.ConvNormAct(self.reduce_to, layers.conv_def(self.dtype),
-                             layers.norm_def(train, self.dtype), name='dr')(x)
+                             layers.norm_def(train, self.dtype),
+                             layers.ACTIVATIONS[self.activation], name='dr')(x)
     x = covpool.get_pool(self.pool, self.num_iters)(x)
     if self.dropout:
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -132,16 +136,18 @@ class AuxBranch(nn.Module):
     if self.stage.preact:  # The BN-ReLU a pre-activation backbone applies before pooling.
       x = nn.relu(norm(name='bn_final')(x))
     head = lambda reduce_to, name: PooledClassifier(  # noqa: E731
-        spec.pool, self.num_classes, reduce_to, spec.num_iters, spec.dropout, self.dtype, name=name)
+        spec.pool, self.num_classes, reduce_to, spec.num_iters, spec.dropout, self.dtype,
+        spec.activation, name=name)
+    act = layers.ACTIVATIONS[spec.activation]
     chain = reduction_channels(spec, x.shape[-1])
     outputs = {}
     if spec.reduction == 'psdr' and chain:
       sides = side_branch_names(spec, x.shape[-1])
       for i, channels in enumerate(chain[:-1]):
-        x = layers.ConvNormAct(channels, conv, norm, name=f'psdr{i + 1}')(x)
+        x = layers.ConvNormAct(channels, conv, norm, act, name=f'psdr{i + 1}')(x)
         if sides:  # Side branch: reduce directly to the target, pool, classify.
           outputs[sides[i]] = head(spec.pool_channels, f'psdr{i + 1}_head')(x, train)
-      x = layers.ConvNormAct(chain[-1], conv, norm, name=f'psdr{len(chain)}')(x)
+      x = layers.ConvNormAct(chain[-1], conv, norm, act, name=f'psdr{len(chain)}')(x)
       outputs[spec.name] = head(None, 'head')(x, train)
     else:
       outputs[spec.name] = head(chain[-1] if chain else None, 'head')(x, train)

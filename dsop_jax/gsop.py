@@ -9,8 +9,8 @@ GFLOPs). DSoP-Net compares two reductions in front of it (Table XI):
   target), where "w/ Aux. Branches" gives every intermediate layer but the last a supervised side
   branch (direct DR to the target, the same pooling, an FC) during training.
 
-`GSoPHead` is the head a `resnet.ResNet` uses in place of GAP + FC (variables under 'gsop'); it
-records each intermediate PSDR output as the feature 'gsop_psdr<i>'. The side branches are ordinary
+`GSoPHead` is the head a `resnet.ResNet` (or `efficientnet.EfficientNet`, after its 1280-channel
+head conv) uses in place of GAP + FC (variables under 'gsop'); it records each intermediate PSDR output as the feature 'gsop_psdr<i>'. The side branches are ordinary
 `branches.AuxBranch`es with no S_a blocks plugged into those features (`side_specs`), so they live
 outside the backbone and detaching them (`export.detach`) leaves the deployed second-order network:
 backbone + reduction + pooling + FC.
@@ -50,7 +50,8 @@ def side_specs(head: branches_lib.BranchSpec, in_channels: int) -> List[branches
   return [branches_lib.BranchSpec(
       name=feature_name(i + 1), stage=head.stage, stage_index=head.stage_index,
       attach=feature_name(i + 1), num_blocks=0, pool=head.pool, pool_channels=head.pool_channels,
-      reduction='direct', num_iters=head.num_iters, dropout=head.dropout)
+      reduction='direct', num_iters=head.num_iters, dropout=head.dropout,
+      activation=head.activation)
           for i in range(len(chain) - 1)]
 
 
@@ -75,14 +76,15 @@ class GSoPHead(nn.Module):
     conv = layers.conv_def(self.dtype)
     norm = layers.norm_def(train, self.dtype)
     chain = branches_lib.reduction_channels(spec, x.shape[-1])
+    act = layers.ACTIVATIONS[spec.activation]
     features = {}
     if spec.reduction == 'psdr':
       for i, channels in enumerate(chain):
-        x = layers.ConvNormAct(channels, conv, norm, name=f'psdr{i + 1}')(x)
+        x = layers.ConvNormAct(channels, conv, norm, act, name=f'psdr{i + 1}')(x)
         if i < len(chain) - 1:
           features[feature_name(i + 1)] = x
     elif chain:
-      x = layers.ConvNormAct(chain[-1], conv, norm, name='dr')(x)
+      x = layers.ConvNormAct(chain[-1], conv, norm, act, name='dr')(x)
     x = covpool.get_pool(spec.pool, spec.num_iters)(x)
     features['pre_logits'] = x
     if spec.dropout:

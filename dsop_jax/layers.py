@@ -18,6 +18,8 @@ ModuleDef = Any
 Dtype = Any
 
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# Activations of the reduction layers by name: ReLU for ResNets, swish for EfficientNet (Sec. V-C).
+ACTIVATIONS = {'relu': nn.relu, 'swish': nn.swish}
 
 
 def conv_def(dtype: Dtype = jnp.float32) -> ModuleDef:

@@ -29,11 +29,13 @@ import ml_collections
 from dsop_jax import branches as branches_lib
 from dsop_jax import cifar_backbones
 from dsop_jax import dsop
+from dsop_jax import efficientnet
 from dsop_jax import gsop
 from dsop_jax import resnet
 from dsop_jax import stages
 
-# name -> (constructor, whether it is an ImageNet ResNet that takes `last_stride`).
+# name -> (constructor, whether it is an ImageNet network that takes `last_stride` and can carry a
+# second-order head).
 BACKBONES: Dict[str, Tuple[Callable[..., Any], bool]] = {
     'resnet18': (resnet.ResNet18, True),
     'resnet34': (resnet.ResNet34, True),
@@ -41,6 +43,7 @@ BACKBONES: Dict[str, Tuple[Callable[..., Any], bool]] = {
     'resnet101': (resnet.ResNet101, True),
     'resnet152': (resnet.ResNet152, True),
     'seresnext101_32x4d': (resnet.SEResNeXt101_32x4d, True),
+    'efficientnet_b0': (efficientnet.EfficientNetB0, True),
     'preact_resnet20': (cifar_backbones.PreActResNet20, False),
     'preact_resnet110': (cifar_backbones.PreActResNet110, False),
     'preact_resnet164': (cifar_backbones.PreActResNet164, False),
@@ -50,6 +53,9 @@ BACKBONES: Dict[str, Tuple[Callable[..., Any], bool]] = {
     'resnext29_16x64d': (cifar_backbones.ResNeXt29_16x64d, False),
 }
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# The reduction layers of branches and heads use the backbone's activation (Section V-C: "conv1x1,
+# BN and swish" for EfficientNet); ReLU elsewhere.
+DR_ACTIVATIONS = {'efficientnet_b0': 'swish'}
 _PATTERN = re.compile(r'^\[(\d+(?:,\d+)*)\](?:x(\d+))?$')
 
 
@@ -72,55 +78,63 @@ def create_backbone(model_config: ml_collections.ConfigDict) -> Any:
   return _backbone(model_config)
 
 
-def _backbone(model_config: ml_collections.ConfigDict) -> Any:
+def _plain_backbone(model_config: ml_collections.ConfigDict) -> Any:
   constructor, imagenet = BACKBONES[model_config.name]
   kwargs = dict(num_classes=model_config.num_classes, dtype=DTYPES[model_config.dtype])
   if imagenet:
     kwargs['last_stride'] = model_config.last_stride
-  head = head_spec(model_config)
-  if head is not None:
-    kwargs['head'] = functools.partial(gsop.GSoPHead, head)
   return constructor(**kwargs)
 
 
+def _backbone(model_config: ml_collections.ConfigDict) -> Any:
+  backbone = _plain_backbone(model_config)
+  head = head_spec(model_config, backbone)
+  if head is None:
+    return backbone
+  return backbone.clone(head=functools.partial(gsop.GSoPHead, head))
+
+
 def _stage_specs(model_config: ml_collections.ConfigDict) -> List[stages.StageSpec]:
-  constructor, imagenet = BACKBONES[model_config.name]
-  return constructor(**({'last_stride': model_config.last_stride} if imagenet else {})
-                     ).stage_specs()
+  return _plain_backbone(model_config).stage_specs()
 
 
-def head_spec(model_config: ml_collections.ConfigDict,
-              stage_list: Optional[Sequence[stages.StageSpec]] = None
+def head_spec(model_config: ml_collections.ConfigDict, backbone: Optional[Any] = None
               ) -> Optional[branches_lib.BranchSpec]:
-  """The second-order head of `config.model.head` on the last stage, or None (GAP + FC).
+  """The second-order head of `config.model.head` on what the backbone's head pools (a ResNet's
+  last stage, EfficientNet's head conv), or None (GAP + FC).
 
   Configs written before the field existed have no `head` and build the first-order network.
   """
   head = model_config.get('head')
   if head is None or head.pool == 'gap':
     return None
-  stage_list = stage_list or _stage_specs(model_config)
-  last = stage_list[-1]
+  backbone = backbone or _plain_backbone(model_config)
+  stage_list = backbone.stage_specs()
   return branches_lib.BranchSpec(
-      name=gsop.NAME, stage=last.name, stage_index=len(stage_list) - 1,
-      attach=last.name, num_blocks=0, pool=head.pool, pool_channels=head.channels,
+      name=gsop.NAME, stage=stage_list[-1].name, stage_index=len(stage_list) - 1,
+      attach=backbone.head_input()[0], num_blocks=0, pool=head.pool, pool_channels=head.channels,
       reduction=head.reduction, psdr_delta=head.psdr_delta, psdr_aux=head.psdr_aux,
-      num_iters=head.num_iters, dropout=head.dropout)
+      num_iters=head.num_iters, dropout=head.dropout, activation=_activation(model_config))
+
+
+def _activation(model_config: ml_collections.ConfigDict) -> str:
+  return DR_ACTIVATIONS.get(model_config.name, 'relu')
 
 
 def branch_specs(model_config: ml_collections.ConfigDict) -> List[branches_lib.BranchSpec]:
   """The auxiliary branches of the config, ordered from the input to the output: the DSoP
   branches, then the side branches of a PSDR second-order head."""
-  stage_list = _stage_specs(model_config)
-  specs = layout_branches(stage_list, model_config.branches)
-  head = head_spec(model_config, stage_list)
+  backbone = _plain_backbone(model_config)
+  specs = layout_branches(backbone.stage_specs(), model_config.branches,
+                          _activation(model_config))
+  head = head_spec(model_config, backbone)
   if head is not None:
-    specs += gsop.side_specs(head, stage_list[-1].channels)
+    specs += gsop.side_specs(head, backbone.head_input()[1])
   return specs
 
 
-def layout_branches(stage_list: Sequence[stages.StageSpec],
-                    cfg: ml_collections.ConfigDict) -> List[branches_lib.BranchSpec]:
+def layout_branches(stage_list: Sequence[stages.StageSpec], cfg: ml_collections.ConfigDict,
+                    activation: str = 'relu') -> List[branches_lib.BranchSpec]:
   """Expands a `config.model.branches` layout over a backbone's stages into branch specs."""
   specs = []
   for index, stage in enumerate(stage_list):
@@ -139,7 +153,7 @@ def layout_branches(stage_list: Sequence[stages.StageSpec],
           name=name, stage=stage.name, stage_index=index, attach=attach, num_blocks=num_blocks,
           pool=cfg.pool, pool_channels=cfg.channels[index], reduction=cfg.reduction[index],
           psdr_delta=cfg.psdr_delta, psdr_aux=cfg.psdr_aux, num_iters=cfg.num_iters,
-          dropout=cfg.dropout))
+          dropout=cfg.dropout, activation=activation))
   return specs
 
 
@@ -232,7 +246,7 @@ def _validate_head(m: ml_collections.ConfigDict) -> None:
     return
   imagenet = [name for name, (_, is_imagenet) in BACKBONES.items() if is_imagenet]
   if m.name not in imagenet:
-    _fail('model.head.pool', h.pool, f'a second-order head is built on the ImageNet ResNets '
+    _fail('model.head.pool', h.pool, f'a second-order head is built on the ImageNet networks '
           f'({", ".join(imagenet)}), not on {m.name}; use gap')
   if not isinstance(h.channels, int) or h.channels < 1:
     _fail('model.head.channels', h.channels, 'must be a positive integer')

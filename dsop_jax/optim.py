@@ -3,6 +3,9 @@
 - SGD with momentum 0.9 (optionally Nesterov) and PyTorch-style coupled weight decay (wd * w added to
   the gradient before momentum, on every parameter), as in the paper's PyTorch runs.
 - RAdam (Table IX) with the same coupled weight decay.
+- RMSProp as TensorFlow and timm's `rmsproptf` run it for EfficientNet (Section V-C): second
+  moment with decay 0.9 starting from ones, epsilon inside the square root, momentum 0.9, and the
+  coupled weight decay.
 - AdaHessian (Table IX; Yao et al., AAAI 2021): Adam-like moments of the gradient and of a
   Hutchinson estimate of the Hessian diagonal, |H z| for a Rademacher vector z (so that
   E[z * Hz] = diag(H)), averaged over the spatial taps of each convolution kernel, and decoupled
@@ -10,7 +13,9 @@
   Hessian-vector product (jax.jvp over jax.grad) as the extra argument `hessian_diagonal`.
 - 'step' schedules: the base rate multiplied by `decay_factor` at each epoch in `decay_epochs`
   (ImageNet: 0.1 at 30 and 60; pre-act ResNets: 0.1 at 80 and 95; WRN: 0.2 at 60, 120, 160;
-  ResNeXt: 0.1 at 150 and 225), optionally after a linear warm-up; 'cosine' with linear warm-up.
+  ResNeXt: 0.1 at 150 and 225), optionally after a linear warm-up; 'cosine' with linear warm-up;
+  'exponential': multiplied by `decay_factor` every `decay_every_epochs` (EfficientNet: 0.97 every
+  2.4 epochs), counted from step 0 as the step schedule is, after a linear warm-up.
 """
 
 from typing import Any, NamedTuple
@@ -20,8 +25,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-OPTIMIZERS = ('sgd', 'radam', 'adahessian')
-SCHEDULES = ('step', 'cosine')
+OPTIMIZERS = ('sgd', 'radam', 'adahessian', 'rmsprop')
+SCHEDULES = ('step', 'cosine', 'exponential')
 
 
 def _fail(field: str, value, allowed: str) -> None:
@@ -48,6 +53,13 @@ def validate_optim_config(config: ml_collections.ConfigDict) -> None:
     _fail('optim.decay_epochs', epochs, 'must be strictly increasing positive epochs')
   if not 0 < o.decay_factor <= 1:
     _fail('optim.decay_factor', o.decay_factor, 'must lie in (0, 1]')
+  if o.schedule == 'exponential' and not o.get('decay_every_epochs', 0) > 0:
+    _fail('optim.decay_every_epochs', o.get('decay_every_epochs'),
+          "must be > 0 with schedule 'exponential'")
+  if o.name in ('adahessian', 'rmsprop') and not o.eps > 0:
+    _fail('optim.eps', o.eps, 'must be > 0')
+  if o.name == 'rmsprop' and not 0 < o.get('rms_decay', 0) < 1:
+    _fail('optim.rms_decay', o.get('rms_decay'), 'must lie in (0, 1)')
   if o.name == 'adahessian':
     if not 0 <= o.hessian_power <= 1:
       _fail('optim.hessian_power', o.hessian_power, 'must lie in [0, 1]')
@@ -62,8 +74,13 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
   warmup = int(round(o.warmup_epochs * steps_per_epoch))
   if o.schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, warmup, max(num_steps, warmup + 1))
-  boundaries = {int(round(e * steps_per_epoch)): o.decay_factor for e in o.decay_epochs}
-  schedule = optax.piecewise_constant_schedule(o.learning_rate, boundaries)
+  if o.schedule == 'exponential':
+    schedule = optax.exponential_decay(
+        o.learning_rate, max(1, int(round(o.decay_every_epochs * steps_per_epoch))),
+        o.decay_factor, staircase=True)
+  else:
+    boundaries = {int(round(e * steps_per_epoch)): o.decay_factor for e in o.decay_epochs}
+    schedule = optax.piecewise_constant_schedule(o.learning_rate, boundaries)
   if not warmup:
     return schedule
   ramp = optax.linear_schedule(0.0, o.learning_rate, warmup)
@@ -140,8 +157,8 @@ def needs_hessian(config: ml_collections.ConfigDict) -> bool:
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
                      num_steps: int) -> optax.GradientTransformation:
-  """SGD (momentum, optional Nesterov) or RAdam with coupled weight decay, or AdaHessian with
-  decoupled weight decay, on the schedule."""
+  """SGD (momentum, optional Nesterov), RAdam or RMSProp with coupled weight decay, or AdaHessian
+  with decoupled weight decay, on the schedule."""
   validate_optim_config(config)
   o = config.optim
   lr = learning_rate_schedule(config, steps_per_epoch, num_steps)
@@ -150,6 +167,9 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
                       hessian_power=o.hessian_power)
   if o.name == 'sgd':
     opt = optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov)
+  elif o.name == 'rmsprop':
+    opt = optax.rmsprop(lr, decay=o.rms_decay, eps=o.eps, initial_scale=1.0, eps_in_sqrt=True,
+                        momentum=o.momentum or None)
   else:
     opt = optax.radam(lr)
   return optax.chain(optax.add_decayed_weights(o.weight_decay), opt)

@@ -49,15 +49,20 @@ class BasicBlock(nn.Module):
 
 class SqueezeExcitation(nn.Module):
   """Channel gates (Hu et al. 2018): GAP -> dense C/r (bias) -> ReLU -> dense C (bias) -> sigmoid;
-  the dense layers are the reference code's biased 1x1 convolutions on the pooled vector."""
+  the dense layers are the reference code's biased 1x1 convolutions on the pooled vector.
+  `squeeze_channels` > 0 sets the squeezed width directly and `act` its activation (EfficientNet:
+  a quarter of the block's input channels, swish)."""
   reduction: int = 16
+  squeeze_channels: int = 0
+  act: Callable[[jax.Array], jax.Array] = nn.relu
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     channels = x.shape[-1]
     dense = functools.partial(nn.Dense, dtype=x.dtype, param_dtype=jnp.float32)
     gate = jnp.mean(x, axis=(1, 2), keepdims=True)
-    gate = nn.relu(dense(channels // self.reduction, name='fc1')(gate))
+    squeezed = self.squeeze_channels or channels // self.reduction
+    gate = self.act(dense(squeezed, name='fc1')(gate))
     return x * nn.sigmoid(dense(channels, name='fc2')(gate))
 
 
@@ -132,6 +137,11 @@ class ResNet(nn.Module):
           name=f'stage{i + 2}', num_blocks=num_blocks, channels=filters * expansion, stride=stride,
           block=functools.partial(self.block_cls, filters=filters)))
     return specs
+
+  def head_input(self) -> Tuple[str, int]:
+    """(feature name, channels) of what the head pools: the last stage's output."""
+    last = self.stage_specs()[-1]
+    return last.name, last.channels
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> Tuple[jax.Array, Dict[str, jax.Array]]:

@@ -70,6 +70,38 @@ def test_radam_and_nesterov_build_and_step():
                              expected.update(g, expected.init(w), w)[0], rtol=1e-6)
 
 
+def test_efficientnet_exponential_schedule_after_warmup():
+  """lr 0.048 x 0.97^floor(epoch / 2.4), counted from step 0, after a 3-epoch linear warm-up."""
+  from configs import imagenet_efficientnet_b0  # pylint: disable=g-import-not-at-top
+  config = imagenet_efficientnet_b0.get_config()
+  lr = optim.learning_rate_schedule(config, steps_per_epoch=10, num_steps=4500)
+  steps = (0, 15, 30, 47, 48, 95, 96, 4499)
+  expected = [0.0, 0.024, 0.048 * 0.97, 0.048 * 0.97, 0.048 * 0.97**2, 0.048 * 0.97**3,
+              0.048 * 0.97**4, 0.048 * 0.97**187]
+  assert [float(lr(s)) for s in steps] == pytest.approx(expected, rel=1e-5)
+
+
+def test_rmsprop_matches_tensorflow_style_updates_by_hand():
+  """TF/timm rmsproptf: ms starts at 1, ms = 0.9 ms + 0.1 g^2, mom = 0.9 mom + lr g / sqrt(ms + eps),
+  with the coupled weight decay added to g; three steps at a constant rate."""
+  from configs import imagenet_efficientnet_b0  # pylint: disable=g-import-not-at-top
+  config = imagenet_efficientnet_b0.get_config()
+  config.optim.schedule, config.optim.warmup_epochs = 'step', 0.0
+  config.optim.decay_epochs = ()
+  tx = optim.create_optimizer(config, steps_per_epoch=10, num_steps=100)
+  w = jnp.asarray([1.0, -2.0, 0.5])
+  state = tx.init(w)
+  ref_w, ms, mom = np.asarray(w, np.float64), np.ones(3), np.zeros(3)
+  for grad in ([0.3, -0.1, 2.0], [0.2, 0.4, -1.0], [-0.5, 0.0, 0.1]):
+    updates, state = tx.update(jnp.asarray(grad), state, w)
+    w = optax.apply_updates(w, updates)
+    g = np.asarray(grad) + 1e-5 * ref_w
+    ms = 0.9 * ms + 0.1 * g * g
+    mom = 0.9 * mom + 0.048 * g / np.sqrt(ms + 1e-3)
+    ref_w = ref_w - mom
+  np.testing.assert_allclose(w, ref_w, rtol=1e-6)
+
+
 @pytest.mark.parametrize('field, value, message', [
     ('name', 'adamw', "config.optim.name = 'adamw' is invalid: allowed: sgd, radam"),
     ('schedule', 'linear', "config.optim.schedule = 'linear' is invalid"),
@@ -78,9 +110,15 @@ def test_radam_and_nesterov_build_and_step():
     ('weight_decay', -1e-4, 'config.optim.weight_decay = -0.0001 is invalid'),
     ('decay_epochs', (60, 30), 'config.optim.decay_epochs = (60, 30) is invalid'),
     ('decay_factor', 2.0, 'config.optim.decay_factor = 2.0 is invalid'),
+    ('decay_every_epochs', 0.0, "config.optim.decay_every_epochs = 0.0 is invalid: must be > 0 "
+     "with schedule 'exponential'"),
+    ('rms_decay', 1.0, 'config.optim.rms_decay = 1.0 is invalid'),
+    ('eps', 0.0, 'config.optim.eps = 0.0 is invalid'),
 ])
 def test_invalid_fields_are_named(field, value, message):
   config = imagenet_r50.get_config()
+  if field in ('decay_every_epochs', 'rms_decay', 'eps'):  # Checked where they are used.
+    config.optim.name, config.optim.schedule = 'rmsprop', 'exponential'
   config.optim[field] = value
   with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
     optim.create_optimizer(config, steps_per_epoch=10, num_steps=100)

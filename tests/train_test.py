@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 
 from configs import cifar_resnet20
 from configs import imagenet_base
+from configs import imagenet_efficientnet_b0
 from dsop_jax import checkpointing
 from dsop_jax import export
 from dsop_jax import input_pipeline
@@ -84,10 +85,15 @@ def test_digits_train_evaluate_resume_and_export(tmp_path):
 
 
 @pytest.mark.parametrize('name', ['imagenet2012', 'imagenet2012:gap',
-                                  'imagenet2012:isqrt_cov,psdr=8,delta=0.5,psdr_aux', 'cifar10',
-                                  'cifar10,plain,adahessian'])
+                                  'imagenet2012:isqrt_cov,psdr=8,delta=0.5,psdr_aux',
+                                  'efficientnet_b0', 'cifar10', 'cifar10,plain,adahessian'])
 def test_mocked_tfds_train_and_evaluate(tmp_path, name):
-  if name.startswith('imagenet2012'):
+  if name == 'efficientnet_b0':  # Section V-C: two branches, RMSProp, the exponential schedule.
+    config = imagenet_efficientnet_b0.get_config()
+    config.data.update(image_size=32, shuffle_buffer=64)
+    config.train.update(batch_size=16, num_epochs=0.5, log_every_steps=1)
+    config.eval.batch_size = 32
+  elif name.startswith('imagenet2012'):
     config = train_helpers.tiny_imagenet_config()
     # Table VII's GAP branches; Table XI's second-order network (PSDR 512 -> 256 ... 8 with side
     # branches, beside two DSoP branches).

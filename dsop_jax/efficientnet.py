@@ -1,0 +1,163 @@
+"""EfficientNet-b0 (Tan & Le 2019) that returns its intermediate features (Section V-C backbone).
+
+Architecturally the reference network as the paper ran it (the `efficientnet_b0` of
+rwightman/pytorch-image-models, footnote 4): a 3x3 stride-2 stem of 32 channels, seven stages of
+MBConv blocks (inverted residuals: 1x1 expansion, depthwise kxk carrying the stride,
+squeeze-and-excitation on a quarter of the block's input channels, 1x1 projection, an identity
+shortcut with stochastic depth where the shape allows), a 1x1 head conv to 1280 channels, GAP,
+dropout 0.2 and the classifier; swish activations, PyTorch-style BN and symmetric padding.
+5,288,548 parameters for 1000 classes.
+
+Stages are named 'stage1' ... 'stage7' (features 'stage<s>' and 'stage<s>_block<j>', then
+'head_conv' (the 1280-channel map) and 'pre_logits'), so DSoP branches plug in like on a ResNet:
+stage 4 ends after block 8 of 16, the middle of the network, and stage 7 at its end (Section V-C).
+`head=` replaces GAP + dropout + FC by e.g. `gsop.GSoPHead` on 'head_conv' (the paper's
+second-order EfficientNet-b0: 1280 -> 64 channels by 1x1 conv + BN + swish, iSQRT-COV, dropout 0.2).
+"""
+
+import functools
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dsop_jax import layers
+from dsop_jax import resnet
+from dsop_jax import stages
+
+ModuleDef = Any
+
+# (expansion, kernel, stride, output channels, blocks) of EfficientNet-b0's seven stages.
+B0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+             (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+HEAD_FEATURE = 'head_conv'
+
+
+class MBConvBlock(nn.Module):
+  """Inverted residual block; expansion 1 skips the 1x1 expansion (timm's DepthwiseSeparableConv).
+
+  Attributes:
+    filters: output channels.
+    conv, norm: layer factories (layers.conv_def / layers.norm_def).
+    strides: stride of the depthwise convolution.
+    expansion: inner width = expansion * input channels.
+    kernel: depthwise kernel size.
+    se_ratio: squeeze channels = int(input channels * se_ratio).
+    drop_path: stochastic-depth rate of the residual branch (active in training only).
+    deterministic: True disables stochastic depth (evaluation; and auxiliary-branch blocks).
+  """
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: Tuple[int, int] = (1, 1)
+  expansion: int = 6
+  kernel: int = 3
+  se_ratio: float = 0.25
+  drop_path: float = 0.0
+  deterministic: bool = True
+  act: Callable[[jax.Array], jax.Array] = nn.swish
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    in_channels = x.shape[-1]
+    y = x
+    if self.expansion != 1:
+      y = self.conv(in_channels * self.expansion, (1, 1), name='expand_conv')(y)
+      y = self.act(self.norm(name='expand_bn')(y))
+    width = y.shape[-1]
+    pad = self.kernel // 2
+    y = self.conv(width, (self.kernel, self.kernel), self.strides, padding=[(pad, pad)] * 2,
+                  feature_group_count=width, name='dw_conv')(y)
+    y = self.act(self.norm(name='dw_bn')(y))
+    y = resnet.SqueezeExcitation(squeeze_channels=max(1, int(in_channels * self.se_ratio)),
+                                 act=self.act, name='se')(y)
+    y = self.conv(self.filters, (1, 1), name='project_conv')(y)
+    y = self.norm(name='project_bn')(y)
+    if self.strides != (1, 1) or in_channels != self.filters:
+      return y
+    if self.drop_path and not self.deterministic:  # Per-image stochastic depth, rescaled.
+      keep = 1.0 - self.drop_path
+      mask = jax.random.bernoulli(self.make_rng('dropout'), keep, (y.shape[0], 1, 1, 1))
+      y = y * mask.astype(y.dtype) / keep
+    return x + y
+
+
+class EfficientNet(nn.Module):
+  """EfficientNet with the stem, MBConv stages, head conv, GAP, dropout and a dense classifier.
+
+  Attributes:
+    stage_config: (expansion, kernel, stride, channels, blocks) per stage.
+    num_classes: classifier outputs.
+    stem_filters, head_filters: 32 and 1280 for b0.
+    dropout: rate before the classifier (0.2 for b0).
+    drop_path: stochastic-depth rate of the last block, linearly smaller before it (0.2).
+    last_stride: stride of the last down-sampling stage (stage 6 in b0): 2 is the standard network.
+    dtype: compute dtype of activations (parameters stay float32); logits are float32.
+    head: None for GAP + dropout + a dense layer ('head'), else a module factory called with
+      (num_classes=, dtype=, name='gsop') mapping the head conv's output to (logits, features).
+  """
+  stage_config: Sequence[Tuple[int, int, int, int, int]] = B0_STAGES
+  num_classes: int = 1000
+  stem_filters: int = 32
+  head_filters: int = 1280
+  dropout: float = 0.2
+  drop_path: float = 0.2
+  last_stride: int = 2
+  dtype: Any = jnp.float32
+  head: Optional[ModuleDef] = None
+
+  def _strides(self) -> List[int]:
+    strides = [s for _, _, s, _, _ in self.stage_config]
+    last = max(i for i, s in enumerate(strides) if s == 2)
+    strides[last] = self.last_stride
+    return strides
+
+  def stage_specs(self) -> List[stages.StageSpec]:
+    """Stages 'stage1' ... 'stage7'; a branch block is the stage's MBConv with stride 1."""
+    return [stages.StageSpec(
+        name=f'stage{i + 1}', num_blocks=blocks, channels=channels, stride=stride,
+        block=functools.partial(MBConvBlock, filters=channels, expansion=expansion, kernel=kernel))
+            for i, ((expansion, kernel, _, channels, blocks), stride) in enumerate(
+                zip(self.stage_config, self._strides()))]
+
+  def head_input(self) -> Tuple[str, int]:
+    """(feature name, channels) of what the head pools: the 1280-channel head conv output."""
+    return HEAD_FEATURE, self.head_filters
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    conv = layers.conv_def(self.dtype)
+    norm = layers.norm_def(train, self.dtype)
+    x = x.astype(self.dtype)
+    x = conv(self.stem_filters, (3, 3), (2, 2), padding=[(1, 1), (1, 1)], name='stem_conv')(x)
+    x = nn.swish(norm(name='stem_bn')(x))
+    features = {'stem': x}
+    specs = self.stage_specs()
+    total, index = sum(s.num_blocks for s in specs), 0
+    for spec in specs:
+      for j in range(spec.num_blocks):
+        stride = spec.stride if j == 0 else 1
+        name = stages.block_feature_name(spec.name, j + 1)
+        x = spec.block(conv=conv, norm=norm, strides=(stride, stride),
+                       drop_path=self.drop_path * index / total, deterministic=not train,
+                       name=name)(x)
+        features[name] = x
+        index += 1
+      features[spec.name] = x
+    x = conv(self.head_filters, (1, 1), name='head_conv')(x)
+    x = nn.swish(norm(name='head_bn')(x))
+    features[HEAD_FEATURE] = x
+    if self.head is not None:
+      logits, head_features = self.head(num_classes=self.num_classes, dtype=self.dtype,
+                                        name='gsop')(x, train)
+      features.update(head_features)
+      return logits, features
+    x = jnp.mean(x, axis=(1, 2))
+    features['pre_logits'] = x
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name='head')(x)
+    return logits.astype(jnp.float32), features
+
+
+EfficientNetB0 = functools.partial(EfficientNet, stage_config=B0_STAGES)

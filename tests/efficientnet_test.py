@@ -1,0 +1,89 @@
+"""EfficientNet-b0: the published size, features, MBConv details, and its DSoP/second-order configs."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import imagenet_efficientnet_b0
+from dsop_jax import complexity
+from dsop_jax import efficientnet
+from dsop_jax import layers
+from dsop_jax import models
+
+IMAGE = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+
+
+def test_parameters_and_macs_match_the_published_model():
+  """5,288,548 parameters (timm's efficientnet_b0; the paper's 5.3M) and 0.39 GMACs (Tan & Le)."""
+  rep = complexity.report(imagenet_efficientnet_b0.get_config('plain'))
+  assert rep['params_test'] == 5_288_548
+  assert rep['gflops_test'] == pytest.approx(0.39, abs=0.005)
+
+
+def test_features_and_stage_specs():
+  model = efficientnet.EfficientNetB0(num_classes=10)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), IMAGE)
+  _, features = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, IMAGE)
+  stage_shapes = {k: v.shape[1:] for k, v in features.items() if 'block' not in k}
+  assert stage_shapes == {
+      'stem': (112, 112, 32), 'stage1': (112, 112, 16), 'stage2': (56, 56, 24),
+      'stage3': (28, 28, 40), 'stage4': (14, 14, 80), 'stage5': (14, 14, 112),
+      'stage6': (7, 7, 192), 'stage7': (7, 7, 320), 'head_conv': (7, 7, 1280),
+      'pre_logits': (1280,)}
+  assert sum('block' in k for k in features) == 16
+  specs = model.stage_specs()
+  assert [(s.name, s.num_blocks, s.channels, s.stride) for s in specs][3:] == [
+      ('stage4', 3, 80, 2), ('stage5', 3, 112, 1), ('stage6', 4, 192, 2), ('stage7', 1, 320, 1)]
+  assert model.head_input() == ('head_conv', 1280)
+  # The squeeze width is a quarter of the block's input channels: stage 4's first block reads 40.
+  se = variables['params']['stage4_block1']['se']
+  assert se['fc1']['kernel'].shape == (240, 10) and se['fc2']['kernel'].shape == (10, 240)
+  assert variables['params']['stage1_block1'].keys() == {'dw_conv', 'dw_bn', 'se', 'project_conv',
+                                                         'project_bn'}  # Expansion 1.
+
+
+def test_stochastic_depth_drops_whole_residual_branches_per_image():
+  block = efficientnet.MBConvBlock(
+      filters=8, conv=layers.conv_def(), norm=layers.norm_def(False), expansion=2, drop_path=0.5,
+      deterministic=False)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(64, 4, 4, 8)), jnp.float32)
+  variables = block.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)}, x)
+  full = block.clone(deterministic=True).apply(variables, x)
+  dropped = block.apply(variables, x, rngs={'dropout': jax.random.PRNGKey(2)})
+  residual, kept = np.asarray(full - x), np.asarray(dropped - x)
+  is_dropped = np.all(kept == 0, axis=(1, 2, 3))
+  np.testing.assert_allclose(kept[~is_dropped], 2.0 * residual[~is_dropped], rtol=1e-5, atol=1e-6)
+  assert 16 < is_dropped.sum() < 48  # About half of 64 images.
+
+
+def test_dsop_and_second_order_configs():
+  dsop = imagenet_efficientnet_b0.get_config()
+  specs = models.branch_specs(dsop.model)
+  assert [(s.name, s.attach, s.num_blocks, s.pool_channels, s.activation, s.dropout)
+          for s in specs] == [('a_pds4', 'stage4', 3, 64, 'swish', 0.2),
+                              ('a_pds7', 'stage7', 1, 64, 'swish', 0.2)]
+  second = imagenet_efficientnet_b0.get_config('plain,isqrt_cov')
+  head = models.head_spec(second.model)
+  assert (head.attach, head.pool_channels, head.activation, head.dropout) == (
+      'head_conv', 64, 'swish', 0.2)
+  rep = complexity.report(second)
+  # GAP + FC (1280 * 1000 + 1000) replaced by DR 1280 -> 64 + BN and an FC on 64 * 65 / 2 values.
+  assert rep['params_test'] == 5_288_548 - 1_281_000 + 1280 * 64 + 2 * 64 + 2080 * 1000 + 1000
+  assert rep['head']['pooled_dim'] == 2080
+  assert (dsop.optim.name, dsop.optim.learning_rate, dsop.train.batch_size) == ('rmsprop', 0.048, 768)
+
+
+def test_swish_reduction_in_the_branches():
+  """The branch DR uses the backbone's activation: with all-ones weights and BN statistics, a
+  -1 input gives the pre-activation (-3 - 1) / sqrt(1 + 1e-5) + 1, which swish keeps negative."""
+  spec = models.branch_specs(imagenet_efficientnet_b0.get_config().model)[1]
+  dr = layers.ConvNormAct(4, layers.conv_def(), layers.norm_def(False),
+                          layers.ACTIVATIONS[spec.activation])
+  x = -jnp.ones((1, 2, 2, 3))
+  variables = jax.tree_util.tree_map(jnp.ones_like, dr.init(jax.random.PRNGKey(0), x))
+  pre = -4.0 / np.sqrt(1 + 1e-5) + 1.0
+  np.testing.assert_allclose(dr.apply(variables, x), np.full((1, 2, 2, 4), nn.swish(pre)),
+                             rtol=1e-5)
+  assert float(nn.swish(pre)) < 0
