@@ -84,7 +84,9 @@ def test_digits_train_evaluate_resume_and_export(tmp_path):
   assert evaluated['logits'] == pytest.approx(records[0]['eval']['logits'], rel=1e-5)
 
 
-@pytest.mark.parametrize('name', ['imagenet2012', 'imagenet2012:gap',
+# The tiny ResNet-18 with two DSoP branches runs with GAP branches (Table VII) and with the
+# second-order head (Table XI), which keeps the default iSQRT-COV branches beside it.
+@pytest.mark.parametrize('name', ['imagenet2012:gap',
                                   'imagenet2012:isqrt_cov,psdr=8,delta=0.5,psdr_aux',
                                   'efficientnet_b0', 'cifar10', 'cifar10,plain,adahessian'])
 def test_mocked_tfds_train_and_evaluate(tmp_path, name):
@@ -95,8 +97,6 @@ def test_mocked_tfds_train_and_evaluate(tmp_path, name):
     config.eval.batch_size = 32
   elif name.startswith('imagenet2012'):
     config = train_helpers.tiny_imagenet_config()
-    # Table VII's GAP branches; Table XI's second-order network (PSDR 512 -> 256 ... 8 with side
-    # branches, beside two DSoP branches).
     imagenet_base.apply_variant(config, name.partition(':')[2])
   else:
     # Table IX: SGD, or AdaHessian's own settings. AdaHessian on a DSoP model is tested in
@@ -447,5 +447,19 @@ def test_knowledge_distillation_from_a_teacher_inside_the_step(tmp_path):
     train.train_and_evaluate(with_branches, str(tmp_path / 'refused'))
   config.distill.teacher = str(tmp_path / 'nowhere')
   with pytest.raises(ValueError, match=r"config.distill.teacher = '.*nowhere' is invalid"):
+    train.train_and_evaluate(config, str(tmp_path / 'refused'))
+  # A teacher for another label set: an export of a freshly initialised 5-class network.
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  other = train_helpers.tiny_digits_config()
+  other.model.num_classes = 5
+  five = models.create_backbone(other.model)
+  os.makedirs(tmp_path / 'five_classes')
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(str(tmp_path / 'five_classes' / 'variables'),
+                      five.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  with open(tmp_path / 'five_classes' / 'model_config.json', 'w') as f:
+    f.write(other.model.to_json())
+  config.distill.teacher = str(tmp_path / 'five_classes')
+  with pytest.raises(ValueError, match=r"five_classes' has 5 classes; the student has 10"):
     train.train_and_evaluate(config, str(tmp_path / 'refused'))
   assert not os.path.exists(tmp_path / 'refused' / 'checkpoints')
