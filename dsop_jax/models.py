@@ -227,13 +227,18 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
     _fail('model.branches.reduction', b.reduction,
           f'need {num_stages} entries, one per stage of {m.name}, each one of '
           f'{", ".join(branches_lib.REDUCTIONS)}')
-  if not 0.0 < b.psdr_delta < 1.0:
-    _fail('model.branches.psdr_delta', b.psdr_delta, 'must lie in the open interval (0, 1)')
-  if not isinstance(b.num_iters, int) or b.num_iters < 1:
-    _fail('model.branches.num_iters', b.num_iters, 'must be an integer >= 1')
-  if not 0.0 <= b.dropout < 1.0:
-    _fail('model.branches.dropout', b.dropout, 'must lie in [0, 1)')
+  _validate_pooling('model.branches', b)
   _validate_head(m)
+
+
+def _validate_pooling(prefix: str, c: ml_collections.ConfigDict) -> None:
+  """The fields a branch and the second-order head share: PSDR's delta, iterations, dropout."""
+  if not 0.0 < c.psdr_delta < 1.0:
+    _fail(f'{prefix}.psdr_delta', c.psdr_delta, 'must lie in the open interval (0, 1)')
+  if not isinstance(c.num_iters, int) or c.num_iters < 1:
+    _fail(f'{prefix}.num_iters', c.num_iters, 'must be an integer >= 1')
+  if not 0.0 <= c.dropout < 1.0:
+    _fail(f'{prefix}.dropout', c.dropout, 'must lie in [0, 1)')
 
 
 def _validate_head(m: ml_collections.ConfigDict) -> None:
@@ -252,12 +257,7 @@ def _validate_head(m: ml_collections.ConfigDict) -> None:
     _fail('model.head.channels', h.channels, 'must be a positive integer')
   if h.reduction not in branches_lib.REDUCTIONS:
     _fail('model.head.reduction', h.reduction, f'allowed: {", ".join(branches_lib.REDUCTIONS)}')
-  if not 0.0 < h.psdr_delta < 1.0:
-    _fail('model.head.psdr_delta', h.psdr_delta, 'must lie in the open interval (0, 1)')
-  if not isinstance(h.num_iters, int) or h.num_iters < 1:
-    _fail('model.head.num_iters', h.num_iters, 'must be an integer >= 1')
-  if not 0.0 <= h.dropout < 1.0:
-    _fail('model.head.dropout', h.dropout, 'must lie in [0, 1)')
+  _validate_pooling('model.head', h)
 
 
 def count_params(params: Mapping[str, Any]) -> int:

@@ -1,5 +1,9 @@
 """Tiny training configs shared by the training tests and the data-parallel subprocess."""
 
+import os
+
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from configs import imagenet_r18
@@ -33,3 +37,18 @@ def tiny_imagenet_config() -> ml_collections.ConfigDict:
   config.train.log_every_steps = 1
   config.eval.batch_size = 32
   return config
+
+
+def write_fresh_export(model_config: ml_collections.ConfigDict, directory: str) -> str:
+  """An export directory (real Orbax checkpoint + model_config.json) of the plain network of
+  `model_config`, freshly initialised: a stand-in for another network's trained weights."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from dsop_jax import models  # pylint: disable=g-import-not-at-top
+  module = models.create_backbone(model_config)
+  os.makedirs(directory)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.join(os.path.abspath(directory), 'variables'),
+                      module.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  with open(os.path.join(directory, 'model_config.json'), 'w') as f:
+    f.write(model_config.to_json())
+  return directory

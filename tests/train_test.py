@@ -261,15 +261,14 @@ def test_two_phase_trains_branches_on_a_frozen_backbone(tmp_path):
 
 
 def test_two_phase_refuses_a_backbone_of_another_network(tmp_path):
-  other = train_helpers.tiny_digits_config(num_epochs=1 / 22)
+  other = train_helpers.tiny_digits_config()
   other.model.name = 'resnet18'  # 4 stages: per-stage fields need 4 entries.
   other.model.branches.pattern = ''
   other.model.branches.channels = (8,) * 4
   other.model.branches.reduction = ('direct',) * 4
   other.loss.betas = (0.0,) * 4
-  train.train_and_evaluate(other, str(tmp_path / 'r110'))
-  config = train_helpers.tiny_digits_config(policy='two_phase',
-                                            backbone_checkpoint=str(tmp_path / 'r110'))
+  exported = train_helpers.write_fresh_export(other.model, str(tmp_path / 'r18'))
+  config = train_helpers.tiny_digits_config(policy='two_phase', backbone_checkpoint=exported)
   with pytest.raises(ValueError, match='do not match the expected structure'):
     train.train_and_evaluate(config, str(tmp_path / 'branches'))
 
@@ -449,17 +448,10 @@ def test_knowledge_distillation_from_a_teacher_inside_the_step(tmp_path):
   with pytest.raises(ValueError, match=r"config.distill.teacher = '.*nowhere' is invalid"):
     train.train_and_evaluate(config, str(tmp_path / 'refused'))
   # A teacher for another label set: an export of a freshly initialised 5-class network.
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   other = train_helpers.tiny_digits_config()
   other.model.num_classes = 5
-  five = models.create_backbone(other.model)
-  os.makedirs(tmp_path / 'five_classes')
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(str(tmp_path / 'five_classes' / 'variables'),
-                      five.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
-  with open(tmp_path / 'five_classes' / 'model_config.json', 'w') as f:
-    f.write(other.model.to_json())
-  config.distill.teacher = str(tmp_path / 'five_classes')
+  config.distill.teacher = train_helpers.write_fresh_export(other.model,
+                                                            str(tmp_path / 'five_classes'))
   with pytest.raises(ValueError, match=r"five_classes' has 5 classes; the student has 10"):
     train.train_and_evaluate(config, str(tmp_path / 'refused'))
   assert not os.path.exists(tmp_path / 'refused' / 'checkpoints')
