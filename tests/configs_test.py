@@ -4,6 +4,7 @@ Variables are built abstractly (jax.eval_shape of the real init) and filled with
 which skips initialising the 33M-weight branch classifiers of the ImageNet configs on the CPU.
 """
 
+import functools
 import glob
 import importlib
 import os
@@ -16,6 +17,8 @@ import pytest
 from dsop_jax import complexity
 from dsop_jax import losses
 from dsop_jax import models
+from dsop_jax import optim
+from dsop_jax import train
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
     os.path.join(os.path.dirname(__file__), '..', 'configs', '*.py')) if not p.endswith('__init__.py'))
@@ -87,3 +90,32 @@ def test_cifar_variants():
   assert (config.train.batch_size, config.train.num_epochs, config.optim.learning_rate,
           config.optim.decay_epochs) == (256, 160.0, 0.15, (80, 120))
   assert resnet20.get_config('cifar10').optim.name == 'sgd'
+
+
+# ImageNet-size networks whose real training step is too costly to compile on CI's CPU; their code
+# paths train end to end on the tiny ResNet-18 (train_test). Here the configs' own networks go
+# through one whole training step and one evaluation step under abstract evaluation.
+DEEP = [('imagenet_r34', ''), ('imagenet_r50', ''), ('imagenet_r50', 'gap'),
+        ('imagenet_r50_gsop', ''), ('imagenet_r50_gsop', 'mpn_cov,psdr=64,delta=0.5,psdr_aux'),
+        ('imagenet_r101', ''), ('imagenet_seresnext101', '')]
+
+
+@pytest.mark.parametrize('name, variant', DEEP)
+def test_deep_config_takes_a_training_and_an_eval_step_abstractly(name, variant):
+  config = importlib.import_module(f'configs.{name}').get_config(variant)
+  model = models.create(config.model)
+  tx = optim.create_optimizer(config, steps_per_epoch=10, num_steps=100)
+  state = jax.eval_shape(train.state_init_fn(model, tx, 32), jax.random.PRNGKey(0))
+  batch = {'image': jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32),
+           'label': jax.ShapeDtypeStruct((2,), jnp.int32),
+           'mask': jax.ShapeDtypeStruct((2,), jnp.bool_)}
+  step = functools.partial(train.train_step, model=model, tx=tx,
+                           loss_weights=models.loss_weights(config))
+  new_state, metrics = jax.eval_shape(step, state, batch, jax.random.PRNGKey(0))
+  assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
+  heads = models.head_names(config.model)
+  assert {'loss', 'nonfinite'} | {f'{h}/top1' for h in heads} <= set(metrics)
+  sums = jax.eval_shape(functools.partial(
+      train.eval_step, heads_fn=train.training_model_heads(model)),
+                        {'params': state.params, 'batch_stats': state.batch_stats}, batch)
+  assert {f'{h}/loss' for h in heads} <= set(sums)
