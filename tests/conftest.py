@@ -5,10 +5,6 @@ subprocesses (`dsop_jax.main` runs, notebooks). They share compiled programs thr
 persistent compilation cache in .pytest_cache/ of the checkout (a clean clone starts empty). The
 cached executables are the ones XLA would compile, so results stay bit-identical; on this 2-core
 machine a repeated tiny training run took 17 s instead of 34 s.
-
-The longest tests are collected first, so that `pytest -n 2 --dist loadgroup` hands them out
-before the short ones (longest-processing-time-first scheduling) and neither worker is left alone
-with a two-minute test at the end.
 """
 
 import functools
@@ -31,26 +27,6 @@ TinyResNet = functools.partial(resnet.ResNet, stage_sizes=(1, 1, 1, 1), block_cl
 # A 3-stage pre-activation CIFAR ResNet with 3 blocks per stage and 4/8/8 channels.
 TinyPreAct = functools.partial(cifar_backbones.PreActResNet, stage_sizes=(3, 3, 3),
                                widths=(4, 8, 8), num_classes=5)
-
-
-# Substrings of the longest tests' ids, longest first (seconds measured on the 2-core CI machine
-# with both workers busy: 146, 142, 116, 115, 107, 74, 57, 56, 52+41, 39, 43, 37, 34+34, 32).
-_LONGEST = ('test_sigterm_and_sigkill', 'test_two_processes_with_jax_distributed',
-            'test_quickstart_trains', 'test_soak', '[efficientnet_b0]', 'test_quick_cli_json',
-            '[imagenet2012:isqrt_cov', 'test_data_parallel_8_devices', 'test_mock_mode_runs_every',
-            'test_dsop_anatomy', 'test_cli_renders_png', 'test_adahessian_trains_a_tiny',
-            'test_detached_network_is_bit_identical', '[cifar10,plain,adahessian]',
-            'test_unreadable_checkpoints')
-
-
-def pytest_collection_modifyitems(config, items):
-  """Moves the longest tests to the front (a stable sort: the rest keep their order)."""
-  del config
-
-  def rank(item):
-    return next((i for i, key in enumerate(_LONGEST) if key in item.nodeid), len(_LONGEST))
-
-  items.sort(key=rank)
 
 
 def branches_config(**overrides) -> ml_collections.ConfigDict:

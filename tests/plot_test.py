@@ -37,7 +37,6 @@ def _records(workdir):
     return [json.loads(line) for line in f]
 
 
-@pytest.mark.xdist_group('plot_runs')  # One worker trains the module's two runs once.
 def test_cli_renders_png_and_table_from_real_runs(runs, tmp_path):
   output, table_path = tmp_path / 'curves.png', tmp_path / 'table.md'
   result = subprocess.run(
@@ -61,7 +60,6 @@ def test_cli_renders_png_and_table_from_real_runs(runs, tmp_path):
   assert rows[4].startswith('| preact_resnet20 (plain) | main (first-order) |')
 
 
-@pytest.mark.xdist_group('plot_runs')
 def test_figure_lines_are_the_recorded_errors(runs):
   loaded = plot.load_runs(runs)
   assert [r.label for r in loaded] == ['preact_resnet20 + DSoP (3 branches)',
