@@ -97,7 +97,8 @@ def test_cifar_variants():
 # through one whole training step and one evaluation step under abstract evaluation.
 DEEP = [('imagenet_r34', ''), ('imagenet_r50', ''), ('imagenet_r50', 'gap'),
         ('imagenet_r50_gsop', ''), ('imagenet_r50_gsop', 'mpn_cov,psdr=64,delta=0.5,psdr_aux'),
-        ('imagenet_r101', ''), ('imagenet_seresnext101', '')]
+        ('imagenet_r101', ''), ('imagenet_seresnext101', ''), ('imagenet_efficientnet_b0', ''),
+        ('imagenet_efficientnet_b0', 'plain,isqrt_cov')]
 
 
 @pytest.mark.parametrize('name, variant', DEEP)

@@ -1,6 +1,8 @@
 """EfficientNet-b0: the published size, features, MBConv details, and its DSoP/second-order configs."""
 
 import flax.linen as nn
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,9 +10,14 @@ import pytest
 
 from configs import imagenet_efficientnet_b0
 from dsop_jax import complexity
+from dsop_jax import dsop
 from dsop_jax import efficientnet
+from dsop_jax import gsop
 from dsop_jax import layers
 from dsop_jax import models
+from dsop_jax import optim
+from dsop_jax import train
+from tests import conftest
 
 IMAGE = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
 
@@ -87,3 +94,39 @@ def test_swish_reduction_in_the_branches():
   np.testing.assert_allclose(dr.apply(variables, x), np.full((1, 2, 2, 4), nn.swish(pre)),
                              rtol=1e-5)
   assert float(nn.swish(pre)) < 0
+
+
+def test_tiny_efficientnet_dsop_trains_with_the_configs_rmsprop():
+  """The DSoP config's code path at a size this CPU compiles quickly (the full config takes its
+  step abstractly in configs_test): a two-stage EfficientNet with a branch per stage and the
+  second-order head with PSDR side branches, trained by the config's own optimiser (RMSProp, the
+  exponential schedule after warm-up) in the real train step, then evaluated."""
+  config = imagenet_efficientnet_b0.get_config('isqrt_cov,psdr=8,psdr_aux')
+  config.optim.warmup_epochs = 0.0
+  stage_config = ((1, 3, 1, 8, 1), (6, 3, 2, 16, 2))
+  backbone = efficientnet.EfficientNet(stage_config=stage_config, head_filters=32, num_classes=10)
+  layout = conftest.branches_config(blocks=(1, 1), channels=(8, 8), reduction=('direct',) * 2,
+                                    dropout=0.2)
+  branches = models.layout_branches(backbone.stage_specs(), layout, 'swish')
+  head = models.head_spec(config.model, backbone)
+  sides = gsop.side_specs(head, 32)
+  model = dsop.DSoPNet(backbone=backbone.clone(head=functools.partial(gsop.GSoPHead, head)),
+                       branches=tuple(branches + sides), num_classes=10)
+  weights = {'logits': 1.0, **{s.name: 1.0 for s in branches + sides}}
+  tx = optim.create_optimizer(config, steps_per_epoch=2, num_steps=20)
+  state = jax.jit(train.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  batch = {'image': jnp.asarray(rng.normal(size=(16, 32, 32, 3)), jnp.float32),
+           'label': jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
+           'mask': jnp.ones(16, bool)}
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, loss_weights=weights))
+  losses = []
+  for _ in range(12):
+    state, metrics = step(state, batch, jax.random.PRNGKey(1))
+    assert float(metrics['nonfinite']) == 0.0
+    losses.append(float(metrics['logits/loss']))
+  assert losses[-1] < 0.8 * losses[0], losses  # Measured: 2.27 -> 1.54.
+  assert {f'{n}/loss' for n in weights} <= set(metrics)
+  sums = jax.jit(functools.partial(train.eval_step, heads_fn=train.training_model_heads(model)))(
+      {'params': state.params, 'batch_stats': state.batch_stats}, batch)
+  assert float(sums['count']) == 16 and set(weights) == {k.split('/')[0] for k in sums} - {'count'}
