@@ -62,6 +62,12 @@ def _abstract_init(module: Any, *args: Any) -> Any:
   return jax.eval_shape(lambda *a: module.init(jax.random.PRNGKey(0), *a, train=False), *args)
 
 
+def _pooled_dim(spec: branches_lib.BranchSpec, in_channels: int) -> int:
+  """Length of the pooled vector of a branch or head reading `in_channels` channels."""
+  reduced = branches_lib.reduction_channels(spec, in_channels)
+  return covpool.pooled_dim(spec.pool, reduced[-1] if reduced else in_channels)
+
+
 def report(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """Parameters and GFLOPs (MACs per image / 1e9) of the training and the detached test graph.
 
@@ -83,14 +89,12 @@ def report(config: ml_collections.ConfigDict) -> Dict[str, Any]:
                                     models.DTYPES[config.model.dtype])
     feature = features[spec.attach]
     branch_vars = _abstract_init(branch, feature)
-    pooled = branches_lib.reduction_channels(spec, feature.shape[-1])
-    channels = pooled[-1] if pooled else feature.shape[-1]
     per_branch[spec.name] = {
         'attach': spec.attach,
         'params': models.count_params(train_vars['params'][spec.name]),
         'gflops': count_macs(lambda v, x, b=branch: b.apply(v, x, train=False),
                              branch_vars, feature) / 1e9,
-        'pooled_dim': covpool.pooled_dim(spec.pool, channels),
+        'pooled_dim': _pooled_dim(spec, feature.shape[-1]),
     }
   rep = {
       'model': config.model.name,
@@ -108,11 +112,10 @@ def report(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     module = gsop.GSoPHead(head, config.model.num_classes, models.DTYPES[config.model.dtype])
     feature = features[head.attach]
     head_vars = _abstract_init(module, feature)
-    pooled = branches_lib.reduction_channels(head, feature.shape[-1])
     rep['head'] = {
         'params': models.count_params(head_vars['params']),
         'gflops': count_macs(lambda v, x: module.apply(v, x, train=False), head_vars, feature) / 1e9,
-        'pooled_dim': covpool.pooled_dim(head.pool, pooled[-1] if pooled else feature.shape[-1]),
+        'pooled_dim': _pooled_dim(head, feature.shape[-1]),
     }
   return rep
 

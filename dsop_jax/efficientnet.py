@@ -133,18 +133,10 @@ class EfficientNet(nn.Module):
     x = conv(self.stem_filters, (3, 3), (2, 2), padding=[(1, 1), (1, 1)], name='stem_conv')(x)
     x = nn.swish(norm(name='stem_bn')(x))
     features = {'stem': x}
-    specs = self.stage_specs()
-    total, index = sum(s.num_blocks for s in specs), 0
-    for spec in specs:
-      for j in range(spec.num_blocks):
-        stride = spec.stride if j == 0 else 1
-        name = stages.block_feature_name(spec.name, j + 1)
-        x = spec.block(conv=conv, norm=norm, strides=(stride, stride),
-                       drop_path=self.drop_path * index / total, deterministic=not train,
-                       name=name)(x)
-        features[name] = x
-        index += 1
-      features[spec.name] = x
+    x = stages.run_stages(  # Stochastic depth grows linearly to `drop_path` at the last block.
+        x, self.stage_specs(), conv=conv, norm=norm, features=features,
+        block_kwargs=lambda index, total: dict(drop_path=self.drop_path * index / total,
+                                               deterministic=not train))
     x = conv(self.head_filters, (1, 1), name='head_conv')(x)
     x = nn.swish(norm(name='head_bn')(x))
     features[HEAD_FEATURE] = x

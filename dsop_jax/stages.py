@@ -7,7 +7,7 @@ channels and a block factory; the branch builds its blocks from the same factory
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import jax
 
@@ -41,17 +41,22 @@ def block_feature_name(stage: str, block: int) -> str:
 
 
 def run_stages(x: jax.Array, specs: Sequence[StageSpec], *, conv: ModuleDef, norm: ModuleDef,
-               features: Dict[str, jax.Array]) -> jax.Array:
+               features: Dict[str, jax.Array],
+               block_kwargs: Optional[Callable[[int, int], Dict[str, Any]]] = None) -> jax.Array:
   """Applies every block of every stage, recording each block and stage output in `features`.
 
   Must be called inside a compact method: blocks become submodules named 'stage2_block1', ...
+  `block_kwargs(index, total)` adds keyword arguments to the block at 0-based position `index` of
+  all `total` blocks (EfficientNet's stochastic-depth rate grows with the position).
   """
+  total, index = sum(spec.num_blocks for spec in specs), 0
   for spec in specs:
     for j in range(spec.num_blocks):
       stride = spec.stride if j == 0 else 1
       name = block_feature_name(spec.name, j + 1)
-      x = spec.block(conv=conv, norm=norm, strides=(stride, stride), name=name)(x)
+      extra = block_kwargs(index, total) if block_kwargs else {}
+      x = spec.block(conv=conv, norm=norm, strides=(stride, stride), name=name, **extra)(x)
       features[name] = x
+      index += 1
     features[spec.name] = x
   return x
-
