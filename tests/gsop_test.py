@@ -66,7 +66,8 @@ def test_table_xi_rows_build_their_reduction_and_side_branches(option, chain, nu
   sides = models.branch_specs(config.model)
   assert [s.name for s in sides] == [f'gsop_psdr{i + 1}' for i in range(num_sides)]
   assert models.head_names(config.model) == ['logits'] + [s.name for s in sides]
-  assert set(models.loss_weights(config).values()) == {config.loss.alpha}
+  config.loss.alpha = 0.5  # Side branches take the main head's weight, not stage 5's beta (1).
+  assert set(models.loss_weights(config).values()) == {0.5}
   feature = jax.ShapeDtypeStruct((1, 14, 14, 2048), jnp.float32)
   variables = jax.eval_shape(lambda x: gsop.GSoPHead(head).init(
       jax.random.PRNGKey(0), x, train=False), feature)
