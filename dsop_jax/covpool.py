@@ -112,8 +112,27 @@ def eig_sqrtm(cov: jax.Array, rel_eps: float = 1e-5) -> jax.Array:
   return _eig_sqrtm_fwd(cov, rel_eps)[0]
 
 
+def _eigh(cov: jax.Array):
+  lam, u = jnp.linalg.eigh(cov, symmetrize_input=True)
+  return lam, u
+
+
+def _eigh_one_matrix_a_call(cov: jax.Array):
+  """`eigh` over the batch one matrix per LAPACK call (a loop), for the CPU.
+
+  jaxlib's CPU eigh kernel spreads a batch over XLA's intra-op thread pool and holds its own pool
+  thread until the pieces are done. When as many eigh kernels run at once as the pool has threads
+  (MPN-COV with PSDR side branches: 5 at once; 2 threads on a 2-core machine), every pool thread
+  waits for pieces that no thread is free to run, and the step never finishes (seen with jaxlib
+  0.10.2). A single matrix runs inside the calling kernel, so nothing waits on the pool.
+  """
+  lam, u = jax.lax.map(_eigh, cov[:, None])
+  return lam[:, 0], u[:, 0]
+
+
 def _kept_roots(cov: jax.Array, rel_eps: float):
-  lam, u = jnp.linalg.eigh(cov.astype(jnp.float32), symmetrize_input=True)
+  lam, u = jax.lax.platform_dependent(cov.astype(jnp.float32), cpu=_eigh_one_matrix_a_call,
+                                      default=_eigh)
   kept = lam > rel_eps * jnp.max(lam, axis=-1, keepdims=True)
   return u, jnp.where(kept, jnp.sqrt(jnp.where(kept, lam, 1.0)), 0.0)
 

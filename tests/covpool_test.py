@@ -218,3 +218,14 @@ def test_mpn_cov_gradient_is_finite_at_repeated_and_zero_eigenvalues():
     grad = jax.grad(lambda v: jnp.sum(covpool.mpn_cov_pool(v)))(x)
     assert bool(jnp.all(jnp.isfinite(out))) and bool(jnp.all(jnp.isfinite(grad)))
   np.testing.assert_array_equal(covpool.mpn_cov_pool(jnp.zeros((2, 4, 4, 8))), 0.0)
+
+
+def test_mpn_cov_on_the_cpu_decomposes_one_matrix_per_lapack_call():
+  """jaxlib's CPU eigh kernel spreads a batch over XLA's intra-op pool and holds a pool thread
+  meanwhile; several such kernels at once (MPN-COV with PSDR side branches on 2 cores) hung the
+  step for good. On the CPU each LAPACK call gets one matrix, which runs inside its own kernel."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3, 3, 16)), jnp.float32)
+  hlo = jax.jit(covpool.mpn_cov_pool).lower(x).compile().as_text()
+  calls = [line for line in hlo.splitlines() if 'custom_call_target="lapack_ssyevd' in line]
+  assert calls and all('custom-call(' in c and c.split('=', 1)[1].lstrip(' (').startswith(
+      'f32[1,16,16]') for c in calls), calls
