@@ -83,7 +83,17 @@ def _plain_backbone(model_config: ml_collections.ConfigDict) -> Any:
   kwargs = dict(num_classes=model_config.num_classes, dtype=DTYPES[model_config.dtype])
   if imagenet:
     kwargs['last_stride'] = model_config.last_stride
-  return constructor(**kwargs)
+  backbone = constructor(**kwargs)
+  sizes = tuple(model_config.get('stage_sizes') or ())
+  return _with_stage_sizes(backbone, sizes) if sizes else backbone
+
+
+def _with_stage_sizes(backbone: Any, sizes: Tuple[int, ...]) -> Any:
+  """`backbone` with `sizes[i]` blocks in stage i (`config.model.stage_sizes`)."""
+  if isinstance(backbone, efficientnet.EfficientNet):
+    return backbone.clone(stage_config=tuple(
+        stage[:4] + (n,) for stage, n in zip(backbone.stage_config, sizes)))
+  return backbone.clone(stage_sizes=sizes)
 
 
 def _backbone(model_config: ml_collections.ConfigDict) -> Any:
@@ -202,6 +212,12 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
     _fail('model.dtype', m.dtype, f'allowed: {", ".join(DTYPES)}')
   if m.last_stride not in (1, 2):
     _fail('model.last_stride', m.last_stride, "allowed: 2 (standard, 's2') or 1 ('s1')")
+  sizes = m.get('stage_sizes') or ()
+  if sizes:
+    own = BACKBONES[m.name][0](num_classes=m.num_classes).stage_specs()
+    if len(sizes) != len(own) or any(not isinstance(n, int) or n < 1 for n in sizes):
+      _fail('model.stage_sizes', sizes, f'need {len(own)} positive integers, one per stage of '
+            f'{m.name} (its own: {tuple(s.num_blocks for s in own)}), or () for those')
   stage_list = _stage_specs(m)
   num_stages = len(stage_list)
   b = m.branches

@@ -544,6 +544,21 @@ def _flatten(tree: Any, prefix: str) -> Dict[str, Any]:
   return {prefix: list(tree) if isinstance(tree, (list, tuple)) else tree}
 
 
+# Model fields added after checkpoints may have been written, with the value that builds what a
+# config without them built; a saved config.json without them reads as holding these.
+_LEGACY_MODEL_FIELDS = {'config.model.stage_sizes': [], 'config.model.head.pool': 'gap'}
+
+
+def _structure_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The fields that fix a checkpoint's structure: the model's and the optimiser's kind."""
+  fields = {**_LEGACY_MODEL_FIELDS, **_flatten(config.model.to_dict(), 'config.model')}
+  if fields['config.model.head.pool'] == 'gap':  # GAP + FC: the other head fields build nothing.
+    fields = {k: v for k, v in fields.items()
+              if not k.startswith('config.model.head.') or k == 'config.model.head.pool'}
+  fields['config.optim.name'] = config.optim.get('name')
+  return fields
+
+
 def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to resume WORKDIR's checkpoints with a config that builds a different state.
 
@@ -554,9 +569,7 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None
     return
   saved = workdir_config(workdir)
   ours = ml_collections.ConfigDict(json.loads(config.to_json_best_effort()))
-  fields = lambda c: {**_flatten(c.model.to_dict(), 'config.model'),  # noqa: E731
-                      'config.optim.name': c.optim.get('name')}
-  before, now = fields(saved), fields(ours)
+  before, now = _structure_fields(saved), _structure_fields(ours)
   diff = [f'{k} = {now.get(k)!r} (checkpoints: {before.get(k)!r})'
           for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
   if diff:

@@ -2,6 +2,7 @@
 damaged afterwards, and a workdir trained with another config."""
 
 import glob
+import json
 import logging
 import os
 
@@ -77,6 +78,24 @@ def test_resuming_with_another_model_or_optimiser_is_refused_naming_the_fields(t
   # train_and_evaluate checks before it restores (or compiles) anything.
   with pytest.raises(ValueError, match='holds checkpoints of another model or optimiser'):
     train.train_and_evaluate(config, workdir)
+
+
+def test_a_workdir_from_before_the_newer_model_fields_resumes(tmp_path):
+  """A config.json written before `model.stage_sizes` and `model.head` existed builds the same
+  network as today's defaults: resuming it is accepted, and a changed value is still refused."""
+  config = train_helpers.tiny_imagenet_config()
+  os.makedirs(tmp_path / 'checkpoints' / '3')
+  old = json.loads(config.to_json_best_effort())
+  del old['model']['stage_sizes'], old['model']['head']
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump(old, f)
+  train.check_resume_config(config, str(tmp_path))
+  config.model.head.channels = 8  # Builds nothing with the first-order (gap) head.
+  train.check_resume_config(config, str(tmp_path))
+  config.model.stage_sizes = (1, 1, 1, 1)
+  with pytest.raises(ValueError, match=r'config.model.stage_sizes = \[1, 1, 1, 1\] \(checkpoints: '
+                     r'\[\]\)'):
+    train.check_resume_config(config, str(tmp_path))
 
 
 def test_export_of_a_workdir_without_config_or_checkpoint_is_refused_by_name(tmp_path):

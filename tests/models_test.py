@@ -1,5 +1,6 @@
 """Config -> model: registry, branch layouts, loss weights, and validation errors naming the field."""
 
+import importlib
 import re
 
 import pytest
@@ -76,6 +77,37 @@ def _invalid(mutate, field, config=None):
 ])
 def test_invalid_fields_are_named(field, mutate):
   _invalid(mutate, field)
+
+
+def test_stage_sizes_shorten_the_backbone_and_keep_branches_and_head():
+  """`model.stage_sizes`: ResNet-50's (3, 4, 6, 3) cut to one block per stage drops exactly the 12
+  later bottlenecks' parameters; the branches (3/4/6/3 S_a blocks, PSDR at a_pds5) stay as they are."""
+  from dsop_jax import complexity  # pylint: disable=g-import-not-at-top
+  config = imagenet_r50.get_config()
+  full = complexity.report(config)
+  config.model.stage_sizes = (1, 1, 1, 1)
+  shallow = complexity.report(config)
+  assert [s.num_blocks for s in models.create_backbone(config.model).stage_specs()] == [1] * 4
+  # A later bottleneck of width w keeps 4w channels: 1x1 (4w*w) + 3x3 (9w*w) + 1x1 (w*4w) + 3 BNs.
+  later = lambda w: 17 * w * w + 2 * (w + w + 4 * w)  # noqa: E731
+  dropped = sum(n * later(w) for n, w in ((2, 64), (3, 128), (5, 256), (2, 512)))
+  assert full['params_test'] - shallow['params_test'] == dropped
+  assert full['branches'] == shallow['branches']
+  assert models.head_names(config.model) == [
+      'logits', 'a_pds2', 'a_pds3', 'a_pds4', 'a_pds5_psdr1', 'a_pds5']
+  efficientnet = importlib.import_module('configs.imagenet_efficientnet_b0').get_config()
+  efficientnet.model.stage_sizes = (1,) * 7
+  assert [s.num_blocks for s in models.create_backbone(efficientnet.model).stage_specs()] == [1] * 7
+
+
+@pytest.mark.parametrize('sizes', [(1, 1, 1), (1, 0, 1, 1), (1.0, 1, 1, 1)])
+def test_invalid_stage_sizes_are_named(sizes):
+  config = imagenet_r50.get_config()
+  config.model.stage_sizes = sizes
+  with pytest.raises(ValueError, match=re.escape(
+      f'config.model.stage_sizes = {sizes!r} is invalid: need 4 positive integers, one per stage '
+      'of resnet50 (its own: (3, 4, 6, 3)), or () for those.')):
+    models.create(config.model)
 
 
 def test_pattern_length_must_match_stage_blocks():
