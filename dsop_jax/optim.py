@@ -2,7 +2,10 @@
 
 - SGD with momentum 0.9 (optionally Nesterov) and PyTorch-style coupled weight decay (wd * w added to
   the gradient before momentum, on every parameter), as in the paper's PyTorch runs.
-- RAdam (Table IX) with the same coupled weight decay.
+- RAdam (Table IX) as its official code (github.com/LiyuanLucasLiu/RAdam) runs it, which the
+  paper says it used: the rectified Adam step (plain bias-corrected momentum while the variance is
+  intractable, rho_t < 5) and decoupled weight decay scaled by the learning rate,
+  p <- p - lr * (r_t m_hat / (sqrt(v_hat) + eps) + wd * p).
 - RMSProp as TensorFlow and timm's `rmsproptf` run it for EfficientNet (Section V-C): second
   moment with decay 0.9 starting from ones, epsilon inside the square root, momentum 0.9, and the
   coupled weight decay.
@@ -155,21 +158,29 @@ def needs_hessian(config: ml_collections.ConfigDict) -> bool:
   return config.optim.name == 'adahessian'
 
 
+def radam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
+          eps: float = 1e-8, weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """RAdam with the official code's decoupled weight decay: p <- p - lr * (step + wd * p)."""
+  return optax.chain(optax.scale_by_radam(b1, b2, eps, threshold=5.0),
+                     optax.add_decayed_weights(weight_decay),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
                      num_steps: int) -> optax.GradientTransformation:
-  """SGD (momentum, optional Nesterov), RAdam or RMSProp with coupled weight decay, or AdaHessian
-  with decoupled weight decay, on the schedule."""
+  """SGD (momentum, optional Nesterov) or RMSProp with coupled weight decay, or RAdam or
+  AdaHessian with decoupled weight decay, as their official code runs them, on the schedule."""
   validate_optim_config(config)
   o = config.optim
   lr = learning_rate_schedule(config, steps_per_epoch, num_steps)
   if o.name == 'adahessian':
     return adahessian(lr, eps=o.eps, weight_decay=o.weight_decay,
                       hessian_power=o.hessian_power)
+  if o.name == 'radam':
+    return radam(lr, weight_decay=o.weight_decay)
   if o.name == 'sgd':
     opt = optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov)
-  elif o.name == 'rmsprop':
+  else:
     opt = optax.rmsprop(lr, decay=o.rms_decay, eps=o.eps, initial_scale=1.0, eps_in_sqrt=True,
                         momentum=o.momentum or None)
-  else:
-    opt = optax.radam(lr)
   return optax.chain(optax.add_decayed_weights(o.weight_decay), opt)

@@ -62,12 +62,38 @@ def test_radam_and_nesterov_build_and_step():
     w = jnp.ones(3)
     updates, _ = tx.update(jnp.ones(3), tx.init(w), w)
     assert bool(jnp.all(updates < 0))
-  config.optim.name = 'radam'
-  expected = optax.chain(optax.add_decayed_weights(5e-4), optax.radam(0.1))
-  got = optim.create_optimizer(config, steps_per_epoch=10, num_steps=100)
-  w, g = jnp.asarray([1.0, 2.0]), jnp.asarray([0.3, -0.1])
-  np.testing.assert_allclose(got.update(g, got.init(w), w)[0],
-                             expected.update(g, expected.init(w), w)[0], rtol=1e-6)
+
+
+def test_radam_matches_the_official_update_with_decoupled_weight_decay():
+  """The official RAdam step by hand (LiyuanLucasLiu/RAdam, cifar_imagenet/utils/radam.py) over 8
+  steps: plain bias-corrected momentum while rho_t < 5 (steps 1-5 with beta2 0.999), the rectified
+  adaptive step after, and weight decay p -= lr * wd * p, not added to the gradient."""
+  from configs import cifar_resnet20  # pylint: disable=g-import-not-at-top
+  config = cifar_resnet20.get_config('cifar10,radam')
+  assert (config.optim.learning_rate, config.optim.weight_decay) == (0.003, 1e-4)
+  # Rates at which coupled decay (wd * p added to the gradient) would move w measurably.
+  lr, wd = config.optim.learning_rate, config.optim.weight_decay = 0.1, 0.5
+  tx = optim.create_optimizer(config, steps_per_epoch=100, num_steps=1000)
+  rng = np.random.default_rng(0)
+  w = jnp.asarray(rng.normal(size=4), jnp.float32)
+  state = tx.init(w)
+  ref, m, v = np.asarray(w, np.float64), np.zeros(4), np.zeros(4)
+  rho_max = 2 / (1 - 0.999) - 1
+  for t in range(1, 9):
+    g = rng.normal(size=4)
+    updates, state = tx.update(jnp.asarray(g, jnp.float32), state, w)
+    w = optax.apply_updates(w, updates)
+    m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+    rho = rho_max - 2 * t * 0.999**t / (1 - 0.999**t)
+    ref = ref - wd * lr * ref
+    if rho >= 5:
+      step = lr * np.sqrt((1 - 0.999**t) * (rho - 4) / (rho_max - 4) * (rho - 2) / rho * rho_max
+                          / (rho_max - 2)) / (1 - 0.9**t)
+      ref = ref - step * m / (np.sqrt(v) + 1e-8)
+    else:
+      ref = ref - lr / (1 - 0.9**t) * m
+    # Tolerance: optax forms rho_t in float32, where rho_max - 2 t b2^t / (1 - b2^t) cancels (~3e-5).
+    np.testing.assert_allclose(w, ref, rtol=1e-4, atol=2e-5, err_msg=f'step {t}')
 
 
 def test_efficientnet_exponential_schedule_after_warmup():
