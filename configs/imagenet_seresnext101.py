@@ -2,10 +2,11 @@
 Table II (the ResNet-50 it teaches reaches 23.46 / 6.66 there). 48,955,416 parameters, as the
 reference SENet code.
 
-  python -m dsop_jax.main --config=configs/imagenet_seresnext101.py --workdir=...   # train the teacher
+  python -m dsop_jax.main --config=configs/imagenet_seresnext101.py --workdir=DIR   # the teacher
+  python -m dsop_jax.main --config=configs/imagenet_r50.py:s2,plain --config.distill.teacher=DIR \
+      --workdir=...                                                                  # the student
   python -m dsop_jax.complexity --config=configs/imagenet_seresnext101.py
-The paper reports no accuracy of its own for this network, and the distillation run itself is not
-in dsop_jax yet (docs/EXPERIMENTS.md).
+The paper reports no accuracy of its own for this network.
 """
 
 import ml_collections
