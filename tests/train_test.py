@@ -125,14 +125,15 @@ def test_data_parallel_8_devices_matches_1_device(tmp_path):
   weights grows to 2e-2 absolute after 4 steps on one device), so any rounding difference between
   reduction orders would be amplified the same way over more steps.
   """
-  results = {}
-  for devices in (1, 8):
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-    out = str(tmp_path / f'{devices}.npz')
-    subprocess.run([sys.executable, os.path.join(HERE, 'data_parallel_run.py'),
-                    str(tmp_path / f'work{devices}'), out], env=env, check=True,
-                   capture_output=True)
-    results[devices] = dict(np.load(out))
+  runs = {devices: subprocess.Popen(  # Both at once: much of each is single-threaded start-up.
+      [sys.executable, os.path.join(HERE, 'data_parallel_run.py'), str(tmp_path / f'work{devices}'),
+       str(tmp_path / f'{devices}.npz')], stdout=subprocess.DEVNULL,
+      stderr=open(tmp_path / f'{devices}.log', 'w'),
+      env=dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}'))
+          for devices in (1, 8)}
+  for devices, run in runs.items():
+    assert run.wait(timeout=600) == 0, open(tmp_path / f'{devices}.log').read()[-3000:]
+  results = {devices: dict(np.load(tmp_path / f'{devices}.npz')) for devices in (1, 8)}
   assert int(results[1].pop('devices')) == 1 and int(results[8].pop('devices')) == 8
   m1, m8 = json.loads(str(results[1].pop('metrics'))), json.loads(str(results[8].pop('metrics')))
   assert sorted(results[1]) == sorted(results[8])
@@ -295,6 +296,9 @@ def test_sigterm_and_sigkill_then_rerun_match_an_uninterrupted_run(tmp_path):
   command = lambda name: [sys.executable, '-m', 'dsop_jax.main', '--config=configs/quickstart.py',
                           f'--workdir={tmp_path / name}', *overrides]
   root = os.path.dirname(HERE)
+  # Alongside the interrupted runs, which spend much of their time starting up on one core.
+  reference = subprocess.Popen(command('uninterrupted'), cwd=root, stdout=subprocess.DEVNULL,
+                               stderr=open(tmp_path / 'reference.txt', 'w'))
 
   code, _ = _start_and_signal(command('preempted'), tmp_path / 'term.txt', signal.SIGTERM, 1)
   assert code == 0
@@ -310,8 +314,12 @@ def test_sigterm_and_sigkill_then_rerun_match_an_uninterrupted_run(tmp_path):
   # Periodic checkpoints only; a save in progress at the kill may be lost, nothing before it.
   assert killed % 3 == 0 and logged - 3 <= killed <= logged, (kill_after, logged, killed)
 
-  for name in ('preempted', 'killed', 'uninterrupted'):
-    subprocess.run(command(name), cwd=root, check=True, capture_output=True)
+  reruns = {name: subprocess.Popen(command(name), cwd=root, stdout=subprocess.DEVNULL,
+                                   stderr=open(tmp_path / f'{name}_rerun.txt', 'w'))
+            for name in ('preempted', 'killed')}
+  for name, process in (*reruns.items(), ('reference', reference)):
+    log = tmp_path / ('reference.txt' if name == 'reference' else f'{name}_rerun.txt')
+    assert process.wait(timeout=600) == 0, open(log).read()[-3000:]
   config = train.workdir_config(str(tmp_path / 'uninterrupted'))
   reference = _leaves(train.restore_variables(config, str(tmp_path / 'uninterrupted')))
   for name in ('preempted', 'killed'):
