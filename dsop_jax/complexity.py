@@ -42,14 +42,23 @@ def _eqn_macs(eqn: Any) -> int:
 
 
 def jaxpr_macs(jaxpr: Any) -> int:
-  """Multiply-accumulates of all convolutions and dot products in a jaxpr, nested ones included."""
+  """Multiply-accumulates of all convolutions and dot products in a jaxpr, nested ones included:
+  a scan's body counts once per iteration, and a cond counts its costliest branch (the branches
+  of `lax.platform_dependent`, as MPN-COV's eigh, are one computation for different devices).
+  A while loop whose body multiplies raises: its trip count is not known."""
   total = 0
   for eqn in jaxpr.eqns:
     total += _eqn_macs(eqn)
-    for sub in jex.core.jaxprs_in_params(eqn.params):
-      if eqn.primitive.name in ('scan', 'while', 'cond'):
-        raise NotImplementedError(f'MAC counting of {eqn.primitive.name} is not supported.')
-      total += jaxpr_macs(sub)
+    name = eqn.primitive.name
+    inner = [jaxpr_macs(sub) for sub in jex.core.jaxprs_in_params(eqn.params)]
+    if name == 'cond':
+      total += max(inner, default=0)
+    elif name == 'scan':
+      total += eqn.params['length'] * sum(inner)
+    elif name == 'while' and any(inner):
+      raise NotImplementedError('MAC counting of a while loop that multiplies is not supported.')
+    else:
+      total += sum(inner)
   return total
 
 

@@ -15,6 +15,7 @@ from configs import imagenet_r34
 from configs import imagenet_r50
 from configs import imagenet_seresnext101
 from dsop_jax import complexity
+from dsop_jax import covpool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,6 +51,26 @@ def test_mac_counting_of_conv_dense_and_grouped_conv():
                             (dense, jax.ShapeDtypeStruct((3, 7), jnp.float32), 3 * 7 * 5)]:
     variables = jax.eval_shape(module.init, jax.random.PRNGKey(0), inp)
     assert complexity.count_macs(module.apply, variables, inp) == macs
+
+
+def test_mac_counting_inside_scan_cond_and_while():
+  """A scan's body counts per iteration, a cond its costliest branch (MPN-COV's
+  `lax.platform_dependent` eigh), and a while loop that multiplies is refused."""
+  a = jax.ShapeDtypeStruct((4, 3, 5), jnp.float32)
+  w = jax.ShapeDtypeStruct((5, 2), jnp.float32)
+  assert complexity.count_macs(lambda a, w: jax.lax.map(lambda x: x @ w, a), a, w) == 4 * 3 * 5 * 2
+  two_products = lambda x, w: (x @ w) @ jnp.ones((2, 2))  # noqa: E731
+  branches = lambda x, w: jax.lax.platform_dependent(  # noqa: E731
+      x, w, cpu=lambda x, w: x @ w, default=two_products)
+  assert complexity.count_macs(branches, a, w) == 4 * 3 * 5 * 2 + 4 * 3 * 2 * 2
+  loop = lambda x, w: jax.lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] @ w @ w.T),  # noqa: E731
+                                         (0, x))[1]
+  with pytest.raises(NotImplementedError, match='while loop that multiplies'):
+    complexity.count_macs(loop, a, w)
+  assert complexity.count_macs(lambda x: covpool.mpn_cov_pool(x), jax.ShapeDtypeStruct(
+      (2, 3, 3, 8), jnp.float32)) == complexity.count_macs(
+          lambda x: covpool.covariance(x), jax.ShapeDtypeStruct((2, 3, 3, 8), jnp.float32)) + (
+              2 * 8 * 8 * 8)  # The covariance, then U diag(sqrt(lambda)) U^T.
 
 
 def _cli(*args):
