@@ -97,8 +97,8 @@ def test_swish_reduction_in_the_branches():
 
 
 def test_tiny_efficientnet_dsop_trains_with_the_configs_rmsprop():
-  """The DSoP config's code path at a size this CPU compiles quickly (the full config takes its
-  step abstractly in configs_test): a two-stage EfficientNet with a branch per stage and the
+  """The DSoP config's code path at a size this CPU compiles quickly (the full network takes a
+  forward pass in configs_test): a two-stage EfficientNet with a branch per stage and the
   second-order head with PSDR side branches, trained by the config's own optimiser (RMSProp, the
   exponential schedule after warm-up) in the real train step, then evaluated."""
   config = imagenet_efficientnet_b0.get_config('isqrt_cov,psdr=8,psdr_aux')
