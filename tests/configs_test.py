@@ -151,23 +151,22 @@ def test_every_row_of_the_experiments_page_names_commands_that_build():
 
 
 def _one_block_per_stage(config):
-  """The config's network with every width, branch and head, on one block per backbone stage; a
-  CIFAR stage pattern ('[0,0,3]x6') keeps one period, on a backbone of that many blocks a stage."""
-  stage_list = models.create_backbone(config.model).stage_specs()
-  pattern = config.model.branches.pattern
-  if pattern:
-    period = pattern.split('x')[0]
-    config.model.branches.pattern = period
-    config.model.stage_sizes = (len(models.parse_pattern(period)),) * len(stage_list)
-  else:
-    config.model.stage_sizes = (1,) * len(stage_list)
+  """The config's network with every width, pooling, reduction and head, on one block per backbone
+  stage and per branch (a CIFAR stage pattern becomes '[1]': a one-block branch after each stage's
+  one block)."""
+  num_stages = len(models.create_backbone(config.model).stage_specs())
+  config.model.stage_sizes = (1,) * num_stages
+  if config.model.branches.pattern:
+    config.model.branches.pattern = '[1]'
+  config.model.branches.blocks = tuple(min(b, 1) for b in config.model.branches.blocks)
   return config
 
 
-# The deep networks of the paper's tables, each with every width, branch, head and its optimiser,
-# on a backbone of one block per stage: real initialisation, two compiled training steps and an
-# eval step (at full depth they take a forward pass above). One network per family whose training
-# no other test covers; the others train elsewhere at a tiny size, on the same code:
+# The deep networks of the paper's tables, each with every width, pooling, reduction, head and its
+# optimiser, on one block per backbone stage and per branch: real initialisation, two compiled
+# training steps and an eval step (at full depth they take a forward pass above). One network per
+# family whose training no other test covers; the others train elsewhere at a tiny size, on the
+# same code:
 # - ResNet-101 on one block per stage is this ResNet-50; the GAP branches (Table VII) and the
 #   iSQRT-COV head train on ResNet-18 (train_test), the other PSDR rows in gsop_test;
 # - WRN and ResNet-110/20 are pre-activation basic-block networks like ResNet-20 (train_test,
@@ -181,7 +180,7 @@ DEEP = [('imagenet_r50', ''), ('imagenet_r50_gsop', 'mpn_cov,psdr=64,delta=0.5,p
 
 
 @pytest.mark.parametrize('name, variant', DEEP)
-def test_deep_config_trains_on_one_block_per_stage(name, variant):
+def test_deep_config_trains_on_one_block_per_stage_and_branch(name, variant):
   config = _one_block_per_stage(importlib.import_module(f'configs.{name}').get_config(variant))
   model = models.create(config.model)
   # One step an epoch: a warm-up leaves only step 0 at a zero rate.
