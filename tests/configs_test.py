@@ -113,13 +113,14 @@ _COMMAND = re.compile(r'`--config=configs/(\w+)\.py(?::([^`\s]*))?((?: --config\
 
 
 def _table_rows():
-  """(table heading, row text) of every row of every result table in docs/EXPERIMENTS.md."""
-  rows, heading = [], None
+  """(table heading, row text) of every row of every result table in docs/EXPERIMENTS.md: the
+  table lines after a header's '|---' line."""
+  rows, heading, in_table = [], None, False
   for line in open(EXPERIMENTS).read().splitlines():
     if line.startswith('## '):
       heading = line[3:]
-    elif line.startswith('| ') and not line.startswith(('| row ', '| backbone ', '| method ',
-                                                         '| conv layers ')):
+    in_table = line.startswith('|') and (in_table or line.startswith('|---'))
+    if in_table and not line.startswith('|---'):
       rows.append((heading, line))
   return rows
 
@@ -150,7 +151,7 @@ def test_every_row_of_the_experiments_page_names_commands_that_build():
   assert (len(rows), len(built)) == (60, 69)
 
 
-def _one_block_per_stage(config):
+def _one_block_per_stage_and_branch(config):
   """The config's network with every width, pooling, reduction and head, on one block per backbone
   stage and per branch (a CIFAR stage pattern becomes '[1]': a one-block branch after each stage's
   one block)."""
@@ -183,7 +184,7 @@ IMAGE_SIZE = {'cifar_resnext29_8x64d': 16}
 
 @pytest.mark.parametrize('name, variant', DEEP)
 def test_deep_config_trains_on_one_block_per_stage_and_branch(name, variant):
-  config = _one_block_per_stage(importlib.import_module(f'configs.{name}').get_config(variant))
+  config = _one_block_per_stage_and_branch(importlib.import_module(f'configs.{name}').get_config(variant))
   model = models.create(config.model)
   # One step an epoch: a warm-up leaves only step 0 at a zero rate.
   tx = optim.create_optimizer(config, steps_per_epoch=1, num_steps=100)
@@ -201,9 +202,9 @@ def test_deep_config_trains_on_one_block_per_stage_and_branch(name, variant):
     assert float(metrics['nonfinite']) == 0.0 and np.isfinite(float(metrics['loss']))
     assert {f'{h}/top1' for h in heads} <= set(metrics)
   assert int(new_state.step) == 2
-  for path, before in jax.tree_util.tree_leaves_with_path(state.params):  # Every parameter trained.
-    after = functools.reduce(lambda tree, key: tree[key.key], path, new_state.params)
-    assert not np.array_equal(before, after), jax.tree_util.keystr(path)
+  for (path, before), after in zip(jax.tree_util.tree_leaves_with_path(state.params),
+                                   jax.tree_util.tree_leaves(new_state.params)):
+    assert not np.array_equal(before, after), jax.tree_util.keystr(path)  # Every one trained.
   sums = jax.jit(functools.partial(train.eval_step, heads_fn=train.training_model_heads(model)))(
       {'params': new_state.params, 'batch_stats': new_state.batch_stats}, batch)
   assert float(sums['count']) == 3.0

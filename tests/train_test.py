@@ -117,6 +117,17 @@ def test_mocked_tfds_train_and_evaluate(tmp_path, name):
     assert evaluated['logits'] == pytest.approx(record['eval']['logits'], rel=1e-5)
 
 
+def _start_logged(command, log_path, **kwargs):
+  """(process, log path): `command` started from the repository root, its output to `log_path`."""
+  with open(log_path, 'w') as log:
+    return subprocess.Popen(command, cwd=os.path.dirname(HERE), stdout=log,
+                            stderr=subprocess.STDOUT, **kwargs), log_path
+
+
+def _succeeds(process, log_path, timeout_s=600):
+  assert process.wait(timeout=timeout_s) == 0, open(log_path).read()[-3000:]
+
+
 def test_data_parallel_8_devices_matches_1_device(tmp_path):
   """One training step (data split over 8 devices, BN statistics over the global batch, gradient
   all-reduce, SGD update) and the evaluation after it agree with 1 device to float tolerance.
@@ -125,14 +136,13 @@ def test_data_parallel_8_devices_matches_1_device(tmp_path):
   weights grows to 2e-2 absolute after 4 steps on one device), so any rounding difference between
   reduction orders would be amplified the same way over more steps.
   """
-  runs = {devices: subprocess.Popen(  # Both at once: much of each is single-threaded start-up.
+  runs = [_start_logged(  # Both at once: much of each is single-threaded start-up.
       [sys.executable, os.path.join(HERE, 'data_parallel_run.py'), str(tmp_path / f'work{devices}'),
-       str(tmp_path / f'{devices}.npz')], stdout=subprocess.DEVNULL,
-      stderr=open(tmp_path / f'{devices}.log', 'w'),
+       str(tmp_path / f'{devices}.npz')], tmp_path / f'{devices}.log',
       env=dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}'))
-          for devices in (1, 8)}
-  for devices, run in runs.items():
-    assert run.wait(timeout=600) == 0, open(tmp_path / f'{devices}.log').read()[-3000:]
+          for devices in (1, 8)]
+  for run in runs:
+    _succeeds(*run)
   results = {devices: dict(np.load(tmp_path / f'{devices}.npz')) for devices in (1, 8)}
   assert int(results[1].pop('devices')) == 1 and int(results[8].pop('devices')) == 8
   m1, m8 = json.loads(str(results[1].pop('metrics'))), json.loads(str(results[8].pop('metrics')))
@@ -272,15 +282,13 @@ def _start_and_signal(command, log_path, signum, min_steps, deadline_s=240):
   """Starts `command`, sends `signum` once its log shows `min_steps` training steps; returns
   (exit code, steps logged when it died)."""
   import time  # pylint: disable=g-import-not-at-top
-  with open(log_path, 'w') as log:
-    process = subprocess.Popen(command, cwd=os.path.dirname(HERE), stdout=log,
-                               stderr=subprocess.STDOUT)
-    deadline = time.time() + deadline_s
-    while open(log_path).read().count('train/loss=') < min_steps:
-      assert process.poll() is None and time.time() < deadline, open(log_path).read()[-3000:]
-      time.sleep(0.05)
-    process.send_signal(signum)
-    code = process.wait(timeout=120)
+  process, _ = _start_logged(command, log_path)
+  deadline = time.time() + deadline_s
+  while open(log_path).read().count('train/loss=') < min_steps:
+    assert process.poll() is None and time.time() < deadline, open(log_path).read()[-3000:]
+    time.sleep(0.05)
+  process.send_signal(signum)
+  code = process.wait(timeout=120)
   return code, open(log_path).read().count('train/loss=')
 
 
@@ -295,10 +303,8 @@ def test_sigterm_and_sigkill_then_rerun_match_an_uninterrupted_run(tmp_path):
                '--config.optim.schedule=step', '--config.optim.warmup_epochs=0']  # 11 steps.
   command = lambda name: [sys.executable, '-m', 'dsop_jax.main', '--config=configs/quickstart.py',
                           f'--workdir={tmp_path / name}', *overrides]
-  root = os.path.dirname(HERE)
   # Alongside the interrupted runs, which spend much of their time starting up on one core.
-  reference = subprocess.Popen(command('uninterrupted'), cwd=root, stdout=subprocess.DEVNULL,
-                               stderr=open(tmp_path / 'reference.txt', 'w'))
+  uninterrupted = _start_logged(command('uninterrupted'), tmp_path / 'uninterrupted.txt')
 
   code, _ = _start_and_signal(command('preempted'), tmp_path / 'term.txt', signal.SIGTERM, 1)
   assert code == 0
@@ -314,12 +320,10 @@ def test_sigterm_and_sigkill_then_rerun_match_an_uninterrupted_run(tmp_path):
   # Periodic checkpoints only; a save in progress at the kill may be lost, nothing before it.
   assert killed % 3 == 0 and logged - 3 <= killed <= logged, (kill_after, logged, killed)
 
-  reruns = {name: subprocess.Popen(command(name), cwd=root, stdout=subprocess.DEVNULL,
-                                   stderr=open(tmp_path / f'{name}_rerun.txt', 'w'))
-            for name in ('preempted', 'killed')}
-  for name, process in (*reruns.items(), ('reference', reference)):
-    log = tmp_path / ('reference.txt' if name == 'reference' else f'{name}_rerun.txt')
-    assert process.wait(timeout=600) == 0, open(log).read()[-3000:]
+  reruns = [_start_logged(command(name), tmp_path / f'{name}_rerun.txt')
+            for name in ('preempted', 'killed')]
+  for run in (*reruns, uninterrupted):
+    _succeeds(*run)
   config = train.workdir_config(str(tmp_path / 'uninterrupted'))
   reference = _leaves(train.restore_variables(config, str(tmp_path / 'uninterrupted')))
   for name in ('preempted', 'killed'):
