@@ -202,11 +202,12 @@ def inference_benchmark(config: ml_collections.ConfigDict, opts: Options) -> Dic
   size = config.data.image_size
   image = _synthetic_batch(opts.batch_size, size, config.model.num_classes, mesh)['image']
   example = jnp.zeros((1, size, size, 3), jnp.float32)
-  dsop_variables = models.create(config.model).init(jax.random.PRNGKey(0), example, train=False)
+  dsop_variables = models.init_variables(models.create(config.model), jax.random.PRNGKey(0),
+                                         example)
   backbone = models.create_backbone(config.model)
   variables = {
       'detached': export.detach(dsop_variables),
-      'plain': backbone.init(jax.random.PRNGKey(1), example, train=False),
+      'plain': models.init_variables(backbone, jax.random.PRNGKey(1), example),
   }
   forward = jax.jit(lambda v, x: backbone.apply(v, x, train=False)[0])
   runners, flops = {}, {}

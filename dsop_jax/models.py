@@ -57,6 +57,10 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # BN and swish" for EfficientNet); ReLU elsewhere.
 DR_ACTIVATIONS = {'efficientnet_b0': 'swish'}
 _PATTERN = re.compile(r'^\[(\d+(?:,\d+)*)\](?:x(\d+))?$')
+# Initialisation programs run once, so they are compiled at LLVM's lighter optimisation level: on
+# the 2-core CPU the quickstart model's training state compiled in 3.5 s instead of 11.5 s, with
+# bit-identical values (its random bits are integer arithmetic; models_test checks the equality).
+INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 1}
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
@@ -274,6 +278,17 @@ def _validate_head(m: ml_collections.ConfigDict) -> None:
   if h.reduction not in branches_lib.REDUCTIONS:
     _fail('model.head.reduction', h.reduction, f'allowed: {", ".join(branches_lib.REDUCTIONS)}')
   _validate_pooling('model.head', h)
+
+
+def jit_init(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
+  """`jax.jit(fn, **jit_kwargs)` for a one-off initialiser, compiled with INIT_COMPILER_OPTIONS."""
+  return jax.jit(fn, compiler_options=INIT_COMPILER_OPTIONS, **jit_kwargs)
+
+
+def init_variables(module: Any, rng: jax.Array, example: jax.Array) -> Dict[str, Any]:
+  """`module.init(rng, example, train=False)` as one compiled program (`jit_init`); run eagerly,
+  flax would compile every layer and every initialiser call on its own."""
+  return jit_init(lambda r, x: module.init(r, x, train=False))(rng, example)
 
 
 def count_params(params: Mapping[str, Any]) -> int:

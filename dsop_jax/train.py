@@ -263,7 +263,8 @@ def _validate(config: ml_collections.ConfigDict, input_pipeline: Any) -> None:
 
 def state_init_fn(model: Any, tx: optax.GradientTransformation, image_size: int
                    ) -> Callable[[jax.Array], TrainState]:
-  """rng -> a fresh TrainState (variables initialised on a 1-image batch)."""
+  """rng -> a fresh TrainState (variables initialised on a 1-image batch); jit it with
+  `models.jit_init`."""
 
   def init(rng):
     variables = model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)
@@ -278,7 +279,7 @@ def init_state(model: Any, tx: optax.GradientTransformation, config: ml_collecti
                mesh: Any) -> TrainState:
   """A fresh TrainState of `model` (seed config.train.seed), replicated over the mesh."""
   init = state_init_fn(model, tx, config.data.image_size)
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))(
+  return models.jit_init(init, out_shardings=sharding.replicated(mesh))(
       jax.random.PRNGKey(config.train.seed))
 
 

@@ -84,6 +84,7 @@ def test_a_workdir_from_before_the_newer_model_fields_resumes(tmp_path):
   """A config.json written before `model.stage_sizes` and `model.head` existed builds the same
   network as today's defaults: resuming it is accepted, and a changed value is still refused."""
   config = train_helpers.tiny_imagenet_config()
+  config.model.stage_sizes = ()  # The network's own, as an old config.json built it.
   os.makedirs(tmp_path / 'checkpoints' / '3')
   old = json.loads(config.to_json_best_effort())
   del old['model']['stage_sizes'], old['model']['head']

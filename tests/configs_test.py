@@ -189,7 +189,7 @@ def test_deep_config_trains_on_one_block_per_stage_and_branch(name, variant):
   # One step an epoch: a warm-up leaves only step 0 at a zero rate.
   tx = optim.create_optimizer(config, steps_per_epoch=1, num_steps=100)
   size = IMAGE_SIZE.get(name, 32)
-  state = jax.jit(train.state_init_fn(model, tx, size))(jax.random.PRNGKey(0))
+  state = models.jit_init(train.state_init_fn(model, tx, size))(jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.normal(size=(4, size, size, 3)), jnp.float32),
            'label': jnp.asarray([0, 1, 2, 3], jnp.int32), 'mask': jnp.asarray([1, 1, 1, 0], bool)}

@@ -19,7 +19,7 @@ def _model(backbone, **layout):
 
 def _init(model, size=32):
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, size, size, 3)), jnp.float32)
-  return model.init(jax.random.PRNGKey(0), x, train=False), x
+  return models.init_variables(model, jax.random.PRNGKey(0), x), x
 
 
 def test_variables_are_backbone_subtree_plus_one_subtree_per_branch():
@@ -29,7 +29,7 @@ def test_variables_are_backbone_subtree_plus_one_subtree_per_branch():
   assert sorted(variables) == ['batch_stats', 'params']
   for collection in variables.values():
     assert sorted(collection) == sorted(['backbone'] + names)
-  plain = backbone.init(jax.random.PRNGKey(0), x, train=False)
+  plain = models.init_variables(backbone, jax.random.PRNGKey(0), x)
   backbone_subtree = {c: variables[c]['backbone'] for c in variables}
   assert jax.tree_util.tree_structure(plain) == jax.tree_util.tree_structure(backbone_subtree)
   assert jax.tree_util.tree_map(jnp.shape, plain) == jax.tree_util.tree_map(jnp.shape,

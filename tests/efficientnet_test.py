@@ -114,7 +114,7 @@ def test_tiny_efficientnet_dsop_trains_with_the_configs_rmsprop():
                        branches=tuple(branches + sides), num_classes=10)
   weights = {'logits': 1.0, **{s.name: 1.0 for s in branches + sides}}
   tx = optim.create_optimizer(config, steps_per_epoch=2, num_steps=20)
-  state = jax.jit(train.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
+  state = models.jit_init(train.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.normal(size=(16, 32, 32, 3)), jnp.float32),
            'label': jnp.asarray(rng.integers(0, 10, 16), jnp.int32),

@@ -43,7 +43,7 @@ def test_detached_network_is_bit_identical(make_config):
   config, size = make_config()
   model, plain = models.create(config.model), models.create_backbone(config.model)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(3, size, size, 3)), jnp.float32)
-  variables = _randomise(model.init(jax.random.PRNGKey(0), x, train=False), seed=1)
+  variables = _randomise(models.init_variables(model, jax.random.PRNGKey(0), x), seed=1)
 
   detached = export.detach(variables, [s.name for s in models.branch_specs(config.model)])
   # The deployed network, as it is called for inference (logits only).

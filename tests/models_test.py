@@ -142,3 +142,22 @@ def test_invalid_loss_weights_are_named():
 def test_unknown_dataset_argument_is_named():
   with pytest.raises(ValueError, match=r"config argument \(dataset\) = 'svhn' is invalid"):
     cifar_base.get_config('svhn')
+
+
+def test_init_compiled_lighter_gives_the_variables_of_a_plain_jit():
+  """`models.init_variables` (INIT_COMPILER_OPTIONS) gives the same variables, bit for bit, as
+  the default compilation, for a network with iSQRT-COV branches and its truncated-normal, normal
+  and uniform initialisers (the quickstart's, one block per stage)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  config = quickstart.get_config()
+  config.model.stage_sizes, config.model.branches.pattern = (1, 1, 1), '[1]'
+  model = models.create(config.model)
+  x, rng = np.zeros((1, 32, 32, 3), np.float32), jax.random.PRNGKey(3)
+  lighter = models.init_variables(model, rng, x)
+  default = jax.jit(lambda r, x: model.init(r, x, train=False))(rng, x)
+  assert jax.tree_util.tree_structure(lighter) == jax.tree_util.tree_structure(default)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(lighter),
+                          jax.tree_util.tree_leaves(default)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))

@@ -213,7 +213,7 @@ def test_adahessian_trains_a_tiny_dsop_model_in_the_train_step():
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.normal(size=(16, 16, 16, 3)), jnp.float32),
            'label': jnp.asarray(rng.integers(0, 5, size=16), jnp.int32)}
-  variables = model.init(jax.random.PRNGKey(0), batch['image'], train=False)
+  variables = models.init_variables(model, jax.random.PRNGKey(0), batch['image'])
   tx = optim.adahessian(0.15, weight_decay=5e-4)  # The official CIFAR settings.
   state = train.TrainState(step=jnp.zeros([], jnp.int32), params=variables['params'],
                            batch_stats=variables['batch_stats'],

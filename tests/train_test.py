@@ -147,12 +147,16 @@ def test_data_parallel_8_devices_matches_1_device(tmp_path):
   assert int(results[1].pop('devices')) == 1 and int(results[8].pop('devices')) == 8
   m1, m8 = json.loads(str(results[1].pop('metrics'))), json.loads(str(results[8].pop('metrics')))
   assert sorted(results[1]) == sorted(results[8])
-  for key in results[1]:
-    # Norm-relative: BN biases start at 0, so after one step they are one update, a sum of heavily
-    # cancelling terms (seen: <= 9e-4 for those, median 1e-7 over all tensors). A real mismatch such
-    # as per-device BN statistics changes gradients by percents.
-    a, b = results[1][key], results[8][key]
-    assert np.linalg.norm(b - a) <= 5e-3 * np.linalg.norm(a), key
+  # Norm-relative differences. BN biases start at 0, so after one step they are one update, a sum
+  # of heavily cancelling terms whose rounding depends on the reduction order: the largest seen was
+  # 7.0e-3 for BN biases on a 2-core AMD EPYC (AVX2), 9e-4 on an earlier machine, against at most
+  # 9.8e-5 for every tensor that is not a bias and a median of 1.6e-7. A real mismatch such as per-device BN statistics changes
+  # gradients by percents, and most tensors with them.
+  relative = {key: np.linalg.norm(results[8][key] - a) / np.linalg.norm(a)
+              for key, a in results[1].items()}
+  for key, difference in relative.items():
+    assert difference <= (3e-2 if key.endswith("['bias']") else 1e-3), (key, difference)
+  assert np.median(list(relative.values())) <= 1e-5, relative
   for head in m1:
     assert m8[head]['loss'] == pytest.approx(m1[head]['loss'], rel=1e-5)
     assert m8[head]['top1'] == pytest.approx(m1[head]['top1'], abs=1 / 360)
@@ -177,7 +181,7 @@ def test_overflowing_branch_is_rejected_and_named_by_the_step(caplog):
   config = train_helpers.tiny_digits_config()
   model = models.create(config.model)
   tx = optax.sgd(0.1)
-  state = jax.jit(train.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
+  state = models.jit_init(train.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
   # Huge images overflow float32 in the first BatchNorm's variance; the branch heads go
   # non-finite (the main head stays finite here), and they are the ones named.
   batch = {'image': jnp.full((4, 32, 32, 3), 1e30).at[:, :16].set(-1e30),
