@@ -269,7 +269,7 @@ def _branch_pool_shares(config: ml_collections.ConfigDict, opts: Options) -> Dic
     stage = stage_specs[spec.stage]
     branch = branches_lib.AuxBranch(spec, stage, config.model.num_classes, dtype)
     feature = jax.random.normal(jax.random.PRNGKey(0), features[spec.attach].shape, dtype)
-    variables = branch.init(jax.random.PRNGKey(0), feature, train=False)
+    variables = models.init_variables(branch, jax.random.PRNGKey(0), feature)
 
     def branch_loss(params, x, b=branch, stats=variables.get('batch_stats', {})):
       out, _ = b.apply({'params': params, 'batch_stats': stats}, x, train=True,

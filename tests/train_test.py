@@ -150,8 +150,8 @@ def test_data_parallel_8_devices_matches_1_device(tmp_path):
   # Norm-relative differences. BN biases start at 0, so after one step they are one update, a sum
   # of heavily cancelling terms whose rounding depends on the reduction order: the largest seen was
   # 7.0e-3 for BN biases on a 2-core AMD EPYC (AVX2), 9e-4 on an earlier machine, against at most
-  # 9.8e-5 for every tensor that is not a bias and a median of 1.6e-7. A real mismatch such as per-device BN statistics changes
-  # gradients by percents, and most tensors with them.
+  # 9.8e-5 for every tensor that is not a bias and a median of 1.6e-7. A real mismatch such as
+  # per-device BN statistics changes gradients by percents, and most tensors with them.
   relative = {key: np.linalg.norm(results[8][key] - a) / np.linalg.norm(a)
               for key, a in results[1].items()}
   for key, difference in relative.items():
