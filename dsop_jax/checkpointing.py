@@ -9,6 +9,7 @@ mid-save leaves the previous checkpoint as the latest one; a finalised checkpoin
 damaged later is skipped at restore (see `Checkpointer.restore`).
 """
 
+import logging as std_logging
 import os
 import signal
 import threading
@@ -20,10 +21,16 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def _not_orbax_info(record: std_logging.LogRecord) -> bool:
+  # `record.levelno` is a Python level (INFO = 20); absl's constants are its own (WARNING = -1).
+  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+
+
 def quiet_orbax_info_logs() -> None:
-  """Orbax logs every file it writes at INFO; keep its warnings and errors only."""
-  logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= logging.WARNING or '/orbax/' not in record.pathname)
+  """Orbax logs every file it writes at INFO; keep its warnings and errors only (idempotent)."""
+  handler = logging.get_absl_handler()
+  if _not_orbax_info not in handler.filters:
+    handler.addFilter(_not_orbax_info)
 
 
 class Checkpointer:

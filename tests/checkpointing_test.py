@@ -69,11 +69,11 @@ def test_resuming_with_another_model_or_optimiser_is_refused_naming_the_fields(t
   train.check_resume_config(config, workdir)  # Same config: accepted.
   config.train.num_epochs = 5.0  # Training longer is allowed.
   train.check_resume_config(config, workdir)
-  config.model.branches.pattern = '[0,0,2]'
+  config.model.branches.pattern = '[2]'
   config.optim.name = 'radam'
   with pytest.raises(ValueError) as error:
     train.check_resume_config(config, workdir)
-  assert ("config.model.branches.pattern = '[0,0,2]' (checkpoints: '[0,0,1]'); "
+  assert ("config.model.branches.pattern = '[2]' (checkpoints: '[0,0,1]'); "
           "config.optim.name = 'radam' (checkpoints: 'sgd')") in str(error.value)
   # train_and_evaluate checks before it restores (or compiles) anything.
   with pytest.raises(ValueError, match='holds checkpoints of another model or optimiser'):

@@ -205,8 +205,8 @@ def test_adahessian_trains_a_tiny_dsop_model_in_the_train_step():
   from dsop_jax import dsop, models, train  # pylint: disable=g-import-not-at-top
   from dsop_jax import losses as losses_lib  # pylint: disable=g-import-not-at-top
   from tests import conftest  # pylint: disable=g-import-not-at-top
-  backbone = conftest.TinyPreAct()
-  layout = conftest.branches_config(blocks=(0, 0, 0), pattern='[0,0,1]', channels=(4, 8, 8),
+  backbone = conftest.TinyPreAct(stage_sizes=(1, 1, 1))
+  layout = conftest.branches_config(blocks=(0, 0, 0), pattern='[1]', channels=(4, 8, 8),
                                     reduction=('direct',) * 3)
   model = dsop.DSoPNet(backbone=backbone, num_classes=5,
                        branches=tuple(models.layout_branches(backbone.stage_specs(), layout)))

@@ -11,9 +11,12 @@ from configs import quickstart
 
 
 def tiny_digits_config(**train) -> ml_collections.ConfigDict:
-  """Quickstart on the real digits with 1-block branches, constant learning rate, batch 64."""
+  """Quickstart on the real digits on one block per stage, a 1-block branch after each stage,
+  constant learning rate, batch 64. Its widths, pooling and heads are the quickstart's; one block
+  per stage compiles in about half the time of three."""
   config = quickstart.get_config()
-  config.model.branches.pattern = '[0,0,1]'
+  config.model.stage_sizes = (1, 1, 1)
+  config.model.branches.pattern = '[1]'
   config.train.batch_size = 64  # 1437 // 64 = 22 steps per epoch.
   config.train.num_epochs = 0.25  # 6 steps.
   config.train.log_every_steps = 2

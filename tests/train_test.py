@@ -4,13 +4,17 @@ parallelism on 8 simulated devices, non-finite losses, and bad input stopping be
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 
+import absl
+import clu
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
@@ -27,6 +31,8 @@ from tests import train_helpers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METADATA = os.path.join(HERE, 'tfds_metadata')
+# The quickstart network of `train_helpers.tiny_digits_config`, for `dsop_jax.main` subprocesses.
+TINY_OVERRIDES = ['--config.model.stage_sizes=(1,1,1)', '--config.model.branches.pattern=[1]']
 
 
 def _metrics(workdir):
@@ -44,7 +50,7 @@ def test_digits_train_evaluate_resume_and_export(tmp_path):
   assert int(full.step) == 11
   records = _metrics(tmp_path / 'full')
   assert [r['step'] for r in records] == [11]
-  heads = {'logits', 'a_pds1_3', 'a_pds2_3', 'a_pds3_3'}
+  heads = {'logits', 'a_pds1_1', 'a_pds2_1', 'a_pds3_1'}
   assert set(records[0]['eval']) == heads and set(records[0]['train']) == heads
   for metrics in records[0]['eval'].values():
     assert set(metrics) == {'loss', 'top1', 'top5'} and 0 <= metrics['top1'] <= metrics['top5'] <= 1
@@ -193,7 +199,7 @@ def test_overflowing_branch_is_rejected_and_named_by_the_step(caplog):
   for a, b in zip(_leaves((new_state.params, new_state.batch_stats, new_state.opt_state)),
                   _leaves((state.params, state.batch_stats, state.opt_state))):
     np.testing.assert_array_equal(a, b)
-  named = r"Non-finite loss in head\(s\) \['a_pds1_3', 'a_pds2_3', 'a_pds3_3'\] at step 8"
+  named = r"Non-finite loss in head\(s\) \['a_pds1_1', 'a_pds2_1', 'a_pds3_1'\] at step 8"
   with pytest.raises(FloatingPointError, match=named + r'; .* last checkpoint \(step 6\) is intact'):
     train._check_finite([metrics], 7, 'stop', 6)  # pylint: disable=protected-access
   with caplog.at_level(logging.WARNING):
@@ -266,7 +272,7 @@ def test_two_phase_trains_branches_on_a_frozen_backbone(tmp_path):
                                               'batch_stats': state.batch_stats['backbone']})):
     np.testing.assert_array_equal(a, b)
   heads = set(_metrics(tmp_path / 'branches')[-1]['eval'])
-  assert heads == {'logits', 'a_pds1_3', 'a_pds2_3', 'a_pds3_3'}
+  assert heads == {'logits', 'a_pds1_1', 'a_pds2_1', 'a_pds3_1'}
 
 
 def test_two_phase_refuses_a_backbone_of_another_network(tmp_path):
@@ -296,13 +302,25 @@ def _start_and_signal(command, log_path, signum, min_steps, deadline_s=240):
   return code, open(log_path).read().count('train/loss=')
 
 
+def _orbax_info_lines(log):
+  """The INFO lines of an absl log written from a module that only Orbax has."""
+  basenames = lambda package: {f for _, _, files in os.walk(os.path.dirname(package.__file__))
+                               for f in files if f.endswith('.py')}
+  others = set().union(*map(basenames, (jax, absl, clu, checkpointing)))
+  orbax_only = basenames(ocp) - others
+  assert 'checkpoint_manager.py' in orbax_only
+  return [line for line in log.splitlines()
+          if (m := re.match(r'I\d{4} \S+ +\d+ (\S+\.py):\d+\]', line)) and m[1] in orbax_only]
+
+
 def test_sigterm_and_sigkill_then_rerun_match_an_uninterrupted_run(tmp_path):
   """SIGTERM: the run saves the step it is at and exits 0. SIGKILL at a random step: at most the
   steps since the last periodic checkpoint are lost. Rerunning the same command ends, in both cases,
-  with exactly the parameters and BN statistics of an uninterrupted run."""
+  with exactly the parameters and BN statistics of an uninterrupted run, whose log holds no Orbax
+  INFO line (`checkpointing.quiet_orbax_info_logs`)."""
   import random  # pylint: disable=g-import-not-at-top
   import signal  # pylint: disable=g-import-not-at-top
-  overrides = ['--config.model.branches.pattern=[0,0,1]', '--config.train.num_epochs=0.5',
+  overrides = [*TINY_OVERRIDES, '--config.train.num_epochs=0.5',
                '--config.train.checkpoint_every_steps=3', '--config.train.log_every_steps=1',
                '--config.optim.schedule=step', '--config.optim.warmup_epochs=0']  # 11 steps.
   command = lambda name: [sys.executable, '-m', 'dsop_jax.main', '--config=configs/quickstart.py',
@@ -328,6 +346,7 @@ def test_sigterm_and_sigkill_then_rerun_match_an_uninterrupted_run(tmp_path):
             for name in ('preempted', 'killed')]
   for run in (*reruns, uninterrupted):
     _succeeds(*run)
+  assert _orbax_info_lines(open(tmp_path / 'uninterrupted.txt').read()) == []
   config = train.workdir_config(str(tmp_path / 'uninterrupted'))
   reference = _leaves(train.restore_variables(config, str(tmp_path / 'uninterrupted')))
   for name in ('preempted', 'killed'):
@@ -360,7 +379,7 @@ def test_two_processes_with_jax_distributed_equal_one_process(tmp_path):
   import socket  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
   workdir, reference = str(tmp_path / 'work'), str(tmp_path / 'reference')
-  overrides = ['--config.model.branches.pattern=[0,0,1]', '--config.train.num_epochs=0.5',
+  overrides = [*TINY_OVERRIDES, '--config.train.num_epochs=0.5',
                '--config.train.checkpoint_every_steps=4', '--config.train.log_every_steps=1']
   root = os.path.dirname(HERE)
 
