@@ -13,7 +13,9 @@ cifar_base.radam_schedule); RAdam's learning rate is this config's choice (the p
 
 import ml_collections
 
-from configs import cifar_base
+from dsop_jax import config_files
+
+cifar_base = config_files.sibling(__file__, 'cifar_base')
 
 
 def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:

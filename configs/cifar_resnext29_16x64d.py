@@ -8,7 +8,9 @@ Paper: Table V (CIFAR-10) 3.20% top-1 error, plain 3.58; Table VI (CIFAR-100) 16
 
 import ml_collections
 
-from configs import cifar_base
+from dsop_jax import config_files
+
+cifar_base = config_files.sibling(__file__, 'cifar_base')
 
 
 def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:

@@ -8,7 +8,9 @@ Paper: Table V (CIFAR-10) 3.91% top-1 error, plain 4.44; Table VI (CIFAR-100) 18
 
 import ml_collections
 
-from configs import cifar_base
+from dsop_jax import config_files
+
+cifar_base = config_files.sibling(__file__, 'cifar_base')
 
 
 def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:

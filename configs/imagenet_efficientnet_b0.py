@@ -28,7 +28,9 @@ parameters and 0.39 GFLOPs at test time, as published (5.3M, 0.39B); 11.35M / 0.
 
 import ml_collections
 
-from configs import imagenet_base
+from dsop_jax import config_files
+
+imagenet_base = config_files.sibling(__file__, 'imagenet_base')
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:

@@ -8,7 +8,9 @@ The paper reports no ResNet-101 accuracy of its own (torchvision's reference: 22
 
 import ml_collections
 
-from configs import imagenet_base
+from dsop_jax import config_files
+
+imagenet_base = config_files.sibling(__file__, 'imagenet_base')
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:

@@ -10,7 +10,9 @@ Standard-stride variants: the ':s2' option.
 
 import ml_collections
 
-from configs import imagenet_base
+from dsop_jax import config_files
+
+imagenet_base = config_files.sibling(__file__, 'imagenet_base')
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:

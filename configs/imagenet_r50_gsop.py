@@ -30,7 +30,9 @@ matches the reduction + covariance + FC (0.15) rather than the iterations.
 
 import ml_collections
 
-from configs import imagenet_r50
+from dsop_jax import config_files
+
+imagenet_r50 = config_files.sibling(__file__, 'imagenet_r50')
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:

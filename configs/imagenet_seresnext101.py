@@ -11,7 +11,9 @@ The paper reports no accuracy of its own for this network.
 
 import ml_collections
 
-from configs import imagenet_base
+from dsop_jax import config_files
+
+imagenet_base = config_files.sibling(__file__, 'imagenet_base')
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:

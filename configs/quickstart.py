@@ -7,7 +7,9 @@ Plain ResNet-20 for comparison: add --config.model.branches.pattern=''.
 
 import ml_collections
 
-from configs import cifar_base
+from dsop_jax import config_files
+
+cifar_base = config_files.sibling(__file__, 'cifar_base')
 
 
 def get_config() -> ml_collections.ConfigDict:

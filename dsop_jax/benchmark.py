@@ -46,7 +46,7 @@ from dsop_jax import export
 from dsop_jax import models
 from dsop_jax import optim
 from dsop_jax import sharding
-from dsop_jax import train
+from dsop_jax import steps
 
 PARTS = ('train', 'inference', 'pooling', 'input')
 PRECISIONS = ('float32', 'bfloat16')
@@ -171,8 +171,8 @@ def train_benchmark(config: ml_collections.ConfigDict, opts: Options) -> Dict[st
   peak = peak_tflops(jax.devices()[0].device_kind, opts.precision)
   runners, flops, states = {}, {}, {}
   for name, (module, loss_weights) in variants.items():
-    states[name] = train.init_state(module, tx, config, mesh)
-    step = jax.jit(functools.partial(train.train_step, model=module, tx=tx,
+    states[name] = steps.init_state(module, tx, config, mesh)
+    step = jax.jit(functools.partial(steps.train_step, model=module, tx=tx,
                                      loss_weights=loss_weights), donate_argnums=(0,))
     compiled = step.lower(states[name], batch, rng).compile()
     flops[name] = _xla_flops(compiled)
@@ -437,6 +437,12 @@ def main(argv: Sequence[str]) -> None:
   print(json.dumps(result) if flags.FLAGS.json else format_report(result))
 
 
-if __name__ == '__main__':  # Flags are defined here only, so importing the module defines none.
+def cli() -> None:
+  """The `python -m dsop_jax.benchmark` command line (`dsop-benchmark`); its flags are defined
+  here, so importing the module defines none."""
   _define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  cli()

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 
@@ -110,7 +111,6 @@ class Checkpointer:
         os.rename(os.path.join(self.directory, str(step)), destination)
         logging.warning('Moved the unreadable checkpoint of step %d to %s.', step, destination)
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices('dsop_jax_checkpoint_quarantine')
     self.manager.reload()
 
@@ -143,6 +143,5 @@ class PreemptionWatch:
 
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       return multihost_utils.reached_preemption_sync_point(step)
     return self._flag.is_set()

@@ -153,8 +153,14 @@ def main(argv: Any) -> None:
   print(json.dumps(rep) if flags.FLAGS.json else format_table(rep))
 
 
-if __name__ == '__main__':  # Flags are defined here only, so importing the module defines none.
+def cli() -> None:
+  """The `python -m dsop_jax.complexity` command line (`dsop-complexity`); its flags are defined
+  here, so importing the module defines none."""
   config_flags.DEFINE_config_file('config', None, 'Model config file.', lock_config=True)
   flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
   flags.mark_flags_as_required(['config'])
   app.run(main)
+
+
+if __name__ == '__main__':
+  cli()

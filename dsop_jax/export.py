@@ -11,11 +11,18 @@ side branches of its PSDR are detached like DSoP branches.
 
 import json
 import os
-from typing import Any, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
+from absl import app
+from absl import flags
 import jax
+import ml_collections
+import orbax.checkpoint as ocp
 
+from dsop_jax import checkpointing
 from dsop_jax import dsop
+from dsop_jax import models
+from dsop_jax import runs
 
 
 def detach(variables: Mapping[str, Any], branch_names: Optional[Iterable[str]] = None
@@ -73,14 +80,11 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False) -> str:
     ValueError: WORKDIR has no config.json or no checkpoint, or OUTPUT_DIR already holds an export
       and `overwrite` is False.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from dsop_jax import models  # pylint: disable=g-import-not-at-top
-  from dsop_jax import train  # pylint: disable=g-import-not-at-top
-  config = train.workdir_config(workdir)
+  config = runs.workdir_config(workdir)
   if os.path.exists(os.path.join(output_dir, 'model_config.json')) and not overwrite:
     raise ValueError(f'--output_dir={output_dir!r} already holds an export; pass --overwrite to '
                      'replace it.')
-  variables = train.restore_variables(config, workdir)
+  variables = runs.restore_variables(config, workdir)
   detached = detach(variables, [s.name for s in models.branch_specs(config.model)])
   target = os.path.join(os.path.abspath(output_dir), 'variables')
   with ocp.StandardCheckpointer() as checkpointer:
@@ -93,9 +97,6 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False) -> str:
 def load(output_dir: str) -> Tuple[Any, dict]:
   """(plain first-order module, its variables) from an export directory, ready for
   `module.apply(variables, images, train=False)[0]`."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from dsop_jax import models  # pylint: disable=g-import-not-at-top
   config_path = os.path.join(output_dir, 'model_config.json')
   if not os.path.exists(config_path):
     raise ValueError(f'{output_dir!r} is not a dsop_jax export (no model_config.json).')
@@ -111,23 +112,36 @@ def load(output_dir: str) -> Tuple[Any, dict]:
   return module, variables
 
 
+def load_first_order(path: str) -> Tuple[Any, Dict[str, Any]]:
+  """(plain network, its variables) from an export directory or a training workdir (its latest
+  checkpoint, branches detached)."""
+  if os.path.isdir(os.path.join(path, 'checkpoints')):  # A training workdir, of its own config.
+    config = runs.workdir_config(path)
+    variables = runs.restore_variables(config, path)
+    return models.create_backbone(config.model), detach(
+        variables, [s.name for s in models.branch_specs(config.model)])
+  return load(path)
+
+
 def _main(argv: Any) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from dsop_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   checkpointing.quiet_orbax_info_logs()
-  from dsop_jax import models  # pylint: disable=g-import-not-at-top
-  from dsop_jax import train  # pylint: disable=g-import-not-at-top
-  out = export(flags.FLAGS.workdir, flags.FLAGS.output_dir, overwrite=flags.FLAGS.overwrite)
-  second = models.head_spec(train.workdir_config(flags.FLAGS.workdir).model) is not None
+  workdir = flags.FLAGS.workdir
+  out = export(workdir, flags.FLAGS.output_dir, overwrite=flags.FLAGS.overwrite)
+  second = models.head_spec(runs.workdir_config(workdir).model) is not None
   print(f'Exported the detached {"second" if second else "first"}-order network to {out}')
 
 
-if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
+def cli() -> None:
+  """The `python -m dsop_jax.export` command line (`dsop-export`). Its flags are defined here, not at import, as
+  `dsop_jax.main` (which imports this module) has a --workdir of its own."""
   flags.DEFINE_string('workdir', None, 'Training workdir (its latest checkpoint is exported).')
   flags.DEFINE_string('output_dir', None, 'Directory for the exported plain network.')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing export in --output_dir.')
   flags.mark_flags_as_required(['workdir', 'output_dir'])
   app.run(_main)
+
+
+if __name__ == '__main__':
+  cli()

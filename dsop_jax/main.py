@@ -47,6 +47,11 @@ def main(argv) -> None:
     print(json.dumps(result, indent=2))
 
 
-if __name__ == '__main__':
+def cli() -> None:
+  """The `python -m dsop_jax.main` command line (`dsop-train`)."""
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)
+
+
+if __name__ == '__main__':
+  cli()

@@ -18,8 +18,13 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
+from absl import app
+from absl import flags
 from absl import logging
 from matplotlib import figure as mpl_figure
+
+from dsop_jax import models
+from dsop_jax import runs as runs_lib
 
 MAIN_HEAD = 'logits'
 METRICS = ('top1', 'top5')
@@ -98,7 +103,6 @@ def read_metrics(workdir: str) -> List[Dict[str, Any]]:
 def config_label(config: Any) -> str:
   """'preact_resnet20 + DSoP (3 branches)' or 'preact_resnet20 (plain)', from a run's config; a
   second-order network reads 'resnet50 + isqrt_cov head (psdr to 256)'."""
-  from dsop_jax import models  # pylint: disable=g-import-not-at-top
   head = models.head_spec(config.model)
   name = config.model.name if head is None else (
       f'{config.model.name} + {head.pool} head ({head.reduction} to {head.pool_channels})')
@@ -115,19 +119,17 @@ def config_label(config: Any) -> str:
 
 def load_runs(workdirs: Sequence[str], labels: Optional[Sequence[str]] = None) -> List[Run]:
   """Reads every workdir; labels default to the configs' (made unique with the workdir's name)."""
-  from dsop_jax import train  # pylint: disable=g-import-not-at-top
   if not workdirs:
     raise ValueError('--workdir: give at least one training workdir.')
   if labels and len(labels) != len(workdirs):
     raise ValueError(f'--label: got {len(labels)} labels for {len(workdirs)} workdirs; give one '
                      'per --workdir, in the same order, or none.')
-  from dsop_jax import models  # pylint: disable=g-import-not-at-top
   records = [read_metrics(w) for w in workdirs]
-  configs = [train.workdir_config(w) for w in workdirs]
+  configs = [runs_lib.workdir_config(w) for w in workdirs]
   if not labels:
     labels = [config_label(c) for c in configs]
-    labels = [f'{l} [{os.path.basename(os.path.normpath(w))}]' if labels.count(l) > 1 else l
-              for l, w in zip(labels, workdirs)]
+    labels = [f'{label} [{os.path.basename(os.path.normpath(w))}]' if labels.count(label) > 1
+              else label for label, w in zip(labels, workdirs)]
   orders = [1 if models.head_spec(c.model) is None else 2 for c in configs]
   return [Run(*args) for args in zip(workdirs, labels, records, orders)]
 
@@ -208,8 +210,6 @@ def render(workdirs: Sequence[str], output: str, labels: Optional[Sequence[str]]
 
 
 def _main(argv: Sequence[str]) -> None:
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
@@ -221,9 +221,9 @@ def _main(argv: Sequence[str]) -> None:
   print(f'Curves written to {f.output}')
 
 
-if __name__ == '__main__':  # Flags are defined here only, so importing the module defines none.
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
+def cli() -> None:
+  """The `python -m dsop_jax.plot` command line (`dsop-plot`); its flags are defined here, so importing the module
+  defines none."""
   flags.DEFINE_multi_string('workdir', None, 'Training workdir (repeat the flag for several runs).')
   flags.DEFINE_string('output', 'curves.png', 'Image to write (png, pdf, svg, ...).')
   flags.DEFINE_multi_string('label', None, 'Legend label per --workdir (default: from the config).')
@@ -231,3 +231,7 @@ if __name__ == '__main__':  # Flags are defined here only, so importing the modu
   flags.DEFINE_integer('dpi', 100, 'Resolution of raster output.')
   flags.mark_flags_as_required(['workdir'])
   app.run(_main)
+
+
+if __name__ == '__main__':
+  cli()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from dsop_jax import checkpointing
+from dsop_jax import runs
 from dsop_jax import train
 from tests import train_helpers
 
@@ -66,14 +67,14 @@ def test_resuming_with_another_model_or_optimiser_is_refused_naming_the_fields(t
   os.makedirs(os.path.join(workdir, 'checkpoints', '3'))
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort())
-  train.check_resume_config(config, workdir)  # Same config: accepted.
+  runs.check_resume_config(config, workdir)  # Same config: accepted.
   config.train.num_epochs = 5.0  # Training longer is allowed.
-  train.check_resume_config(config, workdir)
+  runs.check_resume_config(config, workdir)
   config.model.branches.pattern = '[2]'
   config.optim.name = 'radam'
   with pytest.raises(ValueError) as error:
-    train.check_resume_config(config, workdir)
-  assert ("config.model.branches.pattern = '[2]' (checkpoints: '[0,0,1]'); "
+    runs.check_resume_config(config, workdir)
+  assert ("config.model.branches.pattern = '[2]' (checkpoints: '[1]'); "
           "config.optim.name = 'radam' (checkpoints: 'sgd')") in str(error.value)
   # train_and_evaluate checks before it restores (or compiles) anything.
   with pytest.raises(ValueError, match='holds checkpoints of another model or optimiser'):
@@ -90,13 +91,13 @@ def test_a_workdir_from_before_the_newer_model_fields_resumes(tmp_path):
   del old['model']['stage_sizes'], old['model']['head']
   with open(tmp_path / 'config.json', 'w') as f:
     json.dump(old, f)
-  train.check_resume_config(config, str(tmp_path))
+  runs.check_resume_config(config, str(tmp_path))
   config.model.head.channels = 8  # Builds nothing with the first-order (gap) head.
-  train.check_resume_config(config, str(tmp_path))
+  runs.check_resume_config(config, str(tmp_path))
   config.model.stage_sizes = (1, 1, 1, 1)
   with pytest.raises(ValueError, match=r'config.model.stage_sizes = \[1, 1, 1, 1\] \(checkpoints: '
                      r'\[\]\)'):
-    train.check_resume_config(config, str(tmp_path))
+    runs.check_resume_config(config, str(tmp_path))
 
 
 def test_export_of_a_workdir_without_config_or_checkpoint_is_refused_by_name(tmp_path):

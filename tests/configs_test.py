@@ -19,7 +19,7 @@ from dsop_jax import complexity
 from dsop_jax import losses
 from dsop_jax import models
 from dsop_jax import optim
-from dsop_jax import train
+from dsop_jax import steps
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
     os.path.join(os.path.dirname(__file__), '..', 'configs', '*.py')) if not p.endswith('__init__.py'))
@@ -189,11 +189,11 @@ def test_deep_config_trains_on_one_block_per_stage_and_branch(name, variant):
   # One step an epoch: a warm-up leaves only step 0 at a zero rate.
   tx = optim.create_optimizer(config, steps_per_epoch=1, num_steps=100)
   size = IMAGE_SIZE.get(name, 32)
-  state = models.jit_init(train.state_init_fn(model, tx, size))(jax.random.PRNGKey(0))
+  state = models.jit_init(steps.state_init_fn(model, tx, size))(jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.normal(size=(4, size, size, 3)), jnp.float32),
            'label': jnp.asarray([0, 1, 2, 3], jnp.int32), 'mask': jnp.asarray([1, 1, 1, 0], bool)}
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
                                    loss_weights=models.loss_weights(config)))
   heads = models.head_names(config.model)
   new_state = state
@@ -205,7 +205,7 @@ def test_deep_config_trains_on_one_block_per_stage_and_branch(name, variant):
   for (path, before), after in zip(jax.tree_util.tree_leaves_with_path(state.params),
                                    jax.tree_util.tree_leaves(new_state.params)):
     assert not np.array_equal(before, after), jax.tree_util.keystr(path)  # Every one trained.
-  sums = jax.jit(functools.partial(train.eval_step, heads_fn=train.training_model_heads(model)))(
+  sums = jax.jit(functools.partial(steps.eval_step, heads_fn=steps.training_model_heads(model)))(
       {'params': new_state.params, 'batch_stats': new_state.batch_stats}, batch)
   assert float(sums['count']) == 3.0
   assert all(np.isfinite(float(sums[f'{h}/loss'])) for h in heads)

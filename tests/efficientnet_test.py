@@ -16,7 +16,7 @@ from dsop_jax import gsop
 from dsop_jax import layers
 from dsop_jax import models
 from dsop_jax import optim
-from dsop_jax import train
+from dsop_jax import steps
 from tests import conftest
 
 IMAGE = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
@@ -114,12 +114,12 @@ def test_tiny_efficientnet_dsop_trains_with_the_configs_rmsprop():
                        branches=tuple(branches + sides), num_classes=10)
   weights = {'logits': 1.0, **{s.name: 1.0 for s in branches + sides}}
   tx = optim.create_optimizer(config, steps_per_epoch=2, num_steps=20)
-  state = models.jit_init(train.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
+  state = models.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.normal(size=(16, 32, 32, 3)), jnp.float32),
            'label': jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
            'mask': jnp.ones(16, bool)}
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, loss_weights=weights))
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, loss_weights=weights))
   losses = []
   for _ in range(12):
     state, metrics = step(state, batch, jax.random.PRNGKey(1))
@@ -127,6 +127,6 @@ def test_tiny_efficientnet_dsop_trains_with_the_configs_rmsprop():
     losses.append(float(metrics['logits/loss']))
   assert losses[-1] < 0.8 * losses[0], losses  # Measured: 2.27 -> 1.54.
   assert {f'{n}/loss' for n in weights} <= set(metrics)
-  sums = jax.jit(functools.partial(train.eval_step, heads_fn=train.training_model_heads(model)))(
+  sums = jax.jit(functools.partial(steps.eval_step, heads_fn=steps.training_model_heads(model)))(
       {'params': state.params, 'batch_stats': state.batch_stats}, batch)
   assert float(sums['count']) == 16 and set(weights) == {k.split('/')[0] for k in sums} - {'count'}

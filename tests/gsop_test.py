@@ -73,7 +73,7 @@ def test_table_xi_rows_build_their_reduction_and_side_branches(option, chain, nu
       jax.random.PRNGKey(0), x, train=False), feature)
   layers = [(cin, cout) for cin, cout in zip([2048] + chain, chain)]
   assert models.count_params(variables['params']) == sum(
-      _conv_bn(*l) for l in layers) + _classifier(chain[-1])
+      _conv_bn(*layer) for layer in layers) + _classifier(chain[-1])
   names = ['dr'] if option.startswith('dr=') else [f'psdr{i + 1}' for i in range(len(chain))]
   assert sorted(variables['params']) == sorted(names + ['fc'])
   stage5 = models.create_backbone(config.model).stage_specs()[-1]

@@ -12,7 +12,12 @@ import pytest
 
 from configs import cifar_wrn28_10
 from configs import imagenet_r50
+from dsop_jax import dsop
+from dsop_jax import losses as losses_lib
+from dsop_jax import models
 from dsop_jax import optim
+from dsop_jax import steps
+from tests import conftest
 
 
 def test_imagenet_step_schedule():
@@ -202,9 +207,6 @@ def test_hutchinson_estimate_is_unbiased_and_averages_conv_kernels_over_taps():
 
 
 def test_adahessian_trains_a_tiny_dsop_model_in_the_train_step():
-  from dsop_jax import dsop, models, train  # pylint: disable=g-import-not-at-top
-  from dsop_jax import losses as losses_lib  # pylint: disable=g-import-not-at-top
-  from tests import conftest  # pylint: disable=g-import-not-at-top
   backbone = conftest.TinyPreAct(stage_sizes=(1, 1, 1))
   layout = conftest.branches_config(blocks=(0, 0, 0), pattern='[1]', channels=(4, 8, 8),
                                     reduction=('direct',) * 3)
@@ -215,12 +217,12 @@ def test_adahessian_trains_a_tiny_dsop_model_in_the_train_step():
            'label': jnp.asarray(rng.integers(0, 5, size=16), jnp.int32)}
   variables = models.init_variables(model, jax.random.PRNGKey(0), batch['image'])
   tx = optim.adahessian(0.15, weight_decay=5e-4)  # The official CIFAR settings.
-  state = train.TrainState(step=jnp.zeros([], jnp.int32), params=variables['params'],
+  state = steps.TrainState(step=jnp.zeros([], jnp.int32), params=variables['params'],
                            batch_stats=variables['batch_stats'],
                            opt_state=tx.init(variables['params']))
   heads = model.apply(variables, batch['image'], train=False)
   weights = {'logits': 1.0, **{name: 0.3 for name in heads['aux_logits']}}
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, loss_weights=weights,
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, loss_weights=weights,
                                    hessian=True))
   # The step's curvature is a real Hessian-vector product: after one step AdaHessian's second
   # moment holds (1 - b2) * |H z|^2 for the step's probe z, computed here independently.

@@ -74,7 +74,7 @@ def test_figure_lines_are_the_recorded_errors(runs):
     np.testing.assert_allclose(line.get_xdata(), [r['epoch'] for r in recs])
     np.testing.assert_allclose(line.get_ydata(), [100 * (1 - r['eval']['logits']['top1'])
                                                   for r in recs])
-  assert [l.get_label() for l in heads_top5.lines] == ['main (first-order)'] + DSOP_HEADS[1:]
+  assert [line.get_label() for line in heads_top5.lines] == ['main (first-order)'] + DSOP_HEADS[1:]
   for line, head in zip(heads_top5.lines, DSOP_HEADS):
     np.testing.assert_allclose(line.get_ydata(), [100 * (1 - r['eval'][head]['top5'])
                                                   for r in records])

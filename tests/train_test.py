@@ -25,8 +25,11 @@ from dsop_jax import export
 from dsop_jax import input_pipeline
 from dsop_jax import losses
 from dsop_jax import models
+from dsop_jax import runs
 from dsop_jax import sharding
+from dsop_jax import steps
 from dsop_jax import train
+from tests import conftest
 from tests import train_helpers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -145,7 +148,8 @@ def test_data_parallel_8_devices_matches_1_device(tmp_path):
   runs = [_start_logged(  # Both at once: much of each is single-threaded start-up.
       [sys.executable, os.path.join(HERE, 'data_parallel_run.py'), str(tmp_path / f'work{devices}'),
        str(tmp_path / f'{devices}.npz')], tmp_path / f'{devices}.log',
-      env=dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}'))
+      env=dict(os.environ, XLA_FLAGS=conftest.xla_flags(
+          f'--xla_force_host_platform_device_count={devices}')))
           for devices in (1, 8)]
   for run in runs:
     _succeeds(*run)
@@ -176,7 +180,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path):
   checkpointer = checkpointing.Checkpointer(str(tmp_path))
   last = checkpointer.latest_step()
   assert last is not None
-  variables = train.restore_variables(config, str(tmp_path))
+  variables = runs.restore_variables(config, str(tmp_path))
   assert all(np.all(np.isfinite(x)) for x in _leaves(variables))
 
 
@@ -187,12 +191,12 @@ def test_overflowing_branch_is_rejected_and_named_by_the_step(caplog):
   config = train_helpers.tiny_digits_config()
   model = models.create(config.model)
   tx = optax.sgd(0.1)
-  state = models.jit_init(train.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
+  state = models.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
   # Huge images overflow float32 in the first BatchNorm's variance; the branch heads go
   # non-finite (the main head stays finite here), and they are the ones named.
   batch = {'image': jnp.full((4, 32, 32, 3), 1e30).at[:, :16].set(-1e30),
            'label': jnp.arange(4, dtype=jnp.int32)}
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
                                    loss_weights=models.loss_weights(config)))
   new_state, metrics = step(state, batch, jax.random.PRNGKey(1))
   assert float(metrics['nonfinite']) == 1.0 and int(new_state.step) == 1
@@ -278,6 +282,7 @@ def test_two_phase_trains_branches_on_a_frozen_backbone(tmp_path):
 def test_two_phase_refuses_a_backbone_of_another_network(tmp_path):
   other = train_helpers.tiny_digits_config()
   other.model.name = 'resnet18'  # 4 stages: per-stage fields need 4 entries.
+  other.model.stage_sizes = ()
   other.model.branches.pattern = ''
   other.model.branches.channels = (8,) * 4
   other.model.branches.reduction = ('direct',) * 4
@@ -347,11 +352,11 @@ def test_sigterm_and_sigkill_then_rerun_match_an_uninterrupted_run(tmp_path):
   for run in (*reruns, uninterrupted):
     _succeeds(*run)
   assert _orbax_info_lines(open(tmp_path / 'uninterrupted.txt').read()) == []
-  config = train.workdir_config(str(tmp_path / 'uninterrupted'))
-  reference = _leaves(train.restore_variables(config, str(tmp_path / 'uninterrupted')))
+  config = runs.workdir_config(str(tmp_path / 'uninterrupted'))
+  reference = _leaves(runs.restore_variables(config, str(tmp_path / 'uninterrupted')))
   for name in ('preempted', 'killed'):
     assert checkpointing.Checkpointer(str(tmp_path / name)).latest_step() == 11
-    for a, b in zip(_leaves(train.restore_variables(config, str(tmp_path / name))), reference):
+    for a, b in zip(_leaves(runs.restore_variables(config, str(tmp_path / name))), reference):
       np.testing.assert_array_equal(a, b, err_msg=f'{name} (SIGKILL after step {kill_after})')
 
 
@@ -399,7 +404,7 @@ def test_two_processes_with_jax_distributed_equal_one_process(tmp_path):
   single = subprocess.Popen(
       ['bash', 'launch/local.sh', 'configs/quickstart.py', reference, *overrides], cwd=root,
       env={**os.environ, 'JAX_PLATFORMS': 'cpu',
-           'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
+           'XLA_FLAGS': conftest.xla_flags('--xla_force_host_platform_device_count=2')},
       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
   while open(first[0]).read().count('train/loss=') < 2:
@@ -427,9 +432,9 @@ def test_two_processes_with_jax_distributed_equal_one_process(tmp_path):
   untimed = lambda records: [{k: v for k, v in r.items() if k != 'time'} for r in records]
   assert untimed(_metrics(workdir)) == untimed(_metrics(reference))
   assert [r['step'] for r in _metrics(workdir)] == [11]
-  config = train.workdir_config(workdir)
-  distributed = train.restore_variables(config, workdir)
-  for a, b in zip(_leaves(distributed), _leaves(train.restore_variables(config, reference))):
+  config = runs.workdir_config(workdir)
+  distributed = runs.restore_variables(config, workdir)
+  for a, b in zip(_leaves(distributed), _leaves(runs.restore_variables(config, reference))):
     np.testing.assert_array_equal(a, b)
 
 
@@ -447,9 +452,9 @@ def test_knowledge_distillation_from_a_teacher_inside_the_step(tmp_path):
   config.distill.update(teacher=exported, temperature=2.0, soft_weight=0.7)
   model = models.create(config.model)
   tx = optax.sgd(0.1)
-  state = train.init_state(model, tx, config, sharding.create_mesh())
+  state = steps.init_state(model, tx, config, sharding.create_mesh())
   batch = next(input_pipeline.eval_batches(config, local_batch_size=64))
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
                                    loss_weights={'logits': 1.0}, teacher=teacher,
                                    temperature=2.0, soft_weight=0.7))
   _, metrics = step(state, batch, jax.random.PRNGKey(0), teacher_variables)

@@ -1,0 +1,94 @@
+"""The training workdir's contract: what a run writes beside its checkpoints, and reading it back.
+
+A workdir holds `config.json` (the config it was trained with), `metrics.jsonl` (one JSON object per
+evaluation: {"step", "epoch", "time", "eval": {head: {"top1", "top5", "loss"}}, "train": {...}}),
+`checkpoints/` (Orbax, `checkpointing.Checkpointer`) and TensorBoard summaries. This module writes
+and reads the first two, decides whether a config may resume a workdir's checkpoints, and restores a
+checkpoint's variables without building an optimiser step. Evaluation, export and plotting read
+workdirs through it; only `train` writes them.
+"""
+
+import json
+import os
+from typing import Any, Dict, Mapping
+
+import jax
+import ml_collections
+
+from dsop_jax import checkpointing
+from dsop_jax import sharding
+from dsop_jax import steps
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """WORKDIR/config.json (process 0 only)."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+
+def append_metrics(workdir: str, record: Mapping[str, Any]) -> None:
+  """Appends one evaluation record to WORKDIR/metrics.jsonl (process 0 only)."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+
+def workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a training workdir was trained with (its config.json)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise ValueError(f'{workdir!r} holds no config.json: not a dsop_jax training workdir.')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def _flatten(tree: Any, prefix: str) -> Dict[str, Any]:
+  if isinstance(tree, Mapping):
+    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f'{prefix}.{key}').items()}
+  return {prefix: list(tree) if isinstance(tree, (list, tuple)) else tree}
+
+
+# Model fields added after checkpoints may have been written, with the value that builds what a
+# config without them built; a saved config.json without them reads as holding these.
+_LEGACY_MODEL_FIELDS = {'config.model.stage_sizes': [], 'config.model.head.pool': 'gap'}
+
+
+def _structure_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The fields that fix a checkpoint's structure: the model's and the optimiser's kind."""
+  fields = {**_LEGACY_MODEL_FIELDS, **_flatten(config.model.to_dict(), 'config.model')}
+  if fields['config.model.head.pool'] == 'gap':  # GAP + FC: the other head fields build nothing.
+    fields = {k: v for k, v in fields.items()
+              if not k.startswith('config.model.head.') or k == 'config.model.head.pool'}
+  fields['config.optim.name'] = config.optim.get('name')
+  return fields
+
+
+def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume WORKDIR's checkpoints with a config that builds a different state.
+
+  The model and the optimiser's kind fix the checkpoint's structure; other fields (epochs,
+  schedule, logging) may change between runs. Raises ValueError naming each differing field.
+  """
+  if not os.path.exists(os.path.join(workdir, 'config.json')):
+    return
+  saved = workdir_config(workdir)
+  ours = ml_collections.ConfigDict(json.loads(config.to_json_best_effort()))
+  before, now = _structure_fields(saved), _structure_fields(ours)
+  diff = [f'{k} = {now.get(k)!r} (checkpoints: {before.get(k)!r})'
+          for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+  if diff:
+    raise ValueError(f'{workdir!r} holds checkpoints of another model or optimiser; this config '
+                     f'differs in: {"; ".join(diff)}. Use a new --workdir, or the config the '
+                     f'checkpoints were trained with (WORKDIR/config.json).')
+
+
+def restore_variables(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """{'params', 'batch_stats'} of the training model from WORKDIR's latest checkpoint."""
+  mesh = sharding.create_mesh()
+  checkpointer = checkpointing.Checkpointer(workdir)
+  try:
+    state, _ = checkpointer.restore(steps.abstract_initial_state(config, mesh))
+  finally:
+    checkpointer.close()
+  return {'params': state.params, 'batch_stats': state.batch_stats}

@@ -1,0 +1,22 @@
+"""The installed package: its console scripts run from any directory, and a config file given by
+path finds its shared base beside it (no repository root on sys.path). Needs `pip install -e .`,
+as the README's install and CI do."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_console_script_runs_from_another_directory_with_a_config_by_path(tmp_path):
+  script = os.path.join(os.path.dirname(sys.executable), 'dsop-complexity')
+  assert os.path.exists(script), f'{script} is missing: install the package (pip install -e .)'
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  done = subprocess.run([script, f'--config={ROOT}/configs/imagenet_r18.py', '--json'],
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  report = json.loads(done.stdout.strip().splitlines()[-1])
+  assert report['params_test'] == 11_689_512  # torchvision's ResNet-18.
+  assert sorted(report['branches']) == ['a_pds2', 'a_pds3', 'a_pds4', 'a_pds5']
