@@ -99,8 +99,10 @@ def test_newton_schulz_converges_to_eigh_square_root():
   for n in (1, 2, 3, 5, 8, 12):
     approx = np.asarray(covpool.newton_schulz_sqrtm(jnp.asarray(mats, jnp.float32), n))
     errors.append(np.abs(approx - exact).max() / np.abs(exact).max())
-  assert all(b < a for a, b in zip(errors, errors[1:])), errors
-  assert errors[0] > 1e-2 and errors[-1] < 1e-5, errors
+  # Falling with every added iteration until float32's rounding floor (about 4e-7 here, reached by
+  # 8 iterations: whether 12 then lands a hair lower depends on the compiler's rounding).
+  assert all(b < a or b < 1e-6 for a, b in zip(errors, errors[1:])), errors
+  assert errors[0] > 1e-2 and errors[3] > 1e-3 and errors[-1] < 1e-5, errors
 
 
 def test_covariance_is_biased_sample_covariance_over_positions():

@@ -29,7 +29,6 @@ from dsop_jax import runs
 from dsop_jax import sharding
 from dsop_jax import steps
 from dsop_jax import train
-from tests import conftest
 from tests import train_helpers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -148,8 +147,7 @@ def test_data_parallel_8_devices_matches_1_device(tmp_path):
   runs = [_start_logged(  # Both at once: much of each is single-threaded start-up.
       [sys.executable, os.path.join(HERE, 'data_parallel_run.py'), str(tmp_path / f'work{devices}'),
        str(tmp_path / f'{devices}.npz')], tmp_path / f'{devices}.log',
-      env=dict(os.environ, XLA_FLAGS=conftest.xla_flags(
-          f'--xla_force_host_platform_device_count={devices}')))
+      env=dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}'))
           for devices in (1, 8)]
   for run in runs:
     _succeeds(*run)
@@ -404,7 +402,7 @@ def test_two_processes_with_jax_distributed_equal_one_process(tmp_path):
   single = subprocess.Popen(
       ['bash', 'launch/local.sh', 'configs/quickstart.py', reference, *overrides], cwd=root,
       env={**os.environ, 'JAX_PLATFORMS': 'cpu',
-           'XLA_FLAGS': conftest.xla_flags('--xla_force_host_platform_device_count=2')},
+           'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
   while open(first[0]).read().count('train/loss=') < 2:
