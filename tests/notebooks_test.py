@@ -44,7 +44,7 @@ def test_quickstart_trains_plots_exports_and_classifies(tmp_path, monkeypatch):
       assert [json.loads(line)['epoch'] for line in f] == [1.0, 2.0]
   assert (out / 'curves.png').stat().st_size > 0 and (out / 'examples.png').stat().st_size > 0
   assert formats.count('image/png') == 2
-  assert '| preact_resnet20 + DSoP (3 branches) | a_pds3_1 |' in text
+  assert '| preact_resnet20 + DSoP (3 branches) | a_pds3_3 |' in text
   assert 'of 16 right' in text and 'test top-1: exported' in text
   # The exported network has exactly the plain run's parameter count.
   counts = text.split('parameters: trained DSoP-Net')[1].split('\n')[0].split('|')

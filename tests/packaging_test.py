@@ -1,11 +1,15 @@
-"""The installed package: its console scripts run from any directory, and a config file given by
-path finds its shared base beside it (no repository root on sys.path). Needs `pip install -e .`,
-as the README's install and CI do."""
+"""The installed package: its console scripts run from any directory, a config file given by path
+finds its shared base beside it (no repository root on sys.path), and its dependencies install on
+each platform. Needs `pip install -e .`, as the README's install and CI do."""
 
 import json
 import os
 import subprocess
 import sys
+import tomllib
+
+from packaging import requirements
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,3 +24,16 @@ def test_console_script_runs_from_another_directory_with_a_config_by_path(tmp_pa
   report = json.loads(done.stdout.strip().splitlines()[-1])
   assert report['params_test'] == 11_689_512  # torchvision's ResNet-18.
   assert sorted(report['branches']) == ['a_pds2', 'a_pds3', 'a_pds4', 'a_pds5']
+
+
+@pytest.mark.parametrize('platform, machine, expected', [
+    ('linux', 'x86_64', 'tensorflow-cpu'), ('linux', 'aarch64', 'tensorflow'),
+    ('darwin', 'arm64', 'tensorflow'), ('win32', 'AMD64', 'tensorflow')])
+def test_one_tensorflow_wheel_per_platform(platform, machine, expected):
+  """tensorflow-cpu has no macOS or arm64 wheels: the environment markers pick one that exists."""
+  with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
+    dependencies = [requirements.Requirement(r) for r in tomllib.load(f)['project']['dependencies']]
+  environment = {'sys_platform': platform, 'platform_machine': machine}
+  picked = [r.name for r in dependencies if r.name in ('tensorflow', 'tensorflow-cpu')
+            and (r.marker is None or r.marker.evaluate(environment))]
+  assert picked == [expected]

@@ -4,9 +4,13 @@ parallelism on 8 simulated devices, non-finite losses, and bad input stopping be
 import functools
 import json
 import os
+import random
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import absl
 import clu
@@ -291,15 +295,19 @@ def test_two_phase_refuses_a_backbone_of_another_network(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / 'branches'))
 
 
-def _start_and_signal(command, log_path, signum, min_steps, deadline_s=240):
-  """Starts `command`, sends `signum` once its log shows `min_steps` training steps; returns
-  (exit code, steps logged when it died)."""
-  import time  # pylint: disable=g-import-not-at-top
-  process, _ = _start_logged(command, log_path)
+def _wait_for_steps(process, log_path, min_steps, deadline_s=240):
+  """Returns once the log of the running `process` shows `min_steps` training steps."""
   deadline = time.time() + deadline_s
   while open(log_path).read().count('train/loss=') < min_steps:
     assert process.poll() is None and time.time() < deadline, open(log_path).read()[-3000:]
     time.sleep(0.05)
+
+
+def _start_and_signal(command, log_path, signum, min_steps):
+  """Starts `command`, sends `signum` once its log shows `min_steps` training steps; returns
+  (exit code, steps logged when it died)."""
+  process, _ = _start_logged(command, log_path)
+  _wait_for_steps(process, log_path, min_steps)
   process.send_signal(signum)
   code = process.wait(timeout=120)
   return code, open(log_path).read().count('train/loss=')
@@ -321,15 +329,14 @@ def test_sigterm_and_sigkill_then_rerun_match_an_uninterrupted_run(tmp_path):
   steps since the last periodic checkpoint are lost. Rerunning the same command ends, in both cases,
   with exactly the parameters and BN statistics of an uninterrupted run, whose log holds no Orbax
   INFO line (`checkpointing.quiet_orbax_info_logs`)."""
-  import random  # pylint: disable=g-import-not-at-top
-  import signal  # pylint: disable=g-import-not-at-top
   overrides = [*TINY_OVERRIDES, '--config.train.num_epochs=0.5',
                '--config.train.checkpoint_every_steps=3', '--config.train.log_every_steps=1',
                '--config.optim.schedule=step', '--config.optim.warmup_epochs=0']  # 11 steps.
   command = lambda name: [sys.executable, '-m', 'dsop_jax.main', '--config=configs/quickstart.py',
                           f'--workdir={tmp_path / name}', *overrides]
-  # Alongside the interrupted runs, which spend much of their time starting up on one core.
+  # Alongside the interrupted runs, which then load its compiled step from the persistent cache.
   uninterrupted = _start_logged(command('uninterrupted'), tmp_path / 'uninterrupted.txt')
+  _wait_for_steps(*uninterrupted, 1)
 
   code, _ = _start_and_signal(command('preempted'), tmp_path / 'term.txt', signal.SIGTERM, 1)
   assert code == 0
@@ -378,9 +385,6 @@ def test_two_processes_with_jax_distributed_equal_one_process(tmp_path):
   and metrics bit-identical to the 1-process run (a 2-way all-reduce is one addition, so here even
   the rounding agrees).
   """
-  import signal  # pylint: disable=g-import-not-at-top
-  import socket  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
   workdir, reference = str(tmp_path / 'work'), str(tmp_path / 'reference')
   overrides = [*TINY_OVERRIDES, '--config.train.num_epochs=0.5',
                '--config.train.checkpoint_every_steps=4', '--config.train.log_every_steps=1']
