@@ -134,8 +134,8 @@ def _main(argv: Any) -> None:
 
 
 def cli() -> None:
-  """The `python -m dsop_jax.export` command line (`dsop-export`). Its flags are defined here, not at import, as
-  `dsop_jax.main` (which imports this module) has a --workdir of its own."""
+  """The `python -m dsop_jax.export` command line (`dsop-export`). Its flags are defined here, not
+  at import, as `dsop_jax.main` (which imports this module) has a --workdir of its own."""
   flags.DEFINE_string('workdir', None, 'Training workdir (its latest checkpoint is exported).')
   flags.DEFINE_string('output_dir', None, 'Directory for the exported plain network.')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing export in --output_dir.')

@@ -222,8 +222,8 @@ def _main(argv: Sequence[str]) -> None:
 
 
 def cli() -> None:
-  """The `python -m dsop_jax.plot` command line (`dsop-plot`); its flags are defined here, so importing the module
-  defines none."""
+  """The `python -m dsop_jax.plot` command line (`dsop-plot`); its flags are defined here, so
+  importing the module defines none."""
   flags.DEFINE_multi_string('workdir', None, 'Training workdir (repeat the flag for several runs).')
   flags.DEFINE_string('output', 'curves.png', 'Image to write (png, pdf, svg, ...).')
   flags.DEFINE_multi_string('label', None, 'Legend label per --workdir (default: from the config).')

@@ -39,7 +39,6 @@ from dsop_jax import steps
 POLICIES = ('one_phase', 'early_removal', 'two_phase')
 
 
-
 def _validate(config: ml_collections.ConfigDict) -> None:
   """Every check that can fail, before anything is compiled."""
   models.validate_model_config(config.model)
@@ -107,7 +106,8 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   input_pipeline.check_prepared(config)
 
 
-def _load_backbone(state: steps.TrainState, config: ml_collections.ConfigDict, mesh: Any) -> steps.TrainState:
+def _load_backbone(state: steps.TrainState, config: ml_collections.ConfigDict,
+                   mesh: Any) -> steps.TrainState:
   """Two-phase training: the trained backbone goes into the 'backbone' subtree."""
   path = config.train.backbone_checkpoint
   _, backbone = export.load_first_order(path)

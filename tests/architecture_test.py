@@ -64,7 +64,8 @@ def test_imports_run_downwards_and_only_at_module_level(name):
   assert not inside, f'dsop_jax/{name}.py imports {inside} inside a function'
   upward = sorted(m for m in ours if LAYER[m] < LAYER[name] or (
       LAYER[m] == LAYER[name] and (name, m) not in SAME_LAYER))
-  assert not upward, f'dsop_jax/{name}.py (layer {LAYER[name]}) imports {upward} from its layer or above'
+  assert not upward, (f'dsop_jax/{name}.py (layer {LAYER[name]}) imports {upward} from its layer '
+                      'or above')
 
 
 def test_the_steps_reach_neither_tensorflow_nor_clu():

@@ -26,58 +26,6 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs',
                   float(os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS']))
 jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
 
-# Tests over 40 s in `--durations` runs of the suite on a 2-core x86 CPU, with those seconds.
-LONG_TESTS = {
-    'train_test.py::test_two_processes_with_jax_distributed_equal_one_process': 150,
-    'soak_test.py::test_soak_steady_memory_files_and_step_time': 125,
-    'train_test.py::test_sigterm_and_sigkill_then_rerun_match_an_uninterrupted_run': 85,
-    'train_test.py::test_mocked_tfds_train_and_evaluate[imagenet2012:isqrt_cov': 80,
-    'notebooks_test.py::test_quickstart_trains_plots_exports_and_classifies': 65,
-    'train_test.py::test_data_parallel_8_devices_matches_1_device': 60,
-    'notebooks_test.py::test_dsop_anatomy_tables_detach_and_covariance': 55,
-    'notebooks_test.py::test_mock_mode_runs_every_cell[reproduce_cifar': 55,
-    'notebooks_test.py::test_mock_mode_runs_every_cell[imagenet_eval': 55,
-    'benchmark_test.py::test_quick_cli_json_without_tensorflow': 55,
-    'train_test.py::test_mocked_tfds_train_and_evaluate[cifar10,plain,adahessian]': 50,
-    'configs_test.py::test_deep_config_trains_on_one_block_per_stage_and_branch[imagenet_r50-]': 45,
-    'optim_test.py::test_adahessian_trains_a_tiny_dsop_model_in_the_train_step': 45,
-    'train_test.py::test_mocked_tfds_train_and_evaluate[imagenet2012:gap]': 45,
-    'train_test.py::test_digits_train_evaluate_resume_and_export': 45,
-}
-
-
-def pytest_collection_modifyitems(config, items):
-  """Starts the LONG_TESTS first, spread over the pytest-xdist workers.
-
-  `--dist worksteal` first hands each of its W workers one contiguous W-th of the collection, and a
-  worker that runs dry later steals from the end of another's queue. A long test near the end of the
-  collection then starts last and keeps one worker busy while the others idle. So each long test
-  goes, longest first, to the front of the share with the fewest long-test seconds so far; the
-  other tests keep their order. Without xdist the long tests simply come first.
-  """
-  def seconds(item):
-    return next((s for name, s in LONG_TESTS.items() if name in item.nodeid), 0)
-  workers = getattr(config, 'workerinput', {}).get('workercount', 1)
-  long_tests = sorted((i for i in items if seconds(i)), key=seconds, reverse=True)
-  rest = [i for i in items if not seconds(i)]
-  sizes, left = [], len(items)
-  for w in range(workers, 0, -1):  # worksteal's first split: len(pending) // nodes remaining.
-    sizes.append(left // w)
-    left -= sizes[-1]
-  shares, loads = [[] for _ in sizes], [0] * len(sizes)
-  for item in long_tests:
-    open_shares = [k for k in range(len(sizes)) if len(shares[k]) < sizes[k]]
-    k = min(open_shares, key=lambda k: loads[k])
-    shares[k].append(item)
-    loads[k] += seconds(item)
-  start = 0
-  for share, size in zip(shares, sizes):
-    take = size - len(share)
-    share += rest[start:start + take]
-    start += take
-  items[:] = [item for share in shares for item in share]
-
-
 # A 4-stage ImageNet-style ResNet with 4..32 channels and one basic block per stage.
 TinyResNet = functools.partial(resnet.ResNet, stage_sizes=(1, 1, 1, 1), block_cls=resnet.BasicBlock,
                                num_filters=4, num_classes=5)
