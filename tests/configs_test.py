@@ -168,14 +168,14 @@ def _one_block_per_stage_and_branch(config):
 # training steps and an eval step (at full depth they take a forward pass above). One network per
 # family whose training no other test covers; the others train elsewhere at a tiny size, on the
 # same code:
-# - ResNet-101 on one block per stage is this ResNet-50; the GAP branches (Table VII) and the
-#   iSQRT-COV head train on ResNet-18 (train_test), the other PSDR rows in gsop_test;
+# - ResNet-101 on one block per stage is this ResNet-50; the iSQRT-COV head trains on ResNet-18
+#   (train_test), the other PSDR rows in gsop_test;
 # - WRN and ResNet-110 are pre-activation basic-block networks like ResNet-20 (train_test,
 #   optim_test); ResNeXt-29 16x64d is 8x64d with twice the groups;
 # - EfficientNet-b0 trains on two stages with branches, the second-order head and the config's
 #   RMSProp (efficientnet_test).
 DEEP = [('imagenet_r50', ''), ('imagenet_r50_gsop', 'mpn_cov,psdr=64,delta=0.5,psdr_aux'),
-        ('imagenet_seresnext101', ''), ('imagenet_r18', 'plain,radam'),
+        ('imagenet_seresnext101', ''), ('imagenet_r18', 'gap,radam'),
         ('cifar_resnet164', 'cifar100'), ('cifar_resnext29_8x64d', 'cifar10')]
 # ResNeXt-29's grouped convolutions are slow on XLA's CPU (4.6 s a step of 4 images at 32x32 even
 # on one block per stage): 16x16 images, whose last feature map is still 4x4.
