@@ -43,7 +43,9 @@ def wrn_schedule(config: ml_collections.ConfigDict) -> None:
 def adahessian_schedule(config: ml_collections.ConfigDict) -> None:
   """Table IX: AdaHessian with the settings of its official CIFAR code, which the paper says it
   used (github.com/amirgholami/adahessian): batch 256, 160 epochs, lr 0.15 divided by 10 at 80 and
-  120, decoupled weight decay 5e-4, betas (0.9, 0.999), eps 1e-4, Hessian power 1."""
+  120, decoupled weight decay 5e-4 (divided by the initial rate as its main.py does, so the decay
+  per step is lr_t / lr_0 * 5e-4 * p; `optim.create_optimizer`), betas (0.9, 0.999), eps 1e-4,
+  Hessian power 1."""
   config.train.batch_size = 256
   config.train.num_epochs = 160.0
   config.optim.name = 'adahessian'

@@ -10,10 +10,13 @@ Paper (ImageNet top-1 / top-5 accuracy %; error = 100 - accuracy), single centre
     python -m dsop_jax.main --config=configs/imagenet_efficientnet_b0.py --workdir=...
 
 Branches. "One was inserted at the middle of the backbone model and the other at the end": stage 4
-ends after block 8 of 16 (a_pds4, 80 channels at 14x14) and stage 7 ends the MBConv stages
-(a_pds7, 320 channels at 7x7). The paper gives neither their depth nor their pooled channels;
-here each has as many MBConv blocks as its stage (3 and 1) and reduces to 64 channels with
-1x1 conv + BN + swish, as the second-order head does, with dropout 0.2 before its classifier.
+ends after block 8 of 16 (a_pds4, 80 channels at 14x14), and "we always insert the last auxiliary
+branch B^N right before the first-order pooling layer" (Section III-A), which pools the 1280-channel
+head convolution's output at 7x7: a_pds7 reads that (not stage 7's 320 channels), so the head conv
+is trained by the second-order branch too. The paper gives neither their depth nor their pooled
+channels; here a_pds4 has as many MBConv blocks as its stage (3) and a_pds7 one block of the head's
+own 1x1 conv + BN + swish (1280 channels); each reduces to 64 channels with 1x1 conv + BN + swish,
+as the second-order head does, with dropout 0.2 before its classifier.
 
 Training. The paper's batch 768 and RMSProp learning rate 0.048 are those of timm's efficientnet_b0
 recipe (footnote 4: 2 GPUs x 384, lr .048), whose other settings are used here: RMSProp as in
@@ -23,7 +26,7 @@ rate x0.97 every 2.4 epochs after a 3-epoch warm-up, 450 epochs, dropout 0.2 and
 weight decay; the paper used "baseline ResNet preprocessing", which is the input pipeline here.
 
 Complexity (python -m dsop_jax.complexity --config=configs/imagenet_efficientnet_b0.py): 5,288,548
-parameters and 0.39 GFLOPs at test time, as published (5.3M, 0.39B); 11.35M / 0.51 in training.
+parameters and 0.39 GFLOPs at test time, as published (5.3M, 0.39B); 11.49M / 0.53 in training.
 """
 
 import ml_collections
@@ -38,7 +41,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config = imagenet_base.get_config()
   config.model.name = 'efficientnet_b0'
   config.model.last_stride = 2  # Stride of stage 6, EfficientNet's last down-sampling.
-  config.model.branches.blocks = (0, 0, 0, 3, 0, 0, 1)  # a_pds4 (middle), a_pds7 (end).
+  config.model.branches.blocks = (0, 0, 0, 3, 0, 0, 1)  # a_pds4 (middle), a_pds7 (head conv).
   config.model.branches.channels = (64,) * 7
   config.model.branches.reduction = ('direct',) * 7
   config.model.branches.dropout = 0.2

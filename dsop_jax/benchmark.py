@@ -46,6 +46,7 @@ from dsop_jax import export
 from dsop_jax import models
 from dsop_jax import optim
 from dsop_jax import sharding
+from dsop_jax import stages
 from dsop_jax import steps
 
 PARTS = ('train', 'inference', 'pooling', 'input')
@@ -263,7 +264,7 @@ def _branch_pool_shares(config: ml_collections.ConfigDict, opts: Options) -> Dic
   image = jax.ShapeDtypeStruct((opts.batch_size, size, size, 3), jnp.float32)
   backbone_vars = jax.eval_shape(lambda x: backbone.init(jax.random.PRNGKey(0), x, train=False), image)
   _, features = jax.eval_shape(lambda v, x: backbone.apply(v, x, train=False), backbone_vars, image)
-  stage_specs = {s.name: s for s in backbone.stage_specs()}
+  stage_specs = stages.branch_block_specs(backbone)
   shares = {}
   for spec in models.branch_specs(config.model):
     stage = stage_specs[spec.stage]

@@ -4,6 +4,11 @@
   ResNet-20 and -110 with basic blocks, ResNet-164 with bottlenecks; 16-32-64 base widths.
 - Wide ResNets (Zagoruyko & Komodakis 2016): WRN-22-10 and WRN-28-10, pre-activation basic blocks
   with widths 16k-32k-64k, so they are `PreActResNet`s with other stage sizes and widths.
+- The post-activation CIFAR ResNet-20 (He et al., CVPR 2016, Section 4.2) as the CIFAR code both
+  optimiser papers of Table IX(a) train it (AdaHessian's and RAdam's, from the "bearpaw"
+  pytorch-classification models/cifar/resnet.py): conv-BN-ReLU stem of 16 channels, basic blocks
+  conv-BN-ReLU-conv-BN, sum, ReLU, 1x1 conv + BN projections where the shape changes; 272,474
+  parameters for 10 classes.
 - ResNeXt-29 (Xie et al. 2017) 8x64d and 16x64d, the paper's ResNeXt-64-8 / ResNeXt-64-16:
   post-activation grouped bottlenecks, stage outputs 256-512-1024.
 
@@ -46,7 +51,9 @@ class PreActBasicBlock(nn.Module):
 
 
 class PreActBottleneckBlock(nn.Module):
-  """BN-ReLU-conv1x1-BN-ReLU-conv3x3-BN-ReLU-conv1x1 (4x expansion) plus shortcut."""
+  """BN-ReLU-conv1x1-BN-ReLU-conv3x3-BN-ReLU-conv1x1 (4x expansion) plus shortcut. The stride sits
+  on the first 1x1 convolution, as in the reference pre-activation code (KaimingHe/resnet-1k-layers,
+  resnet-pre-act.lua: `Convolution(nInputPlane,nBottleneckPlane,1,1,stride,stride,0,0)`)."""
   filters: int
   conv: ModuleDef
   norm: ModuleDef
@@ -56,9 +63,9 @@ class PreActBottleneckBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     pre = self.act(self.norm(name='bn1')(x))
-    y = self.conv(self.filters, (1, 1), name='conv1')(pre)
+    y = self.conv(self.filters, (1, 1), self.strides, name='conv1')(pre)
     y = self.act(self.norm(name='bn2')(y))
-    y = self.conv(self.filters, (3, 3), self.strides, padding=1, name='conv2')(y)
+    y = self.conv(self.filters, (3, 3), padding=1, name='conv2')(y)
     y = self.act(self.norm(name='bn3')(y))
     y = self.conv(self.filters * 4, (1, 1), name='conv3')(y)
     if x.shape != y.shape:
@@ -115,6 +122,25 @@ class PreActResNet(_CifarNet):
         for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths))]
 
 
+class PostActResNet(_CifarNet):
+  """Post-activation CIFAR ResNet with ImageNet-style basic blocks (`resnet.BasicBlock`).
+
+  Attributes:
+    stage_sizes: blocks per stage ((3, 3, 3) gives ResNet-20).
+    widths: channels of the stages.
+  """
+  stage_sizes: Sequence[int] = (3, 3, 3)
+  widths: Sequence[int] = (16, 32, 64)
+
+  preact = False
+
+  def stage_specs(self) -> List[stages.StageSpec]:
+    return [stages.StageSpec(name=f'stage{i + 1}', num_blocks=n, channels=w,
+                             stride=1 if i == 0 else 2,
+                             block=functools.partial(resnet.BasicBlock, filters=w))
+            for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths))]
+
+
 class ResNeXt(_CifarNet):
   """ResNeXt-29 for CIFAR: 64-channel stem, grouped post-activation bottlenecks.
 
@@ -152,6 +178,7 @@ def _wide_resnet(depth: int, k: int) -> Any:
                            block_cls=PreActBasicBlock, widths=(16 * k, 32 * k, 64 * k))
 
 
+ResNet20 = functools.partial(PostActResNet, stage_sizes=(3, 3, 3))
 PreActResNet20 = _preact_resnet(20, bottleneck=False)
 PreActResNet110 = _preact_resnet(110, bottleneck=False)
 PreActResNet164 = _preact_resnet(164, bottleneck=True)

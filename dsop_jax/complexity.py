@@ -25,6 +25,7 @@ from dsop_jax import branches as branches_lib
 from dsop_jax import covpool
 from dsop_jax import gsop
 from dsop_jax import models
+from dsop_jax import stages
 
 
 
@@ -91,7 +92,7 @@ def report(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   train_vars = _abstract_init(model, image)
   test_vars = _abstract_init(backbone, image)
   _, features = jax.eval_shape(lambda v, x: backbone.apply(v, x, train=False), test_vars, image)
-  stage_specs = {s.name: s for s in backbone.stage_specs()}
+  stage_specs = stages.branch_block_specs(backbone)
   per_branch = {}
   for spec in models.branch_specs(config.model):
     branch = branches_lib.AuxBranch(spec, stage_specs[spec.stage], config.model.num_classes,

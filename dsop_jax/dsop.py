@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from dsop_jax import branches as branches_lib
+from dsop_jax import stages
 
 BACKBONE = 'backbone'
 
@@ -36,7 +37,7 @@ class DSoPNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool = True) -> Mapping[str, Any]:
     """Returns {'logits': main first-order logits, 'aux_logits': {branch name: logits}}."""
     logits, features = self.backbone(x, train=train)
-    specs = {s.name: s for s in self.backbone.stage_specs()}
+    specs = stages.branch_block_specs(self.backbone)
     aux_logits: Dict[str, jax.Array] = {}
     for spec in self.branches:
       branch = branches_lib.AuxBranch(spec, specs[spec.stage], self.num_classes, self.dtype,

@@ -10,7 +10,8 @@ dropout 0.2 and the classifier; swish activations, PyTorch-style BN and symmetri
 
 Stages are named 'stage1' ... 'stage7' (features 'stage<s>' and 'stage<s>_block<j>', then
 'head_conv' (the 1280-channel map) and 'pre_logits'), so DSoP branches plug in like on a ResNet:
-stage 4 ends after block 8 of 16, the middle of the network, and stage 7 at its end (Section V-C).
+stage 4 ends after block 8 of 16, the middle of the network (Section V-C). The branch of the last
+stage reads the head conv's output, what the first-order pooling reads (`branch_end_stage`).
 `head=` replaces GAP + dropout + FC by e.g. `gsop.GSoPHead` on 'head_conv' (the paper's
 second-order EfficientNet-b0: 1280 -> 64 channels by 1x1 conv + BN + swish, iSQRT-COV, dropout 0.2).
 """
@@ -29,6 +30,15 @@ from dsop_jax import stages
 ModuleDef = Any
 
 # (expansion, kernel, stride, output channels, blocks) of EfficientNet-b0's seven stages.
+# Initialisers of the reference implementations (TensorFlow's efficientnet_model.py; timm's
+# `_init_weight_goog`), where they differ from `layers.conv_def`'s fan-out normal: a depthwise
+# kernel's fan-out is k*k*channels / groups = k*k, its fan-in here (normal, std sqrt(2 / (k*k)));
+# the squeeze-and-excitation layers are 1x1 convolutions of that rule (std sqrt(2 / outputs)); the
+# classifier is uniform in +-1/sqrt(outputs). Biases start at zero.
+DEPTHWISE_INIT = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+SE_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+CLASSIFIER_INIT = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_out', 'uniform')
+
 B0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
              (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
 HEAD_FEATURE = 'head_conv'
@@ -68,10 +78,10 @@ class MBConvBlock(nn.Module):
     width = y.shape[-1]
     pad = self.kernel // 2
     y = self.conv(width, (self.kernel, self.kernel), self.strides, padding=[(pad, pad)] * 2,
-                  feature_group_count=width, name='dw_conv')(y)
+                  feature_group_count=width, kernel_init=DEPTHWISE_INIT, name='dw_conv')(y)
     y = self.act(self.norm(name='dw_bn')(y))
     y = resnet.SqueezeExcitation(squeeze_channels=max(1, int(in_channels * self.se_ratio)),
-                                 act=self.act, name='se')(y)
+                                 act=self.act, kernel_init=SE_INIT, name='se')(y)
     y = self.conv(self.filters, (1, 1), name='project_conv')(y)
     y = self.norm(name='project_bn')(y)
     if self.strides != (1, 1) or in_channels != self.filters:
@@ -81,6 +91,21 @@ class MBConvBlock(nn.Module):
       mask = jax.random.bernoulli(self.make_rng('dropout'), keep, (y.shape[0], 1, 1, 1))
       y = y * mask.astype(y.dtype) / keep
     return x + y
+
+
+class HeadConvBlock(nn.Module):
+  """The head's building block, 1x1 conv + BN + swish to `filters` channels, as a branch block (the
+  S_a blocks of the branch that reads the head convolution's output)."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: Tuple[int, int] = (1, 1)
+  act: Callable[[jax.Array], jax.Array] = nn.swish
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.act(self.norm(name='bn')(self.conv(self.filters, (1, 1), self.strides,
+                                                   name='conv')(x)))
 
 
 class EfficientNet(nn.Module):
@@ -125,6 +150,13 @@ class EfficientNet(nn.Module):
     """(feature name, channels) of what the head pools: the 1280-channel head conv output."""
     return HEAD_FEATURE, self.head_filters
 
+  def branch_end_stage(self) -> stages.StageSpec:
+    """Where the last stage's branch reads: "we always insert the last auxiliary branch B^N right
+    before the first-order pooling layer" (Section III-A), which pools the head convolution's
+    output, not stage 7's; its S_a blocks are the head's own 1x1 conv + BN + swish."""
+    return stages.StageSpec(name=HEAD_FEATURE, num_blocks=1, channels=self.head_filters, stride=1,
+                            block=functools.partial(HeadConvBlock, filters=self.head_filters))
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     conv = layers.conv_def(self.dtype)
@@ -148,7 +180,8 @@ class EfficientNet(nn.Module):
     x = jnp.mean(x, axis=(1, 2))
     features['pre_logits'] = x
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name='head')(x)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
+                      kernel_init=CLASSIFIER_INIT, name='head')(x)
     return logits.astype(jnp.float32), features
 
 

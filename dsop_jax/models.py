@@ -44,6 +44,7 @@ BACKBONES: Dict[str, Tuple[Callable[..., Any], bool]] = {
     'resnet152': (resnet.ResNet152, True),
     'seresnext101_32x4d': (resnet.SEResNeXt101_32x4d, True),
     'efficientnet_b0': (efficientnet.EfficientNetB0, True),
+    'resnet20': (cifar_backbones.ResNet20, False),
     'preact_resnet20': (cifar_backbones.PreActResNet20, False),
     'preact_resnet110': (cifar_backbones.PreActResNet110, False),
     'preact_resnet164': (cifar_backbones.PreActResNet164, False),
@@ -139,8 +140,9 @@ def branch_specs(model_config: ml_collections.ConfigDict) -> List[branches_lib.B
   """The auxiliary branches of the config, ordered from the input to the output: the DSoP
   branches, then the side branches of a PSDR second-order head."""
   backbone = _plain_backbone(model_config)
+  end = getattr(backbone, 'branch_end_stage', lambda: None)()
   specs = layout_branches(backbone.stage_specs(), model_config.branches,
-                          _activation(model_config))
+                          _activation(model_config), end)
   head = head_spec(model_config, backbone)
   if head is not None:
     specs += gsop.side_specs(head, backbone.head_input()[1])
@@ -148,12 +150,19 @@ def branch_specs(model_config: ml_collections.ConfigDict) -> List[branches_lib.B
 
 
 def layout_branches(stage_list: Sequence[stages.StageSpec], cfg: ml_collections.ConfigDict,
-                    activation: str = 'relu') -> List[branches_lib.BranchSpec]:
-  """Expands a `config.model.branches` layout over a backbone's stages into branch specs."""
+                    activation: str = 'relu', end: Optional[stages.StageSpec] = None
+                    ) -> List[branches_lib.BranchSpec]:
+  """Expands a `config.model.branches` layout over a backbone's stages into branch specs.
+
+  `end`: where the last stage's `blocks` branch reads and takes its blocks from, when the
+  first-order pooling does not read the last stage's output (EfficientNet's head conv).
+  """
   specs = []
   for index, stage in enumerate(stage_list):
     number = int(stage.name[len('stage'):])
-    if cfg.blocks:
+    if cfg.blocks and end is not None and index == len(stage_list) - 1:
+      places, stage = [(cfg.blocks[index], f'a_pds{number}', end.name)], end
+    elif cfg.blocks:
       places = [(cfg.blocks[index], f'a_pds{number}', stage.name)]
     elif cfg.pattern:
       places = [(n, f'a_pds{number}_{b + 1}', stages.block_feature_name(stage.name, b + 1))
@@ -180,7 +189,8 @@ def create(model_config: ml_collections.ConfigDict) -> dsop.DSoPNet:
 
 def head_names(model_config: ml_collections.ConfigDict) -> List[str]:
   """Every supervised head: 'logits' (main) and each auxiliary output, in model order."""
-  stage_channels = {s.name: s.channels for s in _stage_specs(model_config)}
+  stage_channels = {name: s.channels for name, s in
+                    stages.branch_block_specs(_plain_backbone(model_config)).items()}
   names = ['logits']
   for spec in branch_specs(model_config):
     names += branches_lib.side_branch_names(spec, stage_channels[spec.stage]) + [spec.name]

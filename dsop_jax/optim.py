@@ -12,8 +12,12 @@
 - AdaHessian (Table IX; Yao et al., AAAI 2021): Adam-like moments of the gradient and of a
   Hutchinson estimate of the Hessian diagonal, |H z| for a Rademacher vector z (so that
   E[z * Hz] = diag(H)), averaged over the spatial taps of each convolution kernel, and decoupled
-  weight decay, as in the official PyTorch code. The train step supplies the estimate from a
-  Hessian-vector product (jax.jvp over jax.grad) as the extra argument `hessian_diagonal`.
+  weight decay, as in the official PyTorch code. Its training script divides the configured decay
+  by the initial learning rate before building the optimiser (image_classification/main.py:
+  `args.weight_decay = args.weight_decay / args.lr`), so `config.optim.weight_decay` is the decay
+  per step at the initial rate, p <- p - lr_t * (m_hat / denom + (wd / lr_0) * p). The train step
+  supplies the estimate from a Hessian-vector product (jax.jvp over jax.grad) as the extra argument
+  `hessian_diagonal`.
 - 'step' schedules: the base rate multiplied by `decay_factor` at each epoch in `decay_epochs`
   (ImageNet: 0.1 at 30 and 60; pre-act ResNets: 0.1 at 80 and 95; WRN: 0.2 at 60, 120, 160;
   ResNeXt: 0.1 at 150 and 225), optionally after a linear warm-up; 'cosine' with linear warm-up;
@@ -173,8 +177,8 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
   validate_optim_config(config)
   o = config.optim
   lr = learning_rate_schedule(config, steps_per_epoch, num_steps)
-  if o.name == 'adahessian':
-    return adahessian(lr, eps=o.eps, weight_decay=o.weight_decay,
+  if o.name == 'adahessian':  # Decay / initial rate, as AdaHessian's training script does.
+    return adahessian(lr, eps=o.eps, weight_decay=o.weight_decay / o.learning_rate,
                       hessian_power=o.hessian_power)
   if o.name == 'radam':
     return radam(lr, weight_decay=o.weight_decay)

@@ -51,15 +51,18 @@ class SqueezeExcitation(nn.Module):
   """Channel gates (Hu et al. 2018): GAP -> dense C/r (bias) -> ReLU -> dense C (bias) -> sigmoid;
   the dense layers are the reference code's biased 1x1 convolutions on the pooled vector.
   `squeeze_channels` > 0 sets the squeezed width directly and `act` its activation (EfficientNet:
-  a quarter of the block's input channels, swish)."""
+  a quarter of the block's input channels, swish); `kernel_init` initialises both dense kernels
+  (None: Flax's default; EfficientNet: its reference rule)."""
   reduction: int = 16
   squeeze_channels: int = 0
   act: Callable[[jax.Array], jax.Array] = nn.relu
+  kernel_init: Optional[Callable[..., jax.Array]] = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     channels = x.shape[-1]
-    dense = functools.partial(nn.Dense, dtype=x.dtype, param_dtype=jnp.float32)
+    init = {} if self.kernel_init is None else {'kernel_init': self.kernel_init}
+    dense = functools.partial(nn.Dense, dtype=x.dtype, param_dtype=jnp.float32, **init)
     gate = jnp.mean(x, axis=(1, 2), keepdims=True)
     squeezed = self.squeeze_channels or channels // self.reduction
     gate = self.act(dense(squeezed, name='fc1')(gate))

@@ -60,3 +60,14 @@ def run_stages(x: jax.Array, specs: Sequence[StageSpec], *, conv: ModuleDef, nor
       index += 1
     features[spec.name] = x
   return x
+
+
+def branch_block_specs(backbone: Any) -> Dict[str, StageSpec]:
+  """{name: spec} of every place a branch can take its S_a blocks from: the backbone's stages, and
+  the spec of what its first-order pooling reads when that is not a stage's output (EfficientNet's
+  head convolution, `branch_end_stage()`)."""
+  specs = {s.name: s for s in backbone.stage_specs()}
+  end = getattr(backbone, 'branch_end_stage', None)
+  if end is not None and end() is not None:
+    specs[end().name] = end()
+  return specs

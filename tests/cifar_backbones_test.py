@@ -23,6 +23,9 @@ def _abstract(module):
     (cb.PreActResNet110, 1_730_522),    # He et al.: 1.7M (1x1 projection shortcuts).
     (cb.WRN22_10, 26_797_914),
     (cb.PreActResNet20, 272_282),       # He et al.: 0.27M.
+    # Post-activation, as bearpaw/pytorch-classification's models/cifar/resnet.py (depth 20), the
+    # network AdaHessian's and RAdam's CIFAR code train (Table IX(a)).
+    (cb.ResNet20, 272_474),
 ])
 def test_parameter_counts(cls, count):
   _, variables = _abstract(cls(num_classes=10))
@@ -32,7 +35,8 @@ def test_parameter_counts(cls, count):
 @pytest.mark.parametrize('cls, blocks, channels', [
     (cb.PreActResNet110, 18, (16, 32, 64)), (cb.PreActResNet164, 18, (64, 128, 256)),
     (cb.WRN22_10, 3, (160, 320, 640)), (cb.WRN28_10, 4, (160, 320, 640)),
-    (cb.ResNeXt29_8x64d, 3, (256, 512, 1024)), (cb.PreActResNet20, 3, (16, 32, 64))])
+    (cb.ResNeXt29_8x64d, 3, (256, 512, 1024)), (cb.PreActResNet20, 3, (16, 32, 64)),
+    (cb.ResNet20, 3, (16, 32, 64))])
 def test_stages_and_features(cls, blocks, channels):
   model = cls(num_classes=100)
   specs = model.stage_specs()
@@ -50,3 +54,4 @@ def test_stages_and_features(cls, blocks, channels):
 def test_preact_flags():
   assert all(s.preact for s in cb.WRN28_10().stage_specs())
   assert not any(s.preact for s in cb.ResNeXt29_8x64d().stage_specs())
+  assert not any(s.preact for s in cb.ResNet20().stage_specs())

@@ -70,7 +70,7 @@ def test_dsop_and_second_order_configs():
   specs = models.branch_specs(dsop.model)
   assert [(s.name, s.attach, s.num_blocks, s.pool_channels, s.activation, s.dropout)
           for s in specs] == [('a_pds4', 'stage4', 3, 64, 'swish', 0.2),
-                              ('a_pds7', 'stage7', 1, 64, 'swish', 0.2)]
+                              ('a_pds7', 'head_conv', 1, 64, 'swish', 0.2)]
   second = imagenet_efficientnet_b0.get_config('plain,isqrt_cov')
   head = models.head_spec(second.model)
   assert (head.attach, head.pool_channels, head.activation, head.dropout) == (
@@ -99,7 +99,7 @@ def test_swish_reduction_in_the_branches():
 def test_tiny_efficientnet_dsop_trains_with_the_configs_rmsprop():
   """The DSoP config's code path at a size this CPU compiles quickly (the full network takes a
   forward pass in configs_test): a two-stage EfficientNet with a branch per stage and the
-  second-order head with PSDR side branches, trained by the config's own optimiser (RMSProp, the
+  second-order head with PSDR side branches (the last branch on the head conv), trained by the config's own optimiser (RMSProp, the
   exponential schedule after warm-up) in the real train step, then evaluated."""
   config = imagenet_efficientnet_b0.get_config('isqrt_cov,psdr=8,psdr_aux')
   config.optim.warmup_epochs = 0.0
@@ -107,7 +107,10 @@ def test_tiny_efficientnet_dsop_trains_with_the_configs_rmsprop():
   backbone = efficientnet.EfficientNet(stage_config=stage_config, head_filters=32, num_classes=10)
   layout = conftest.branches_config(blocks=(1, 1), channels=(8, 8), reduction=('direct',) * 2,
                                     dropout=0.2)
-  branches = models.layout_branches(backbone.stage_specs(), layout, 'swish')
+  # The last branch reads the head conv's output, with one block of the head's conv + BN + swish.
+  branches = models.layout_branches(backbone.stage_specs(), layout, 'swish',
+                                    backbone.branch_end_stage())
+  assert [b.attach for b in branches] == ['stage1', 'head_conv']
   head = models.head_spec(config.model, backbone)
   sides = gsop.side_specs(head, 32)
   model = dsop.DSoPNet(backbone=backbone.clone(head=functools.partial(gsop.GSoPHead, head)),

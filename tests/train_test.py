@@ -33,6 +33,7 @@ from dsop_jax import runs
 from dsop_jax import sharding
 from dsop_jax import steps
 from dsop_jax import train
+from tests import data_parallel_run
 from tests import train_helpers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -153,13 +154,13 @@ def test_data_parallel_8_devices_matches_1_device(tmp_path):
   weights grows to 2e-2 absolute after 4 steps on one device), so any rounding difference between
   reduction orders would be amplified the same way over more steps.
   """
-  runs = [_start_logged(  # Both at once: much of each is single-threaded start-up.
-      [sys.executable, os.path.join(HERE, 'data_parallel_run.py'), str(tmp_path / f'work{devices}'),
-       str(tmp_path / f'{devices}.npz')], tmp_path / f'{devices}.log',
-      env=dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}'))
-          for devices in (1, 8)]
-  for run in runs:
-    _succeeds(*run)
+  eight = _start_logged(
+      [sys.executable, os.path.join(HERE, 'data_parallel_run.py'), str(tmp_path / 'work8'),
+       str(tmp_path / '8.npz')], tmp_path / '8.log',
+      env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8'))
+  assert jax.device_count() == 1  # This process: the 1-device run, meanwhile.
+  data_parallel_run.main(str(tmp_path / 'work1'), str(tmp_path / '1.npz'))
+  _succeeds(*eight)
   results = {devices: dict(np.load(tmp_path / f'{devices}.npz')) for devices in (1, 8)}
   assert int(results[1].pop('devices')) == 1 and int(results[8].pop('devices')) == 8
   m1, m8 = json.loads(str(results[1].pop('metrics'))), json.loads(str(results[8].pop('metrics')))
@@ -358,19 +359,27 @@ def test_preemption_of_two_processes_and_sigkill_then_rerun_match_an_uninterrupt
 
   first = [tmp_path / f'first{i}.txt' for i in range(2)]
   processes = start_two(first)
-  _wait_for_steps(processes[0], first[0], 2, deadline_s=300)
-  processes[0].send_signal(signal.SIGTERM)
+  kill_after = random.Random().randint(1, 9)
+  killed_run, _ = _start_logged(command('killed'), tmp_path / 'kill.txt', env=two_devices)
+  # SIGTERM to process 0 after 2 steps, SIGKILL to the other run after `kill_after`, as they come.
+  signals = [(processes[0], first[0], 2, signal.SIGTERM),
+             (killed_run, tmp_path / 'kill.txt', kill_after, signal.SIGKILL)]
+  deadline = time.time() + 300
+  while signals:
+    for entry in list(signals):
+      process, log_path, steps_done, signum = entry
+      log = open(log_path).read()
+      assert process.poll() is None and time.time() < deadline, log[-3000:]
+      if log.count('train/loss=') >= steps_done:
+        process.send_signal(signum)
+        signals.remove(entry)
+    time.sleep(0.05)
   assert [p.wait(timeout=300) for p in processes] == [0, 0]
   stopped = [int(open(f).read().split('Preempted (SIGTERM) at step ')[1].split(';')[0])
              for f in first]
   assert stopped[0] == stopped[1] < 11
   assert checkpointing.Checkpointer(workdir).latest_step() == stopped[0]  # Nothing lost.
-
-  kill_after = random.Random().randint(1, 9)
-  process, _ = _start_logged(command('killed'), tmp_path / 'kill.txt', env=two_devices)
-  _wait_for_steps(process, tmp_path / 'kill.txt', kill_after)
-  process.send_signal(signal.SIGKILL)
-  assert process.wait(timeout=120) == -signal.SIGKILL
+  assert killed_run.wait(timeout=120) == -signal.SIGKILL
   logged = open(tmp_path / 'kill.txt').read().count('train/loss=')
   killed = checkpointing.Checkpointer(str(tmp_path / 'killed')).latest_step() or 0
   # Periodic checkpoints only; a save in progress at the kill may be lost, nothing before it.

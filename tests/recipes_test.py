@@ -1,0 +1,180 @@
+"""Every config trains what the paper, or the official code it cites, trained: each value pinned,
+with its source in the failure message."""
+
+import functools
+import importlib
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import imagenet_efficientnet_b0
+from configs import imagenet_r101
+from configs import imagenet_r50
+from configs import imagenet_seresnext101
+from dsop_jax import cifar_backbones
+from dsop_jax import complexity
+from dsop_jax import covpool
+from dsop_jax import efficientnet
+from dsop_jax import input_pipeline
+from dsop_jax import layers
+from dsop_jax import models
+from dsop_jax import optim
+
+cifar_resnet20 = importlib.import_module('configs.cifar_resnet20')
+
+
+def _recipe(config):
+  return (config.train.batch_size, config.train.num_epochs, config.optim.name,
+          config.optim.learning_rate, tuple(config.optim.decay_epochs), config.optim.decay_factor,
+          config.optim.weight_decay)
+
+
+def test_two_phase_schedule_of_section_v_c():
+  config = imagenet_r50.get_config('two_phase')
+  rates = optim.learning_rate_schedule(config, steps_per_epoch=10, num_steps=150)
+  assert (config.train.policy, config.train.num_epochs) == ('two_phase', 15.0)
+  assert [float(rates(step)) for step in (0, 49, 50, 99, 100, 149)] == pytest.approx(
+      [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]), (
+          'Section V-C: "Learning rate starts at 0.1, and is reduced to 0.01 and 0.001 after 5 '
+          'and 10 epochs, respectively."')
+
+
+def _first_update(config, params):
+  tx = optim.create_optimizer(config, steps_per_epoch=1, num_steps=200)
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+  extra = {'hessian_diagonal': zeros} if optim.needs_hessian(config) else {}
+  updates, _ = tx.update(zeros, tx.init(params), params, **extra)
+  return updates
+
+
+def test_adahessian_weight_decay_is_divided_by_the_initial_rate():
+  params = {'w': jnp.full((3,), 2.0)}
+  config = cifar_resnet20.get_config('cifar10,adahessian')
+  # With a zero gradient the first update is the decay alone: lr_0 * (wd / lr_0) * p = wd * p.
+  np.testing.assert_allclose(
+      _first_update(config, params)['w'], -5e-4 * 2.0, rtol=1e-6,
+      err_msg='amirgholami/adahessian image_classification/main.py: "args.weight_decay = '
+              'args.weight_decay / args.lr" before Adahessian(lr=args.lr, weight_decay=...)')
+  # RAdam's code decays by lr * wd (RAdam/radam.py: p -= weight_decay * lr * p), unchanged.
+  config = cifar_resnet20.get_config('cifar10,radam')
+  np.testing.assert_allclose(_first_update(config, params)['w'], -0.003 * 1e-4 * 2.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize('argument, recipe, source', [
+    ('cifar10', (256, 160.0, 'sgd', 0.1, (80, 120), 0.1, 5e-4),
+     'adahessian image_classification/config/resnet20_cifar10/sgd.sh "--lr 0.1 --optimizer sgd '
+     '--depth 20" with main.py defaults batch 256, 160 epochs, decay 0.1 at 80 and 120, wd 5e-4'),
+    ('cifar10,adahessian', (256, 160.0, 'adahessian', 0.15, (80, 120), 0.1, 5e-4),
+     'adahessian image_classification/main.py defaults: batch 256, 160 epochs, lr 0.15, 80/120, '
+     'wd 5e-4'),
+    ('cifar10,radam', (128, 164.0, 'radam', 0.003, (81, 122), 0.1, 1e-4),
+     'RAdam cifar_imagenet/recipes.md: "cifar.py -a resnet --depth 20 --epochs 164 --schedule 81 '
+     '122 --wd 1e-4"'),
+])
+def test_table_ix_a_rows_use_their_optimiser_papers_recipe(argument, recipe, source):
+  config = cifar_resnet20.get_config(argument)
+  assert _recipe(config) == recipe, source
+  assert config.model.name == 'resnet20', (
+      'Both optimiser papers train the post-activation ResNet-20 of bearpaw/pytorch-classification '
+      '(models/cifar/resnet.py)')
+  assert config.data.dataset == 'cifar10'
+
+
+def test_the_post_activation_resnet20_blocks():
+  spec = cifar_backbones.ResNet20().stage_specs()[1]
+  assert not spec.preact and spec.block.func.__name__ == 'BasicBlock', (
+      'bearpaw models/cifar/resnet.py BasicBlock: conv-bn-relu-conv-bn, += residual, relu')
+
+
+def test_se_resnext101_teacher_of_section_v_b():
+  config = imagenet_seresnext101.get_config()
+  source = ('Section V-B: "we reduced the mini-batch size from 1024 to 256 for SE-ResNeXt-101 ... '
+            'we reduced the initial learning rate from 0.6 to 0.15", "the final size of a random '
+            'image crop to 256 x 256 pixels"')
+  assert (config.train.batch_size, config.optim.learning_rate, config.data.image_size) == (
+      256, 0.15, 256), source
+  assert (config.train.num_epochs, tuple(config.optim.decay_epochs)) == (100.0, (30, 60, 90)), (
+      'SENet [36]: "decreased by a factor of 10 every 30 epochs. Models are trained for 100 epochs"')
+  assert config.model.last_stride == 2 and config.model.branches.blocks == (0, 0, 0, 0)
+
+
+def test_resnet101_table_i_column_is_s1_and_the_teacher_s2():
+  config = imagenet_r101.get_config()
+  assert config.model.last_stride == 1 and config.model.branches.blocks == (0, 0, 0, 0), (
+      "Table I's 101-layer column has conv5_x at 14 x 14 (stride 1 in stage 5)")
+  report = complexity.report(config)
+  assert report['params_test'] == 44_549_160  # Table I: 44.5M.
+  assert report['gflops_test'] == pytest.approx(10.01, rel=0.015), "Table I: 10.01 GFLOPs"
+  assert imagenet_r101.get_config('s2').model.last_stride == 2  # The distillation teacher.
+
+
+def test_cifar100_is_normalised_with_its_own_statistics():
+  cifar10, cifar100 = (input_pipeline.DATASETS[name] for name in ('cifar10', 'cifar100'))
+  assert cifar100.mean == (129.3, 124.1, 112.4) and cifar100.std == (68.2, 65.4, 70.4), (
+      "CIFAR-100's per-channel training-set mean and std, not CIFAR-10's")
+  assert cifar10.mean != cifar100.mean
+
+
+def test_preact_bottleneck_strides_its_first_1x1_convolution():
+  block = cifar_backbones.PreActBottleneckBlock(filters=8, conv=layers.conv_def(),
+                                                norm=layers.norm_def(False), strides=(2, 2))
+  x = jnp.zeros((1, 8, 8, 16))
+  variables = jax.eval_shape(block.init, jax.random.PRNGKey(0), x)
+  jaxpr = jax.make_jaxpr(block.apply)(variables, x)
+  convs = [(e.invars[1].aval.shape[:2], e.params['window_strides']) for e in jaxpr.eqns
+           if e.primitive.name == 'conv_general_dilated']
+  assert convs[:2] == [((1, 1), (2, 2)), ((3, 3), (1, 1))], (
+      'KaimingHe/resnet-1k-layers resnet-pre-act.lua: '
+      'Convolution(nInputPlane,nBottleneckPlane,1,1,stride,stride,0,0) then a stride-1 3x3')
+
+
+def test_efficientnet_end_branch_reads_the_head_convolution():
+  config = imagenet_efficientnet_b0.get_config()
+  ends = [s for s in models.branch_specs(config.model) if s.name == 'a_pds7']
+  assert [(s.attach, s.stage, s.stage_index, s.num_blocks) for s in ends] == [
+      ('head_conv', 'head_conv', 6, 1)], (
+          'Section III-A: "we always insert the last auxiliary branch B^N right before the '
+          'first-order pooling layer"')
+  assert models.head_names(config.model) == ['logits', 'a_pds4', 'a_pds7']
+  report = complexity.report(config)
+  assert report['branches']['a_pds7']['attach'] == 'head_conv'
+  assert report['params_test'] == 5_288_548  # Detached: the plain network.
+
+
+@functools.cache
+def _efficientnet_params():
+  model = efficientnet.EfficientNetB0(num_classes=1000)
+  return models.init_variables(model, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+
+
+def test_efficientnet_initialisation_follows_the_reference():
+  params = _efficientnet_params()
+  source = ("timm _init_weight_goog / TensorFlow efficientnet_model.py: conv fan-out = "
+            "k*k*out_channels // groups, normal(0, sqrt(2 / fan_out)); Linear uniform(+-1/sqrt(out))")
+  dw = params['stage6_block1']['dw_conv']['kernel']  # 5x5 depthwise over 112 * 6 = 672 channels.
+  assert dw.shape == (5, 5, 1, 672)
+  assert float(jnp.std(dw)) == pytest.approx(np.sqrt(2 / 25), rel=0.05), source
+  se = params['stage6_block1']['se']
+  assert float(jnp.std(se['fc1']['kernel'])) == pytest.approx(np.sqrt(2 / 28), rel=0.1), source
+  assert float(jnp.std(se['fc2']['kernel'])) == pytest.approx(np.sqrt(2 / 672), rel=0.05), source
+  assert not np.any(se['fc1']['bias']) and not np.any(se['fc2']['bias'])
+  head = params['head']['kernel']
+  assert float(jnp.max(jnp.abs(head))) <= 1 / np.sqrt(1000), source
+  assert float(jnp.std(head)) == pytest.approx(1 / np.sqrt(3000), rel=0.05), source
+  # Other convolutions keep fan-out k*k*out: the head conv (1x1, 1280 outputs).
+  assert float(jnp.std(params['head_conv']['kernel'])) == pytest.approx(np.sqrt(2 / 1280),
+                                                                        rel=0.05)
+
+
+def test_mpn_cov_eigenvalue_floor_is_the_documented_deviation():
+  """The official MPN-COV keeps the eigenvalues above float epsilon times the largest and fills
+  only kept x kept pairs in its backward pass; dsop_jax keeps those above 1e-5 times the largest
+  and uses the exact derivative of what it computes (reasons in covpool.eig_sqrtm's docstring)."""
+  assert inspect.signature(covpool.eig_sqrtm).parameters['rel_eps'].default == 1e-5
+  assert 'Deviation from the official MPN-COV code' in covpool.eig_sqrtm.__doc__
+  sigma = jnp.diag(jnp.asarray([1.0, 2e-5, 5e-6, 0.0]))[None]
+  root = np.diag(np.asarray(covpool.eig_sqrtm(sigma))[0])
+  np.testing.assert_allclose(root, [1.0, np.sqrt(2e-5), 0.0, 0.0], rtol=1e-4, atol=1e-7)
