@@ -178,3 +178,28 @@ def test_mpn_cov_eigenvalue_floor_is_the_documented_deviation():
   sigma = jnp.diag(jnp.asarray([1.0, 2e-5, 5e-6, 0.0]))[None]
   root = np.diag(np.asarray(covpool.eig_sqrtm(sigma))[0])
   np.testing.assert_allclose(root, [1.0, np.sqrt(2e-5), 0.0, 0.0], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize('name, family', [
+    ('cifar_resnet110', 'preact'), ('cifar_resnet164', 'preact'), ('cifar_wrn22_10', 'wrn'),
+    ('cifar_wrn28_10', 'wrn'), ('cifar_resnext29_8x64d', 'resnext'),
+    ('cifar_resnext29_16x64d', 'resnext')])
+def test_cifar_baselines_train_on_their_own_papers_recipe(name, family):
+  module = importlib.import_module(f'configs.{name}')
+  original = module.get_config('cifar100,plain,original')
+  expected = {
+      'preact': (128, 164.0, 'sgd', 0.1, (80, 121), 0.1, 1e-4),
+      'wrn': (128, 200.0, 'sgd', 0.1, (59, 119, 159), 0.2, 5e-4),
+      'resnext': (128, 300.0, 'sgd', 0.1, (147, 222), 0.1, 5e-4)}[family]
+  sources = {'preact': 'fb.resnet.torch train.lua/opts.lua: nesterov, x0.1 from epoch 81 and 122, '
+                       '164 epochs, wd 1e-4',
+             'wrn': 'wide-residual-networks scripts/train_cifar.sh: epoch_step {60,120,160}, '
+                    'max_epoch 200, ratio 0.2, nesterov=true',
+             'resnext': 'facebookresearch/ResNeXt: -weightDecay 5e-4 -batchSize 128 -nEpochs 300, '
+                        'x0.1 once epoch/nEpochs > 0.49 and > 0.74, nesterov'}[family]
+  assert _recipe(original) == expected and original.optim.nesterov, sources
+  assert original.model.branches.pattern == ''
+  dsop_schedule = module.get_config('cifar100,plain')
+  assert not dsop_schedule.optim.nesterov and _recipe(dsop_schedule) != expected
+  with pytest.raises(ValueError, match="'cifar10,original' is invalid"):
+    cifar_resnet20.get_config('cifar10,original')  # Table IX(a) rows are already originals.
