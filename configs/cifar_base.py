@@ -131,6 +131,9 @@ def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:
   config.model.num_classes = NUM_CLASSES[dataset]  # 10 or 100.
   config.model.last_stride = 2  # Unused by CIFAR backbones (ImageNet ResNets only).
   config.model.dtype = 'float32'  # Activation dtype: float32 or bfloat16 (covariance pooling: float32).
+  # Examples per BatchNorm statistics group in training; 0 = the whole global batch (the paper does
+  # not say how its CIFAR batches were split over GPUs).
+  config.model.bn_group_size = 0
   config.model.stage_sizes = ()  # Backbone blocks per stage; () = the named network's own.
 
   config.model.branches = ml_collections.ConfigDict()

@@ -150,6 +150,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.model.num_classes = 1000  # ImageNet-1k.
   config.model.last_stride = 1  # Stage-5 stride: 1 = the paper's "-s1" (Tables I, II), 2 = standard.
   config.model.dtype = 'float32'  # Activation dtype: float32 or bfloat16 (covariance pooling: float32).
+  # Examples per BatchNorm statistics group in training; 0 = the whole global batch. The paper
+  # trained with PyTorch DataParallel on 8 GPUs, mini-batch 256: BN statistics over 32 images.
+  config.model.bn_group_size = 32
   # Backbone blocks per stage; () = the named network's own (ResNet-50: 3, 4, 6, 3). E.g. (1, 1, 1, 1)
   # keeps every width, branch and head of a config on a shallow backbone (a smoke test of a config).
   config.model.stage_sizes = ()

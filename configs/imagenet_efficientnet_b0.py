@@ -22,7 +22,7 @@ Training. The paper's batch 768 and RMSProp learning rate 0.048 are those of tim
 recipe (footnote 4: 2 GPUs x 384, lr .048), whose other settings are used here: RMSProp as in
 TensorFlow (decay 0.9, momentum 0.9, epsilon 1e-3 inside the square root), weight decay 1e-5, the
 rate x0.97 every 2.4 epochs after a 3-epoch warm-up, 450 epochs, dropout 0.2 and stochastic depth
-0.2. Not reproduced: timm's weight EMA (0.9999) and its exclusion of BN and bias parameters from
+0.2, BatchNorm statistics per GPU of 384 images (`model.bn_group_size`). Not reproduced: timm's weight EMA (0.9999) and its exclusion of BN and bias parameters from
 weight decay; the paper used "baseline ResNet preprocessing", which is the input pipeline here.
 
 Complexity (python -m dsop_jax.complexity --config=configs/imagenet_efficientnet_b0.py): 5,288,548
@@ -50,6 +50,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.loss.betas = (1.0,) * 7
 
   config.train.batch_size = 768
+  config.model.bn_group_size = 384  # timm's recipe on 2 GPUs: BN statistics per GPU of 384.
   config.train.num_epochs = 450.0
   config.optim.name = 'rmsprop'
   config.optim.learning_rate = 0.048

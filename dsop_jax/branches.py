@@ -105,12 +105,13 @@ class PooledClassifier(nn.Module):
   dropout: float = 0.0
   dtype: Any = jnp.float32
   activation: str = 'relu'
+  bn_group_size: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     if self.reduce_to is not None:
       x = layers.ConvNormAct(self.reduce_to, layers.conv_def(self.dtype),
-                             layers.norm_def(train, self.dtype),
+                             layers.norm_def(train, self.dtype, self.bn_group_size),
                              layers.ACTIVATIONS[self.activation], name='dr')(x)
     x = covpool.get_pool(self.pool, self.num_iters)(x)
     if self.dropout:
@@ -125,19 +126,20 @@ class AuxBranch(nn.Module):
   stage: stages.StageSpec
   num_classes: int
   dtype: Any = jnp.float32
+  bn_group_size: int = 0  # Examples per BatchNorm statistics group in training.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> Dict[str, jax.Array]:
     spec = self.spec
     conv = layers.conv_def(self.dtype)
-    norm = layers.norm_def(train, self.dtype)
+    norm = layers.norm_def(train, self.dtype, self.bn_group_size)
     for i in range(spec.num_blocks):  # S_a: the stage's own block, stride 1.
       x = self.stage.block(conv=conv, norm=norm, strides=(1, 1), name=f'block{i + 1}')(x)
     if self.stage.preact:  # The BN-ReLU a pre-activation backbone applies before pooling.
       x = nn.relu(norm(name='bn_final')(x))
     head = lambda reduce_to, name: PooledClassifier(  # noqa: E731
         spec.pool, self.num_classes, reduce_to, spec.num_iters, spec.dropout, self.dtype,
-        spec.activation, name=name)
+        spec.activation, self.bn_group_size, name=name)
     act = layers.ACTIVATIONS[spec.activation]
     chain = reduction_channels(spec, x.shape[-1])
     outputs = {}

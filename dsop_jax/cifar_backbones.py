@@ -77,6 +77,7 @@ class _CifarNet(nn.Module):
   """Shared shell: 3x3 stem, three stages, GAP and a dense head. Subclasses define the stages."""
   num_classes: int = 10
   dtype: Any = jnp.float32
+  bn_group_size: int = 0  # Examples per BatchNorm statistics group in training (layers.norm_def).
 
   stem_filters = 16
   preact = True
@@ -87,7 +88,7 @@ class _CifarNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     conv = layers.conv_def(self.dtype)
-    norm = layers.norm_def(train, self.dtype)
+    norm = layers.norm_def(train, self.dtype, self.bn_group_size)
     x = conv(self.stem_filters, (3, 3), padding=1, name='conv_init')(x.astype(self.dtype))
     if not self.preact:
       x = nn.relu(norm(name='bn_init')(x))

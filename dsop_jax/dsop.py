@@ -27,11 +27,14 @@ class DSoPNet(nn.Module):
     branches: the branches to plug in, in order from the input to the output (Fig. 1).
     num_classes: outputs of every branch classifier (the same task as the main head).
     dtype: compute dtype of the branches' convolutions and classifiers.
+    bn_group_size: examples per BatchNorm statistics group of the branches in training (the
+      backbone carries its own, the same in `models.create`).
   """
   backbone: nn.Module
   branches: Sequence[branches_lib.BranchSpec] = ()
   num_classes: int = 1000
   dtype: Any = jnp.float32
+  bn_group_size: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> Mapping[str, Any]:
@@ -41,6 +44,7 @@ class DSoPNet(nn.Module):
     aux_logits: Dict[str, jax.Array] = {}
     for spec in self.branches:
       branch = branches_lib.AuxBranch(spec, specs[spec.stage], self.num_classes, self.dtype,
+                                      self.bn_group_size,
                                       name=spec.name)
       aux_logits.update(branch(features[spec.attach], train))
     return {'logits': logits, 'aux_logits': aux_logits}

@@ -120,7 +120,9 @@ class EfficientNet(nn.Module):
     last_stride: stride of the last down-sampling stage (stage 6 in b0): 2 is the standard network.
     dtype: compute dtype of activations (parameters stay float32); logits are float32.
     head: None for GAP + dropout + a dense layer ('head'), else a module factory called with
-      (num_classes=, dtype=, name='gsop') mapping the head conv's output to (logits, features).
+      (num_classes=, dtype=, bn_group_size=, name='gsop') mapping the head conv's output to
+      (logits, features).
+    bn_group_size: examples per BatchNorm statistics group in training (`layers.norm_def`).
   """
   stage_config: Sequence[Tuple[int, int, int, int, int]] = B0_STAGES
   num_classes: int = 1000
@@ -131,6 +133,7 @@ class EfficientNet(nn.Module):
   last_stride: int = 2
   dtype: Any = jnp.float32
   head: Optional[ModuleDef] = None
+  bn_group_size: int = 0
 
   def _strides(self) -> List[int]:
     strides = [s for _, _, s, _, _ in self.stage_config]
@@ -160,7 +163,7 @@ class EfficientNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     conv = layers.conv_def(self.dtype)
-    norm = layers.norm_def(train, self.dtype)
+    norm = layers.norm_def(train, self.dtype, self.bn_group_size)
     x = x.astype(self.dtype)
     x = conv(self.stem_filters, (3, 3), (2, 2), padding=[(1, 1), (1, 1)], name='stem_conv')(x)
     x = nn.swish(norm(name='stem_bn')(x))
@@ -174,6 +177,7 @@ class EfficientNet(nn.Module):
     features[HEAD_FEATURE] = x
     if self.head is not None:
       logits, head_features = self.head(num_classes=self.num_classes, dtype=self.dtype,
+                                        bn_group_size=self.bn_group_size,
                                         name='gsop')(x, train)
       features.update(head_features)
       return logits, features

@@ -63,10 +63,12 @@ class GSoPHead(nn.Module):
       dropout (the name, stage and attach fields say where it sits: the last stage).
     num_classes: classifier outputs.
     dtype: compute dtype of the convolutions and the classifier (pooling is float32).
+    bn_group_size: examples per BatchNorm statistics group in training (`layers.norm_def`).
   """
   spec: branches_lib.BranchSpec
   num_classes: int = 1000
   dtype: Any = jnp.float32
+  bn_group_size: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> Tuple[jax.Array, Dict[str, jax.Array]]:
@@ -74,7 +76,7 @@ class GSoPHead(nn.Module):
     pooled representation})."""
     spec = self.spec
     conv = layers.conv_def(self.dtype)
-    norm = layers.norm_def(train, self.dtype)
+    norm = layers.norm_def(train, self.dtype, self.bn_group_size)
     chain = branches_lib.reduction_channels(spec, x.shape[-1])
     act = layers.ACTIVATIONS[spec.activation]
     features = {}

@@ -11,6 +11,7 @@ import functools
 from typing import Any, Callable
 
 import flax.linen as nn
+from flax.linen import normalization as flax_normalization
 import jax
 import jax.numpy as jnp
 
@@ -28,11 +29,58 @@ def conv_def(dtype: Dtype = jnp.float32) -> ModuleDef:
       nn.Conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=conv_kernel_init)
 
 
-def norm_def(train: bool, dtype: Dtype = jnp.float32) -> ModuleDef:
-  """BatchNorm in batch-statistics mode when `train`, running averages otherwise."""
+def norm_def(train: bool, dtype: Dtype = jnp.float32, group_size: int = 0) -> ModuleDef:
+  """BatchNorm in batch-statistics mode when `train`, running averages otherwise.
+
+  `group_size` > 0 normalises each run of `group_size` consecutive examples of the batch with its
+  own statistics in training (`GroupBatchNorm`: the paper's PyTorch DataParallel runs, 32 images per
+  GPU); 0 uses the whole global batch. Evaluation always uses the running averages, so the
+  variables and the deployed network are the same either way.
+  """
+  if train and group_size:
+    return functools.partial(GroupBatchNorm, group_size=group_size, momentum=0.9, epsilon=1e-5,
+                             dtype=dtype)
   return functools.partial(
       nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
       param_dtype=jnp.float32)
+
+
+class GroupBatchNorm(nn.Module):
+  """Training-mode BatchNorm over groups of `group_size` consecutive examples (the leading axis),
+  with the variables of `nn.BatchNorm` ('scale', 'bias'; 'mean', 'var' in 'batch_stats').
+
+  Each group is normalised with its own mean and biased variance, computed and applied by Flax's
+  own BatchNorm functions (float32 statistics, E[x^2] - E[x]^2 clipped at 0); the running averages
+  move towards the mean over groups of those statistics. A batch of at most `group_size` examples
+  is one group: then every operation is `nn.BatchNorm`'s, so results are bit-identical. Under a
+  mesh that splits the batch into shards of whole groups, each group's statistics stay on its
+  device.
+  """
+  group_size: int
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = (x.shape[-1],)
+    ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), features)
+    ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), features)
+    groups = max(1, x.shape[0] // self.group_size)
+    if x.shape[0] % groups:
+      raise ValueError(f'config.model.bn_group_size = {self.group_size} is invalid: it must divide '
+                       f'the batch of {x.shape[0]} examples.')
+    grouped = x if groups == 1 else x.reshape((groups, x.shape[0] // groups) + x.shape[1:])
+    axes = tuple(range(0 if groups == 1 else 1, grouped.ndim - 1))  # All but groups, features.
+    mean, var = flax_normalization._compute_stats(grouped, axes, dtype=self.dtype)  # pylint: disable=protected-access
+    if not self.is_initializing():
+      mean_over_groups = lambda stat: stat if groups == 1 else stat.mean(0)  # noqa: E731
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean_over_groups(mean)
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * mean_over_groups(var)
+    y = flax_normalization._normalize(  # pylint: disable=protected-access
+        self, grouped, mean, var, axes, (grouped.ndim - 1,), self.dtype, jnp.float32, self.epsilon,
+        True, True, nn.initializers.zeros, nn.initializers.ones)
+    return y.reshape(x.shape)
 
 
 class ConvNormAct(nn.Module):

@@ -85,7 +85,8 @@ def create_backbone(model_config: ml_collections.ConfigDict) -> Any:
 
 def _plain_backbone(model_config: ml_collections.ConfigDict) -> Any:
   constructor, imagenet = BACKBONES[model_config.name]
-  kwargs = dict(num_classes=model_config.num_classes, dtype=DTYPES[model_config.dtype])
+  kwargs = dict(num_classes=model_config.num_classes, dtype=DTYPES[model_config.dtype],
+                bn_group_size=model_config.get('bn_group_size', 0))
   if imagenet:
     kwargs['last_stride'] = model_config.last_stride
   backbone = constructor(**kwargs)
@@ -184,7 +185,8 @@ def create(model_config: ml_collections.ConfigDict) -> dsop.DSoPNet:
   """The DSoP-Net training model: backbone under 'backbone', each branch under its own name."""
   validate_model_config(model_config)
   return dsop.DSoPNet(backbone=_backbone(model_config), branches=tuple(branch_specs(model_config)),
-                      num_classes=model_config.num_classes, dtype=DTYPES[model_config.dtype])
+                      num_classes=model_config.num_classes, dtype=DTYPES[model_config.dtype],
+                      bn_group_size=model_config.get('bn_group_size', 0))
 
 
 def head_names(model_config: ml_collections.ConfigDict) -> List[str]:
@@ -224,6 +226,10 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
     _fail('model.num_classes', m.num_classes, 'must be a positive integer')
   if m.dtype not in DTYPES:
     _fail('model.dtype', m.dtype, f'allowed: {", ".join(DTYPES)}')
+  group = m.get('bn_group_size', 0)
+  if not isinstance(group, int) or isinstance(group, bool) or group < 0:
+    _fail('model.bn_group_size', group, 'must be an integer >= 0 (examples per BatchNorm '
+          'statistics group in training; 0 = the whole global batch)')
   if m.last_stride not in (1, 2):
     _fail('model.last_stride', m.last_stride, "allowed: 2 (standard, 's2') or 1 ('s1')")
   sizes = m.get('stage_sizes') or ()

@@ -117,8 +117,9 @@ class ResNet(nn.Module):
     last_stride: stride of stage 5: 2 is the standard network ("s2"), 1 the paper's "s1".
     dtype: compute dtype of activations (parameters stay float32); logits are float32.
     head: None for GAP + a dense layer ('head'), else a module factory called with
-      (num_classes=, dtype=, name='gsop') whose module maps the stage-5 output and `train` to
-      (logits, features); its features join the backbone's ('pre_logits' among them).
+      (num_classes=, dtype=, bn_group_size=, name='gsop') whose module maps the stage-5 output
+      and `train` to (logits, features); its features join the backbone's ('pre_logits' among them).
+    bn_group_size: examples per BatchNorm statistics group in training (`layers.norm_def`).
   """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
@@ -127,6 +128,7 @@ class ResNet(nn.Module):
   last_stride: int = 2
   dtype: Any = jnp.float32
   head: Optional[ModuleDef] = None
+  bn_group_size: int = 0
 
   def stage_specs(self) -> List[stages.StageSpec]:
     """The four stages 'stage2' ... 'stage5' as the auxiliary branches see them."""
@@ -149,7 +151,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     conv = layers.conv_def(self.dtype)
-    norm = layers.norm_def(train, self.dtype)
+    norm = layers.norm_def(train, self.dtype, self.bn_group_size)
     x = x.astype(self.dtype)
     x = conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name='conv_init')(x)
     x = nn.relu(norm(name='bn_init')(x))
@@ -158,6 +160,7 @@ class ResNet(nn.Module):
     x = stages.run_stages(x, self.stage_specs(), conv=conv, norm=norm, features=features)
     if self.head is not None:
       logits, head_features = self.head(num_classes=self.num_classes, dtype=self.dtype,
+                                        bn_group_size=self.bn_group_size,
                                         name='gsop')(x, train)
       features.update(head_features)
       return logits, features

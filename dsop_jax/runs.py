@@ -57,6 +57,7 @@ _LEGACY_MODEL_FIELDS = {'config.model.stage_sizes': [], 'config.model.head.pool'
 def _structure_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The fields that fix a checkpoint's structure: the model's and the optimiser's kind."""
   fields = {**_LEGACY_MODEL_FIELDS, **_flatten(config.model.to_dict(), 'config.model')}
+  fields.pop('config.model.bn_group_size', None)  # How BN groups a batch: no variable depends on it.
   if fields['config.model.head.pool'] == 'gap':  # GAP + FC: the other head fields build nothing.
     fields = {k: v for k, v in fields.items()
               if not k.startswith('config.model.head.') or k == 'config.model.head.pool'}

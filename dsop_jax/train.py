@@ -96,6 +96,10 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.train.on_nonfinite = {t.on_nonfinite!r} is invalid: allowed: stop, skip.')
   sharding.local_batch_size(t.batch_size, 'train.batch_size')
   sharding.local_batch_size(config.eval.batch_size, 'eval.batch_size')
+  group = config.model.get('bn_group_size', 0)
+  if 0 < group < t.batch_size and t.batch_size % group:
+    raise ValueError(f'config.model.bn_group_size = {group} is invalid: it must divide '
+                     f'config.train.batch_size ({t.batch_size}), or be 0 (the whole batch).')
   info = input_pipeline.dataset_info(config)
   if config.model.num_classes != info.num_classes:
     raise ValueError(f'config.model.num_classes = {config.model.num_classes} is invalid: '

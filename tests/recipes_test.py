@@ -8,6 +8,7 @@ import inspect
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import imagenet_efficientnet_b0
@@ -17,11 +18,15 @@ from configs import imagenet_seresnext101
 from dsop_jax import cifar_backbones
 from dsop_jax import complexity
 from dsop_jax import covpool
+from dsop_jax import dsop
 from dsop_jax import efficientnet
 from dsop_jax import input_pipeline
 from dsop_jax import layers
 from dsop_jax import models
 from dsop_jax import optim
+from dsop_jax import sharding
+from dsop_jax import steps
+from tests import conftest
 
 cifar_resnet20 = importlib.import_module('configs.cifar_resnet20')
 
@@ -203,3 +208,53 @@ def test_cifar_baselines_train_on_their_own_papers_recipe(name, family):
   assert not dsop_schedule.optim.nesterov and _recipe(dsop_schedule) != expected
   with pytest.raises(ValueError, match="'cifar10,original' is invalid"):
     cifar_resnet20.get_config('cifar10,original')  # Table IX(a) rows are already originals.
+
+
+def _bn_step(group_size):
+  """One real train step of a tiny DSoP ResNet, jitted over a 1-device mesh, with BN statistics
+  in groups of `group_size` of the batch of 8; returns (new state, the stem conv's output)."""
+  backbone = conftest.TinyResNet(bn_group_size=group_size)
+  specs = models.layout_branches(backbone.stage_specs(), conftest.branches_config(
+      blocks=(1, 0, 0, 1)))
+  model = dsop.DSoPNet(backbone=backbone, branches=tuple(specs), num_classes=5,
+                       bn_group_size=group_size)
+  tx = optax.sgd(0.1)
+  state = models.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  shift = np.repeat([0.0, 3.0, -3.0, 6.0], 2)[:, None, None, None]  # Pairs far apart.
+  batch = {'image': jnp.asarray(rng.normal(size=(8, 32, 32, 3)) + shift, jnp.float32),
+           'label': jnp.asarray(np.arange(8) % 5, jnp.int32), 'mask': jnp.ones(8, bool)}
+  mesh = sharding.create_mesh()
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, loss_weights={
+      'logits': 1.0, 'a_pds2': 1.0, 'a_pds5': 1.0}))
+  with jax.set_mesh(mesh):
+    new_state, _ = step(state, batch, jax.random.PRNGKey(1))
+  _, inter = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                         batch['image'], train=False, capture_intermediates=True,
+                         mutable=['intermediates'])
+  stem = inter['intermediates']['backbone']['conv_init']['__call__'][0]
+  return new_state, np.asarray(stem, np.float64)
+
+
+def test_bn_statistics_groups_of_the_paper():
+  for name in ('imagenet_r18', 'imagenet_r50', 'imagenet_seresnext101', 'imagenet_r101'):
+    assert importlib.import_module(f'configs.{name}').get_config().model.bn_group_size == 32, (
+        'Section V-B: PyTorch DataParallel on 8 GPUs, mini-batch 256: 32 images per BN statistics')
+  assert imagenet_efficientnet_b0.get_config().model.bn_group_size == 384  # timm: 2 GPUs x 384.
+  whole, stem = _bn_step(0)
+  same, _ = _bn_step(8)  # One group of the whole batch: nothing changes, bit for bit.
+  for a, b in zip(jax.tree_util.tree_leaves((whole.params, whole.batch_stats)),
+                  jax.tree_util.tree_leaves((same.params, same.batch_stats))):
+    np.testing.assert_array_equal(a, b)
+  grouped, _ = _bn_step(2)
+  # The stem BN's running statistics after one step: 0.9 * initial + 0.1 * the mean over the 4
+  # groups of 2 images of each group's mean and (biased) variance.
+  groups = stem.reshape(4, 2, *stem.shape[1:])
+  means, variances = groups.mean(axis=(1, 2, 3)), groups.var(axis=(1, 2, 3))
+  stats = grouped.batch_stats['backbone']['bn_init']
+  np.testing.assert_allclose(stats['mean'], 0.1 * means.mean(0), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(stats['var'], 0.9 + 0.1 * variances.mean(0), rtol=1e-5)
+  whole_var = whole.batch_stats['backbone']['bn_init']['var']
+  np.testing.assert_allclose(whole_var, 0.9 + 0.1 * stem.var(axis=(0, 1, 2)), rtol=1e-5)
+  # Within groups the spread is smaller (total variance = within + between groups).
+  assert np.all(stats['var'] < whole_var - 0.01), (stats['var'], whole_var)
