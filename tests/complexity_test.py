@@ -103,7 +103,10 @@ def test_resnet18_dsop_parameter_count_exactly_by_hand():
 
 
 def test_report_runs_for_se_resnext101_with_and_without_branches():
-  plain = complexity.report(imagenet_seresnext101.get_config())
+  config = imagenet_seresnext101.get_config()
+  assert complexity.report(config)['image_size'] == 256  # The teacher's training crops.
+  config.data.image_size = 224
+  plain = complexity.report(config)
   assert plain['params_train'] == plain['params_test'] == 48_955_416 and not plain['branches']
   assert plain['gflops_test'] == pytest.approx(8.0, rel=0.05)  # Published: about 8.0 GMACs.
   dsop = complexity.report(imagenet_seresnext101.get_config('blocks=1-0-0-1'))

@@ -165,7 +165,7 @@ def test_invalid_head_fields_are_named():
   from configs import cifar_resnet20  # pylint: disable=g-import-not-at-top
   cifar = cifar_resnet20.get_config('cifar10')
   cifar.model.head = config.model.head
-  with pytest.raises(ValueError, match='built on the ImageNet networks .* not on preact_resnet20'):
+  with pytest.raises(ValueError, match='built on the ImageNet networks .* not on resnet20'):
     models.create(cifar.model)
   del cifar.model['head']  # Configs from before the field existed: the first-order network.
   assert models.head_spec(cifar.model) is None
