@@ -15,7 +15,7 @@ branches, one per intermediate layer under '<name>_psdr<i>'.
 """
 
 import dataclasses
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import flax.linen as nn
 import jax
@@ -47,6 +47,9 @@ class BranchSpec:
     num_iters: Newton-Schulz iterations.
     dropout: dropout rate before the classifier.
     activation: of the reduction layers, a key of `layers.ACTIVATIONS` (the backbone's own).
+    weight: which weight of Eq. 1 its heads carry: 'beta' (its stage's) or 'alpha' (the main
+      head's: the side branches of the second-order head's PSDR supervise the main head's
+      reduction).
   """
   name: str
   stage: str
@@ -61,6 +64,7 @@ class BranchSpec:
   num_iters: int = 5
   dropout: float = 0.0
   activation: str = 'relu'
+  weight: str = 'beta'
 
 
 def psdr_channels(in_channels: int, target: int, delta: float) -> List[int]:
@@ -96,6 +100,18 @@ def side_branch_names(spec: BranchSpec, in_channels: int) -> List[str]:
   return [f'{spec.name}_psdr{i + 1}' for i in range(len(reduction_channels(spec, in_channels)) - 1)]
 
 
+def psdr(x: jax.Array, chain: List[int], conv: Any, norm: Any, act: Any,
+         on_intermediate: Optional[Callable[[int, jax.Array], None]] = None) -> jax.Array:
+  """PSDR (Eq. 4): 1x1 conv + BN + activation layers 'psdr1', 'psdr2', ... to the channels of
+  `chain` (`psdr_channels`), as submodules of the calling compact method; `on_intermediate(i, y)`
+  sees the output of every layer but the last (where side branches plug in)."""
+  for i, channels in enumerate(chain):
+    x = layers.ConvNormAct(channels, conv, norm, act, name=f'psdr{i + 1}')(x)
+    if on_intermediate is not None and i < len(chain) - 1:
+      on_intermediate(i, x)
+  return x
+
+
 class PooledClassifier(nn.Module):
   """Pooling (P_a) and O_a: optional DR to the target, pooling, dropout and a dense layer."""
   pool: str
@@ -114,10 +130,8 @@ class PooledClassifier(nn.Module):
                              layers.norm_def(train, self.dtype, self.bn_group_size),
                              layers.ACTIVATIONS[self.activation], name='dr')(x)
     x = covpool.get_pool(self.pool, self.num_iters)(x)
-    if self.dropout:
-      x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name='fc')(x)
-    return x.astype(jnp.float32)
+    return layers.classifier(x, self.num_classes, dtype=self.dtype, train=train, name='fc',
+                             dropout=self.dropout)
 
 
 class AuxBranch(nn.Module):
@@ -145,11 +159,12 @@ class AuxBranch(nn.Module):
     outputs = {}
     if spec.reduction == 'psdr' and chain:
       sides = side_branch_names(spec, x.shape[-1])
-      for i, channels in enumerate(chain[:-1]):
-        x = layers.ConvNormAct(channels, conv, norm, act, name=f'psdr{i + 1}')(x)
-        if sides:  # Side branch: reduce directly to the target, pool, classify.
-          outputs[sides[i]] = head(spec.pool_channels, f'psdr{i + 1}_head')(x, train)
-      x = layers.ConvNormAct(chain[-1], conv, norm, act, name=f'psdr{len(chain)}')(x)
+
+      def side_branch(i, y):  # Reduce directly to the target, pool, classify.
+        if sides:
+          outputs[sides[i]] = head(spec.pool_channels, f'psdr{i + 1}_head')(y, train)
+
+      x = psdr(x, chain, conv, norm, act, side_branch)
       outputs[spec.name] = head(None, 'head')(x, train)
     else:
       outputs[spec.name] = head(chain[-1] if chain else None, 'head')(x, train)

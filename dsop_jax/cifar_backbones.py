@@ -96,10 +96,9 @@ class _CifarNet(nn.Module):
     x = stages.run_stages(x, self.stage_specs(), conv=conv, norm=norm, features=features)
     if self.preact:  # Pre-activation networks normalise once more before pooling.
       x = nn.relu(norm(name='bn_final')(x))
-    x = jnp.mean(x, axis=(1, 2))
-    features['pre_logits'] = x
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name='head')(x)
-    return logits.astype(jnp.float32), features
+    logits = layers.backbone_head(None, x, features, num_classes=self.num_classes,
+                                  dtype=self.dtype, train=train)
+    return logits, features
 
 
 class PreActResNet(_CifarNet):

@@ -175,18 +175,10 @@ class EfficientNet(nn.Module):
     x = conv(self.head_filters, (1, 1), name='head_conv')(x)
     x = nn.swish(norm(name='head_bn')(x))
     features[HEAD_FEATURE] = x
-    if self.head is not None:
-      logits, head_features = self.head(num_classes=self.num_classes, dtype=self.dtype,
-                                        bn_group_size=self.bn_group_size,
-                                        name='gsop')(x, train)
-      features.update(head_features)
-      return logits, features
-    x = jnp.mean(x, axis=(1, 2))
-    features['pre_logits'] = x
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-                      kernel_init=CLASSIFIER_INIT, name='head')(x)
-    return logits.astype(jnp.float32), features
+    logits = layers.backbone_head(self.head, x, features, num_classes=self.num_classes,
+                                  dtype=self.dtype, train=train, bn_group_size=self.bn_group_size,
+                                  dropout=self.dropout, kernel_init=CLASSIFIER_INIT)
+    return logits, features
 
 
 EfficientNetB0 = functools.partial(EfficientNet, stage_config=B0_STAGES)

@@ -51,7 +51,7 @@ def side_specs(head: branches_lib.BranchSpec, in_channels: int) -> List[branches
       name=feature_name(i + 1), stage=head.stage, stage_index=head.stage_index,
       attach=feature_name(i + 1), num_blocks=0, pool=head.pool, pool_channels=head.pool_channels,
       reduction='direct', num_iters=head.num_iters, dropout=head.dropout,
-      activation=head.activation)
+      activation=head.activation, weight='alpha')
           for i in range(len(chain) - 1)]
 
 
@@ -81,15 +81,11 @@ class GSoPHead(nn.Module):
     act = layers.ACTIVATIONS[spec.activation]
     features = {}
     if spec.reduction == 'psdr':
-      for i, channels in enumerate(chain):
-        x = layers.ConvNormAct(channels, conv, norm, act, name=f'psdr{i + 1}')(x)
-        if i < len(chain) - 1:
-          features[feature_name(i + 1)] = x
+      x = branches_lib.psdr(x, chain, conv, norm, act,
+                            lambda i, y: features.__setitem__(feature_name(i + 1), y))
     elif chain:
       x = layers.ConvNormAct(chain[-1], conv, norm, act, name='dr')(x)
     x = covpool.get_pool(spec.pool, spec.num_iters)(x)
     features['pre_logits'] = x
-    if spec.dropout:
-      x = nn.Dropout(spec.dropout, deterministic=not train)(x)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name='fc')(x)
-    return logits.astype(jnp.float32), features
+    return layers.classifier(x, self.num_classes, dtype=self.dtype, train=train, name='fc',
+                             dropout=spec.dropout), features

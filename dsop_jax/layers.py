@@ -8,7 +8,7 @@ activations in the configured compute dtype.
 """
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Dict
 
 import flax.linen as nn
 from flax.linen import normalization as flax_normalization
@@ -81,6 +81,36 @@ class GroupBatchNorm(nn.Module):
         self, grouped, mean, var, axes, (grouped.ndim - 1,), self.dtype, jnp.float32, self.epsilon,
         True, True, nn.initializers.zeros, nn.initializers.ones)
     return y.reshape(x.shape)
+
+
+def classifier(x: jax.Array, num_classes: int, *, dtype: Dtype, train: bool, name: str,
+               dropout: float = 0.0, kernel_init: Any = None) -> jax.Array:
+  """Every classifier of the package (O_a of a branch, the second-order head's, a backbone's):
+  optional dropout, then a dense layer `name` with float32 parameters; float32 logits. Call it in a
+  compact method: the layers become submodules of the caller."""
+  if dropout:
+    x = nn.Dropout(dropout, deterministic=not train)(x)
+  init = {} if kernel_init is None else {'kernel_init': kernel_init}
+  logits = nn.Dense(num_classes, dtype=dtype, param_dtype=jnp.float32, name=name, **init)(x)
+  return logits.astype(jnp.float32)
+
+
+def backbone_head(head: Any, x: jax.Array, features: Dict[str, jax.Array], *, num_classes: int,
+                  dtype: Dtype, train: bool, bn_group_size: int = 0, dropout: float = 0.0,
+                  kernel_init: Any = None) -> jax.Array:
+  """A backbone's end on its last feature map `x`: the second-order `head` factory when one is
+  given (called with (num_classes=, dtype=, bn_group_size=, name='gsop'); its features join
+  `features`), else the first-order GAP ('pre_logits') and `classifier` named 'head'. Returns
+  float32 logits; call it in the backbone's compact method."""
+  if head is not None:
+    logits, head_features = head(num_classes=num_classes, dtype=dtype, bn_group_size=bn_group_size,
+                                 name='gsop')(x, train)
+    features.update(head_features)
+    return logits
+  x = jnp.mean(x, axis=(1, 2))
+  features['pre_logits'] = x
+  return classifier(x, num_classes, dtype=dtype, train=train, name='head', dropout=dropout,
+                    kernel_init=kernel_init)
 
 
 class ConvNormAct(nn.Module):

@@ -191,12 +191,16 @@ def create(model_config: ml_collections.ConfigDict) -> dsop.DSoPNet:
 
 def head_names(model_config: ml_collections.ConfigDict) -> List[str]:
   """Every supervised head: 'logits' (main) and each auxiliary output, in model order."""
+  return ['logits'] + [name for _, names in _branch_heads(model_config) for name in names]
+
+
+def _branch_heads(model_config: ml_collections.ConfigDict
+                  ) -> List[Tuple[branches_lib.BranchSpec, List[str]]]:
+  """Every branch with the names of the heads it outputs (its PSDR side branches, then its own)."""
   stage_channels = {name: s.channels for name, s in
                     stages.branch_block_specs(_plain_backbone(model_config)).items()}
-  names = ['logits']
-  for spec in branch_specs(model_config):
-    names += branches_lib.side_branch_names(spec, stage_channels[spec.stage]) + [spec.name]
-  return names
+  return [(spec, branches_lib.side_branch_names(spec, stage_channels[spec.stage]) + [spec.name])
+          for spec in branch_specs(model_config)]
 
 
 def loss_weights(config: ml_collections.ConfigDict) -> Dict[str, float]:
@@ -208,12 +212,10 @@ def loss_weights(config: ml_collections.ConfigDict) -> Dict[str, float]:
     _fail('loss.betas', betas, f'need {num_stages} non-negative weights, one per stage')
   if config.loss.alpha < 0:
     _fail('loss.alpha', config.loss.alpha, 'must be >= 0')
-  stage_of = {spec.name: spec.stage_index for spec in branch_specs(config.model)}
   weights = {'logits': float(config.loss.alpha)}
-  for name in head_names(config.model)[1:]:
-    parent = name.split('_psdr')[0]
-    # The PSDR side branches of a second-order head supervise the main head's reduction: alpha.
-    weights[name] = float(config.loss.alpha if parent == gsop.NAME else betas[stage_of[parent]])
+  for spec, names in _branch_heads(config.model):
+    weight = config.loss.alpha if spec.weight == 'alpha' else betas[spec.stage_index]
+    weights.update({name: float(weight) for name in names})
   return weights
 
 

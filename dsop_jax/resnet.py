@@ -158,16 +158,9 @@ class ResNet(nn.Module):
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     features = {'stem': x}
     x = stages.run_stages(x, self.stage_specs(), conv=conv, norm=norm, features=features)
-    if self.head is not None:
-      logits, head_features = self.head(num_classes=self.num_classes, dtype=self.dtype,
-                                        bn_group_size=self.bn_group_size,
-                                        name='gsop')(x, train)
-      features.update(head_features)
-      return logits, features
-    x = jnp.mean(x, axis=(1, 2))
-    features['pre_logits'] = x
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name='head')(x)
-    return logits.astype(jnp.float32), features
+    logits = layers.backbone_head(self.head, x, features, num_classes=self.num_classes,
+                                  dtype=self.dtype, train=train, bn_group_size=self.bn_group_size)
+    return logits, features
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
