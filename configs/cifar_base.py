@@ -1,36 +1,55 @@
 """Shared CIFAR settings of the paper (Section V-D, Table IV): stage patterns, <=128 pooled channels
 with direct DR, dropout 0.5 before each branch classifier, betas 0.1/0.2/0.3 for stages 1-3.
 
-Each cifar_*.py file sets the backbone and its Table IV stage pattern. The config argument is the
-dataset (default cifar100), optionally followed by ',plain' for the first-order baseline, and by
-',original' for the recipe of the backbone's own paper (ORIGINAL_RECIPES) instead of DSoP-Net's:
+Each cifar_*.py file sets the backbone and its Table IV stage pattern on `base_config()`, then
+applies its config argument with `apply_options`: comma-separated options (`common.apply_options`),
+'cifar10' or 'cifar100' (the dataset; default cifar100), 'plain' for the first-order baseline, and
+'original' for the recipe of the backbone's own paper (ORIGINAL_RECIPES) instead of DSoP-Net's:
   python -m dsop_jax.main --config=configs/cifar_resnet110.py:cifar10 --workdir=...
   python -m dsop_jax.main --config=configs/cifar_resnet110.py:cifar10,plain --workdir=...
   python -m dsop_jax.main --config=configs/cifar_resnet110.py:cifar10,plain,original --workdir=...
 """
 
+from typing import Dict, Optional
+
 import ml_collections
+
+from dsop_jax import config_files
+
+common = config_files.sibling(__file__, 'common')
 
 NUM_CLASSES = {'cifar10': 10, 'cifar100': 100}
 
 
-def parse_argument(argument: str, extra_options: tuple = ()) -> tuple:
-  """'cifar10', 'cifar100', optionally followed by ',plain' (and any of `extra_options`, e.g.
-  ',adahessian') -> (dataset, plain)."""
-  dataset, *options = argument.split(',')
-  allowed = ('plain',) + tuple(extra_options)
-  if dataset not in NUM_CLASSES or any(o not in allowed for o in options):
-    raise ValueError(f'config argument (dataset) = {argument!r} is invalid: allowed: '
-                     f'{", ".join(NUM_CLASSES)}, optionally followed by '
-                     f'{" and/or ".join(repr("," + o) for o in allowed)}.')
-  return dataset, 'plain' in options
+def _dataset(name: str) -> common.Handler:
+  def handler(config: ml_collections.ConfigDict, _: str) -> None:
+    config.data.dataset = name
+    config.model.num_classes = NUM_CLASSES[name]
+  return handler
 
 
-def plain(config: ml_collections.ConfigDict, is_plain: bool) -> ml_collections.ConfigDict:
-  """Without branches when `is_plain`: the first-order baseline of Tables V-VI."""
-  if is_plain:
-    config.model.branches.pattern = ''
-  return config
+def _plain(config: ml_collections.ConfigDict, _: str) -> None:
+  """Without branches: the first-order baseline of Tables V-VI."""
+  config.model.branches.pattern = ''
+
+
+def _original(config: ml_collections.ConfigDict, _: str) -> None:
+  family = next(f for f in ORIGINAL_RECIPES if config.model.name.startswith(f))
+  recipe = dict(ORIGINAL_RECIPES[family])
+  config.train.batch_size = 128
+  config.train.num_epochs = recipe.pop('num_epochs')
+  config.optim.update(name='sgd', momentum=0.9, nesterov=True, schedule='step', warmup_epochs=0.0,
+                      **recipe)
+
+
+OPTIONS = {'cifar10': _dataset('cifar10'), 'cifar100': _dataset('cifar100'), 'plain': _plain,
+           'original': _original}
+
+
+def apply_options(config: ml_collections.ConfigDict, argument: str,
+                  options: Optional[Dict[str, common.Handler]] = None) -> ml_collections.ConfigDict:
+  """The config argument on `config`: OPTIONS, or the given `options` instead."""
+  return common.apply_options(config, argument, OPTIONS if options is None else options)
 
 
 # ',original': the recipe of each backbone's own paper, as its official code runs it, which trained
@@ -56,19 +75,6 @@ ORIGINAL_RECIPES = {
     'resnext': dict(num_epochs=300.0, learning_rate=0.1, decay_epochs=(147, 222), decay_factor=0.1,
                     weight_decay=5e-4),
 }
-
-
-def finish(config: ml_collections.ConfigDict, argument: str) -> ml_collections.ConfigDict:
-  """The config argument's ',plain' and ',original' (ORIGINAL_RECIPES) applied to `config`."""
-  options = argument.split(',')[1:]
-  if 'original' in options:
-    family = next(f for f in ORIGINAL_RECIPES if config.model.name.startswith(f))
-    recipe = dict(ORIGINAL_RECIPES[family])
-    config.train.batch_size = 128
-    config.train.num_epochs = recipe.pop('num_epochs')
-    config.optim.update(name='sgd', momentum=0.9, nesterov=True, schedule='step',
-                        warmup_epochs=0.0, **recipe)
-  return plain(config, 'plain' in options)
 
 
 def wrn_schedule(config: ml_collections.ConfigDict) -> None:
@@ -121,86 +127,34 @@ def resnext_schedule(config: ml_collections.ConfigDict) -> None:
   config.optim.decay_epochs = (150, 225)
 
 
-def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:
-  """Pre-activation ResNet-110 with the Table IV layout; variants override the backbone fields."""
-  dataset, is_plain = parse_argument(argument)
-  config = ml_collections.ConfigDict()
-
-  config.model = ml_collections.ConfigDict()
+def base_config() -> ml_collections.ConfigDict:
+  """Pre-activation ResNet-110 on CIFAR-100 with the Table IV layout (common.get_config's fields,
+  the CIFAR values); the cifar_*.py files override the backbone fields."""
+  config = common.get_config()
   config.model.name = 'preact_resnet110'  # Backbone (see dsop_jax.models.BACKBONES).
-  config.model.num_classes = NUM_CLASSES[dataset]  # 10 or 100.
-  config.model.last_stride = 2  # Unused by CIFAR backbones (ImageNet ResNets only).
-  config.model.dtype = 'float32'  # Activation dtype: float32 or bfloat16 (covariance pooling: float32).
-  # Examples per BatchNorm statistics group in training; 0 = the whole global batch (the paper does
-  # not say how its CIFAR batches were split over GPUs).
+  config.model.num_classes = NUM_CLASSES['cifar100']  # The 'cifar10' option sets 10.
+  # BatchNorm statistics over the whole global batch (the paper does not say how its CIFAR batches
+  # were split over GPUs).
   config.model.bn_group_size = 0
-  config.model.stage_sizes = ()  # Backbone blocks per stage; () = the named network's own.
-
-  config.model.branches = ml_collections.ConfigDict()
-  config.model.branches.blocks = ()  # ImageNet-style one-branch-per-stage layout; () = unused.
   # Table IV stage specification, the same for every stage, one entry per backbone block: a non-zero
   # entry plugs in a branch with that many blocks after that block. '' = no branches (plain network).
   config.model.branches.pattern = '[0,0,3]x6'
   config.model.branches.channels = (128, 128, 128)  # At most 128 pooled channels (direct DR above).
-  config.model.branches.pool = 'isqrt_cov'  # 'isqrt_cov' (paper) or 'gap' (Table VII ablation).
   config.model.branches.reduction = ('direct', 'direct', 'direct')  # Per stage: 'direct' or 'psdr'.
-  config.model.branches.psdr_delta = 0.25  # Decay factor delta of Eq. 4 (PSDR only).
-  config.model.branches.psdr_aux = True  # PSDR intermediate layers carry supervised side branches.
-  config.model.branches.num_iters = 5  # Newton-Schulz iterations of iSQRT-COV.
   config.model.branches.dropout = 0.5  # Dropout between pooling and the dense layer (Section V-D).
-
-  config.loss = ml_collections.ConfigDict()
-  config.loss.alpha = 1.0  # Weight of the main first-order head (Eq. 1).
   config.loss.betas = (0.1, 0.2, 0.3)  # Weights of the branches of stages 1-3 (Section V-D).
-  config.loss.label_smoothing = 0.0  # Label smoothing of every head (the paper uses none).
-
-  # Knowledge distillation (the Table II baselines), off unless a teacher is given: an export
-  # directory or training workdir of a plain network; the student must have no branches.
-  config.distill = ml_collections.ConfigDict()
-  config.distill.teacher = ''
-  config.distill.temperature = 4.0  # Hinton's T; the paper gives neither T nor the weight.
-  config.distill.soft_weight = 0.5  # w: (1 - w) * CE + w * T^2 * KL.
-
-  config.data = ml_collections.ConfigDict()
-  config.data.dataset = dataset  # TFDS name: cifar10 or cifar100.
-  config.data.data_dir = ''  # TFDS data_dir holding the prepared dataset; '' = TFDS's default.
+  config.data.dataset = 'cifar100'  # TFDS name: cifar10 or cifar100 (the option sets it).
   config.data.image_size = 32  # CIFAR images are 32x32.
-  config.data.inception_crop = False  # ImageNet only.
   config.data.shuffle_buffer = 50000  # The whole training set.
-  # How processes share the training data: 'examples' (every process reads the whole split in one
-  # order and decodes its slice of each global batch: the data does not depend on the number of
-  # processes) or 'files' (each reads only its file shard: less I/O on many hosts).
-  config.data.process_split = 'examples'
-
-  config.train = ml_collections.ConfigDict()
   config.train.batch_size = 128  # Global batch (Section V-D).
   config.train.num_epochs = 110.0  # Pre-activation ResNets (Section V-D).
-  config.train.seed = 0  # Initialisation, data order, augmentation and dropout.
-  config.train.policy = 'one_phase'  # 'one_phase', 'early_removal' or 'two_phase' (Section V-C).
-  config.train.remove_branches_at_epoch = 0.0  # early_removal: epoch to detach branches.
-  config.train.backbone_checkpoint = ''  # two_phase: export dir or workdir of the trained backbone.
-  config.train.on_nonfinite = 'stop'  # A non-finite loss: 'stop' training or 'skip' the step.
-  config.train.eval_every_epochs = 1.0  # Evaluation (and a metrics.jsonl line) interval.
-  config.train.log_every_steps = 100  # Training-metric summaries.
-  config.train.checkpoint_every_steps = 2000  # Periodic checkpoints (plus one at the end).
-  config.train.keep_checkpoints = 3  # Checkpoints kept in WORKDIR/checkpoints.
-
-  config.optim = ml_collections.ConfigDict()
-  config.optim.name = 'sgd'  # 'sgd', 'radam', 'adahessian' (Table IX) or 'rmsprop' (EfficientNet).
   config.optim.learning_rate = 0.3  # Pre-activation ResNets: 0.3 (Section V-D).
-  config.optim.momentum = 0.9  # SGD momentum.
-  config.optim.nesterov = False  # Nesterov momentum.
   config.optim.weight_decay = 1e-4  # Pre-activation ResNets: 1e-4; WRN/ResNeXt: 5e-4.
-  config.optim.schedule = 'step'  # 'step', 'cosine' or 'exponential'.
   config.optim.decay_epochs = (80, 95)  # Pre-activation ResNets: /10 at 80 and 95.
-  config.optim.decay_factor = 0.1
-  config.optim.warmup_epochs = 0.0  # Linear warm-up from 0.
-  # AdaHessian: added to the denominator; RMSProp: inside the square root (RAdam: 1e-8, as its code).
-  config.optim.eps = 1e-4
-  config.optim.hessian_power = 1.0  # AdaHessian: k in m_hat / (sqrt(v_hat)^k + eps).
-  config.optim.rms_decay = 0.9  # RMSProp: decay of the squared-gradient average.
-  config.optim.decay_every_epochs = 2.4  # 'exponential' schedule: epochs between decays.
-
-  config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 200  # Global eval batch (the last one is padded and masked).
-  return plain(config, is_plain)
+  return config
+
+
+def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:
+  """Pre-activation ResNet-110 (cifar_resnet110.py's network) with the config argument applied."""
+  return apply_options(base_config(), argument)

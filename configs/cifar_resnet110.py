@@ -17,8 +17,7 @@ cifar_base = config_files.sibling(__file__, 'cifar_base')
 
 
 def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:
-  dataset, _ = cifar_base.parse_argument(argument, extra_options=('original',))
-  config = cifar_base.get_config(dataset)
+  config = cifar_base.base_config()
   config.model.name = 'preact_resnet110'
   config.model.branches.pattern = '[0,0,3]x6'  # Table IV.
-  return cifar_base.finish(config, argument)
+  return cifar_base.apply_options(config, argument)

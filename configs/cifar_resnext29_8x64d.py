@@ -17,9 +17,8 @@ cifar_base = config_files.sibling(__file__, 'cifar_base')
 
 
 def get_config(argument: str = 'cifar100') -> ml_collections.ConfigDict:
-  dataset, _ = cifar_base.parse_argument(argument, extra_options=('original',))
-  config = cifar_base.get_config(dataset)
+  config = cifar_base.base_config()
   config.model.name = 'resnext29_8x64d'
   config.model.branches.pattern = '[1,0,2]'  # Table IV.
   cifar_base.resnext_schedule(config)
-  return cifar_base.finish(config, argument)
+  return cifar_base.apply_options(config, argument)

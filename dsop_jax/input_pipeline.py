@@ -311,7 +311,7 @@ def train_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, s
       ds = ds.enumerate(start=process_index * 2**40).skip(offset * local_batch_size)
     ds = ds.map(lambda i, ex: preprocess(
         ex, tf.stack([tf.constant(epoch_seed, tf.int64), i]), info=info, train=True,
-        image_size=config.data.image_size, inception_crop=config.data.inception_crop),
+        image_size=config.data.image_size, inception_crop=config.data.get('inception_crop', False)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch_size, drop_remainder=True).take(per_epoch - offset)
     produced = 0

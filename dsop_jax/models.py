@@ -88,7 +88,7 @@ def _plain_backbone(model_config: ml_collections.ConfigDict) -> Any:
   kwargs = dict(num_classes=model_config.num_classes, dtype=DTYPES[model_config.dtype],
                 bn_group_size=model_config.get('bn_group_size', 0))
   if imagenet:
-    kwargs['last_stride'] = model_config.last_stride
+    kwargs['last_stride'] = model_config.get('last_stride', 2)
   backbone = constructor(**kwargs)
   sizes = tuple(model_config.get('stage_sizes') or ())
   return _with_stage_sizes(backbone, sizes) if sizes else backbone
@@ -232,7 +232,7 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
   if not isinstance(group, int) or isinstance(group, bool) or group < 0:
     _fail('model.bn_group_size', group, 'must be an integer >= 0 (examples per BatchNorm '
           'statistics group in training; 0 = the whole global batch)')
-  if m.last_stride not in (1, 2):
+  if BACKBONES[m.name][1] and m.get('last_stride', 2) not in (1, 2):  # Absent: the standard 2.
     _fail('model.last_stride', m.last_stride, "allowed: 2 (standard, 's2') or 1 ('s1')")
   sizes = m.get('stage_sizes') or ()
   if sizes:

@@ -16,6 +16,7 @@ import jax
 import ml_collections
 
 from dsop_jax import checkpointing
+from dsop_jax import models
 from dsop_jax import sharding
 from dsop_jax import steps
 
@@ -58,6 +59,8 @@ def _structure_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The fields that fix a checkpoint's structure: the model's and the optimiser's kind."""
   fields = {**_LEGACY_MODEL_FIELDS, **_flatten(config.model.to_dict(), 'config.model')}
   fields.pop('config.model.bn_group_size', None)  # How BN groups a batch: no variable depends on it.
+  if not models.BACKBONES.get(config.model.name, (None, True))[1]:
+    fields.pop('config.model.last_stride', None)  # CIFAR networks have none (older configs had one).
   if fields['config.model.head.pool'] == 'gap':  # GAP + FC: the other head fields build nothing.
     fields = {k: v for k, v in fields.items()
               if not k.startswith('config.model.head.') or k == 'config.model.head.pool'}

@@ -73,7 +73,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   if not isinstance(d.image_size, int) or d.image_size < 32:
     raise ValueError(f'config.data.image_size = {d.image_size!r} is invalid: must be an integer '
                      '>= 32.')
-  for field, value in (('data.inception_crop', d.inception_crop),
+  for field, value in (('data.inception_crop', d.get('inception_crop', False)),
                        ('optim.nesterov', config.optim.nesterov),
                        ('model.branches.psdr_aux', config.model.branches.psdr_aux)):
     if not isinstance(value, bool):

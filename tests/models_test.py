@@ -140,7 +140,7 @@ def test_invalid_loss_weights_are_named():
 
 
 def test_unknown_dataset_argument_is_named():
-  with pytest.raises(ValueError, match=r"config argument \(dataset\) = 'svhn' is invalid"):
+  with pytest.raises(ValueError, match=r"option 'svhn' is invalid: allowed: cifar10, cifar100"):
     cifar_base.get_config('svhn')
 
 

@@ -206,7 +206,7 @@ def test_cifar_baselines_train_on_their_own_papers_recipe(name, family):
   assert original.model.branches.pattern == ''
   dsop_schedule = module.get_config('cifar100,plain')
   assert not dsop_schedule.optim.nesterov and _recipe(dsop_schedule) != expected
-  with pytest.raises(ValueError, match="'cifar10,original' is invalid"):
+  with pytest.raises(ValueError, match="option 'original' is invalid"):
     cifar_resnet20.get_config('cifar10,original')  # Table IX(a) rows are already originals.
 
 
