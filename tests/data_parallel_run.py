@@ -1,6 +1,5 @@
-"""The runs of train_test's data-parallel test: trains the tiny digits config on however many CPU
-devices the process has and saves the final parameters and metrics to the given .npz path. Run as
-a script with XLA_FLAGS giving 8 devices, and called in the test's own 1-device process."""
+"""Subprocess for train_test: trains the tiny digits config on however many CPU devices XLA_FLAGS
+gives this process and saves the final parameters and metrics to the given .npz path."""
 
 import json
 import os

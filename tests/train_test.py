@@ -33,7 +33,6 @@ from dsop_jax import runs
 from dsop_jax import sharding
 from dsop_jax import steps
 from dsop_jax import train
-from tests import data_parallel_run
 from tests import train_helpers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -154,13 +153,13 @@ def test_data_parallel_8_devices_matches_1_device(tmp_path):
   weights grows to 2e-2 absolute after 4 steps on one device), so any rounding difference between
   reduction orders would be amplified the same way over more steps.
   """
-  eight = _start_logged(
-      [sys.executable, os.path.join(HERE, 'data_parallel_run.py'), str(tmp_path / 'work8'),
-       str(tmp_path / '8.npz')], tmp_path / '8.log',
-      env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8'))
-  assert jax.device_count() == 1  # This process: the 1-device run, meanwhile.
-  data_parallel_run.main(str(tmp_path / 'work1'), str(tmp_path / '1.npz'))
-  _succeeds(*eight)
+  runs = [_start_logged(  # Both at once: much of each is single-threaded start-up.
+      [sys.executable, os.path.join(HERE, 'data_parallel_run.py'), str(tmp_path / f'work{devices}'),
+       str(tmp_path / f'{devices}.npz')], tmp_path / f'{devices}.log',
+      env=dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}'))
+          for devices in (1, 8)]
+  for run in runs:
+    _succeeds(*run)
   results = {devices: dict(np.load(tmp_path / f'{devices}.npz')) for devices in (1, 8)}
   assert int(results[1].pop('devices')) == 1 and int(results[8].pop('devices')) == 8
   m1, m8 = json.loads(str(results[1].pop('metrics'))), json.loads(str(results[8].pop('metrics')))
@@ -340,12 +339,9 @@ def test_preemption_of_two_processes_and_sigkill_then_rerun_match_an_uninterrupt
                  'PATH': os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']}
   command = lambda name: [sys.executable, '-m', 'dsop_jax.main', '--config=configs/quickstart.py',
                           f'--workdir={tmp_path / name}', *overrides]
-  # The killed run loads the reference's compiled step from the persistent cache.
   reference = _start_logged(['bash', 'launch/local.sh', 'configs/quickstart.py',
                              str(tmp_path / 'reference'), *overrides], tmp_path / 'reference.txt',
                             env=two_devices)
-  _wait_for_steps(*reference, 1)
-
   workdir = str(tmp_path / 'distributed')
 
   def start_two(logs):
@@ -358,21 +354,33 @@ def test_preemption_of_two_processes_and_sigkill_then_rerun_match_an_uninterrupt
         stderr=subprocess.STDOUT, env={**os.environ, 'JAX_PLATFORMS': 'cpu'}) for i in range(2)]
 
   first = [tmp_path / f'first{i}.txt' for i in range(2)]
-  processes = start_two(first)
+  processes = start_two(first)  # With the reference; their programs differ from its anyway.
   kill_after = random.Random().randint(1, 9)
-  killed_run, _ = _start_logged(command('killed'), tmp_path / 'kill.txt', env=two_devices)
-  # SIGTERM to process 0 after 2 steps, SIGKILL to the other run after `kill_after`, as they come.
-  signals = [(processes[0], first[0], 2, signal.SIGTERM),
-             (killed_run, tmp_path / 'kill.txt', kill_after, signal.SIGKILL)]
+  kill_log = tmp_path / 'kill.txt'
+  killed_run = None
+
+  def start_killed_run():  # Once the reference has compiled: it loads that step from the cache.
+    nonlocal killed_run
+    killed_run, _ = _start_logged(command('killed'), kill_log, env=two_devices)
+    return killed_run
+
+  # As they come: the killed run starts after the reference's first step, SIGTERM reaches
+  # process 0 after its 2nd step, SIGKILL the killed run after `kill_after` steps.
+  events = [(lambda: reference[0], reference[1], 1, start_killed_run),
+            (lambda: processes[0], first[0], 2, lambda: processes[0].send_signal(signal.SIGTERM)),
+            (lambda: killed_run, kill_log, kill_after,
+             lambda: killed_run.send_signal(signal.SIGKILL))]
   deadline = time.time() + 300
-  while signals:
-    for entry in list(signals):
-      process, log_path, steps_done, signum = entry
+  while events:
+    for entry in list(events):
+      process, log_path, steps_done, action = entry
+      if process() is None:  # The killed run, not started yet.
+        continue
       log = open(log_path).read()
-      assert process.poll() is None and time.time() < deadline, log[-3000:]
+      assert process().poll() is None and time.time() < deadline, log[-3000:]
       if log.count('train/loss=') >= steps_done:
-        process.send_signal(signum)
-        signals.remove(entry)
+        action()
+        events.remove(entry)
     time.sleep(0.05)
   assert [p.wait(timeout=300) for p in processes] == [0, 0]
   stopped = [int(open(f).read().split('Preempted (SIGTERM) at step ')[1].split(';')[0])
@@ -380,7 +388,7 @@ def test_preemption_of_two_processes_and_sigkill_then_rerun_match_an_uninterrupt
   assert stopped[0] == stopped[1] < 11
   assert checkpointing.Checkpointer(workdir).latest_step() == stopped[0]  # Nothing lost.
   assert killed_run.wait(timeout=120) == -signal.SIGKILL
-  logged = open(tmp_path / 'kill.txt').read().count('train/loss=')
+  logged = open(kill_log).read().count('train/loss=')
   killed = checkpointing.Checkpointer(str(tmp_path / 'killed')).latest_step() or 0
   # Periodic checkpoints only; a save in progress at the kill may be lost, nothing before it.
   assert killed % 3 == 0 and logged - 3 <= killed <= logged, (kill_after, logged, killed)
