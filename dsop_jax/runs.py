@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any, Dict, Mapping
 
+from absl import logging
 import jax
 import ml_collections
 
@@ -29,10 +30,42 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def append_metrics(workdir: str, record: Mapping[str, Any]) -> None:
-  """Appends one evaluation record to WORKDIR/metrics.jsonl (process 0 only)."""
+  """Appends one evaluation record to WORKDIR/metrics.jsonl (process 0 only), after repairing a
+  torn last line (`repair_metrics`), so a record never lands on the end of a broken one."""
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+    path = os.path.join(workdir, 'metrics.jsonl')
+    repair_metrics(path)
+    with open(path, 'a') as f:
       f.write(json.dumps(record) + '\n')
+      f.flush()
+      os.fsync(f.fileno())
+
+
+def repair_metrics(path: str) -> None:
+  """Ends metrics.jsonl with a whole line. A run killed while writing a record can leave its last
+  line without the newline: if that text is a whole JSON record, the newline is added; otherwise
+  the torn text is cut off the file and appended to `PATH.torn` (kept, not lost), with a warning."""
+  if not os.path.exists(path) or not os.path.getsize(path):
+    return
+  with open(path, 'rb+') as f:
+    f.seek(-1, os.SEEK_END)
+    if f.read(1) == b'\n':
+      return
+    f.seek(0)
+    content = f.read()
+    start = content.rfind(b'\n') + 1
+    torn = content[start:]
+    try:
+      json.loads(torn)
+    except ValueError:
+      with open(path + '.torn', 'ab') as kept:
+        kept.write(torn + b'\n')
+      f.truncate(start)
+      logging.warning('%s ended with an incomplete record (%d bytes, from a run that was killed '
+                      'while writing); it was moved to %s.torn.', path, len(torn), path)
+    else:
+      f.seek(0, os.SEEK_END)
+      f.write(b'\n')
 
 
 def workdir_config(workdir: str) -> ml_collections.ConfigDict:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from dsop_jax import plot
+from dsop_jax import runs as runs_lib
 from dsop_jax import train
 from tests import train_helpers
 
@@ -102,6 +103,26 @@ def test_read_metrics_keeps_the_last_record_of_a_step_and_skips_a_torn_last_line
   assert [(r['step'], r['eval']['logits']['top1']) for r in records] == [(10, 0.5), (20, 0.7)]
   run = plot.Run(str(tmp_path), 'x', records)
   assert run.curve('logits', 'top1') == ((1.0, 2.0), (50.0, pytest.approx(30.0)))
+
+
+def test_torn_last_lines_are_repaired_before_a_resumed_run_appends(tmp_path, caplog):
+  """Killed while writing -> resumed -> killed just before the newline -> resumed -> plot: every
+  record a run finished is read, the torn text is kept aside, and the file stays whole lines."""
+  workdir = str(tmp_path)
+  runs_lib.append_metrics(workdir, json.loads(_line(10, 0.5)))
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:  # Killed mid-record at step 20.
+    f.write(_line(20, 0.6)[:25])
+  with caplog.at_level('WARNING'):
+    runs_lib.append_metrics(workdir, json.loads(_line(20, 0.7)))  # Resumed: step 20 again.
+  assert 'incomplete record' in caplog.text
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:  # Killed after the record, before its newline.
+    f.write(_line(30, 0.8))
+  runs_lib.append_metrics(workdir, json.loads(_line(40, 0.9)))  # Resumed again.
+  records = plot.read_metrics(workdir)
+  assert [(r['step'], r['eval']['logits']['top1']) for r in records] == [
+      (10, 0.5), (20, 0.7), (30, 0.8), (40, 0.9)]
+  assert all(json.loads(line) for line in open(tmp_path / 'metrics.jsonl'))
+  assert open(tmp_path / 'metrics.jsonl.torn').read() == _line(20, 0.6)[:25] + '\n'
 
 
 def test_labels_of_second_order_networks():
