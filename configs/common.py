@@ -33,8 +33,8 @@ def apply_options(config: ml_collections.ConfigDict, argument: str,
     key, equals, value = option.partition('=')
     handler = keyed.get(key) if equals else names.get(option)
     if handler is None or handler(config, value) is False:
-      raise ValueError(f'config argument option {option!r} is invalid: allowed: '
-                       f'{", ".join(options)}.')
+      allowed = f'allowed: {", ".join(options)}' if options else 'this config takes no options'
+      raise ValueError(f'config argument option {option!r} is invalid: {allowed}.')
   return config
 
 

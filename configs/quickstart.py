@@ -12,7 +12,8 @@ from dsop_jax import config_files
 cifar_base = config_files.sibling(__file__, 'cifar_base')
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(argument: str = '') -> ml_collections.ConfigDict:
+  """The quickstart takes no config argument options (`quickstart.py:foo` is refused by name)."""
   config = cifar_base.get_config('cifar10')
   config.data.dataset = 'digits'
   config.data.shuffle_buffer = 1437
@@ -29,4 +30,4 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.weight_decay = 5e-4
   config.optim.decay_epochs = ()
   config.eval.batch_size = 120
-  return config
+  return cifar_base.common.apply_options(config, argument, {})

@@ -47,8 +47,9 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   t = config.train
   if t.policy not in POLICIES:
     raise ValueError(f'config.train.policy = {t.policy!r} is invalid: allowed: {", ".join(POLICIES)}.')
-  if not t.num_epochs > 0:
-    raise ValueError(f'config.train.num_epochs = {t.num_epochs!r} is invalid: must be > 0.')
+  if not 0 < t.num_epochs < float('inf'):
+    raise ValueError(f'config.train.num_epochs = {t.num_epochs!r} is invalid: must be a finite '
+                     'number > 0.')
   if t.policy == 'early_removal' and not 0 < t.remove_branches_at_epoch < t.num_epochs:
     raise ValueError(f'config.train.remove_branches_at_epoch = {t.remove_branches_at_epoch!r} is '
                      f'invalid: must lie in (0, num_epochs = {t.num_epochs}).')
@@ -108,6 +109,14 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.data.image_size = {config.data.image_size} is invalid: '
                      f'{config.data.dataset} images are 32x32.')
   input_pipeline.check_prepared(config)
+  examples = input_pipeline.num_examples(config, info.train_split)
+  if t.batch_size > examples:
+    raise ValueError(f'config.train.batch_size = {t.batch_size} is invalid: the training split of '
+                     f'{config.data.dataset} has {examples} examples, so an epoch would have no '
+                     'step; use a batch of at most that many.')
+  if not round(t.num_epochs * (examples // t.batch_size)):
+    raise ValueError(f'config.train.num_epochs = {t.num_epochs!r} is invalid: it gives 0 training '
+                     f'steps at {examples // t.batch_size} steps per epoch.')
 
 
 def _load_backbone(state: steps.TrainState, config: ml_collections.ConfigDict,

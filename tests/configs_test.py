@@ -109,6 +109,8 @@ def test_cifar_variants():
   assert (config.train.batch_size, config.train.num_epochs, config.optim.name,
           config.optim.learning_rate, config.optim.weight_decay, config.optim.decay_epochs) == (
               128, 164.0, 'radam', 0.003, 1e-4, (81, 122))
+  with pytest.raises(ValueError, match="option 'foo' is invalid: this config takes no options"):
+    importlib.import_module('configs.quickstart').get_config('foo')
   with pytest.raises(ValueError, match="'adahessian' and 'radam' are two optimisers"):
     resnet20.get_config('cifar10,adahessian,radam')
 

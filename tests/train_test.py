@@ -241,6 +241,13 @@ def _config_error(config, match, tmp_path):
     (lambda c: setattr(c.train, 'seed', -1), r'config.train.seed = -1 is invalid'),
     (lambda c: setattr(c.data, 'process_split', 'hosts'),
      r"config.data.process_split = 'hosts' is invalid: allowed: examples, files"),
+    # Runs that would train for no step at all, or never end.
+    (lambda c: setattr(c.train, 'batch_size', 2000),
+     r'config.train.batch_size = 2000 is invalid: the training split of digits has 1437 examples'),
+    (lambda c: setattr(c.train, 'num_epochs', 0.01),
+     r'config.train.num_epochs = 0.01 is invalid: it gives 0 training steps at 22 steps per epoch'),
+    (lambda c: setattr(c.train, 'num_epochs', float('inf')),
+     r'config.train.num_epochs = inf is invalid: must be a finite number > 0'),
 ])
 def test_bad_config_stops_before_compilation(tmp_path, mutate, match):
   config = train_helpers.tiny_digits_config()
