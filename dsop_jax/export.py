@@ -11,6 +11,7 @@ side branches of its PSDR are detached like DSoP branches.
 
 import json
 import os
+import shutil
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from absl import app
@@ -74,24 +75,68 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False) -> str:
   """Writes the detached first-order network of WORKDIR's latest checkpoint to OUTPUT_DIR.
 
   OUTPUT_DIR gets 'variables/' (an Orbax checkpoint of {'params', 'batch_stats'} of the plain
-  network) and 'model_config.json' (the config.model it is built from).
+  network) and 'model_config.json' (the config.model it is built from). The export is written
+  whole in a sibling directory first and then renamed into place; an export it replaces is renamed
+  aside before and deleted after, so at every moment one complete export exists (a run killed
+  between the two renames leaves it at OUTPUT_DIR.old-PID, which the next export puts back).
 
   Raises:
     ValueError: WORKDIR has no config.json or no checkpoint, or OUTPUT_DIR already holds an export
       and `overwrite` is False.
   """
   config = runs.workdir_config(workdir)
+  given, output_dir = output_dir, os.path.abspath(output_dir)
+  _recover_replaced_export(output_dir)
   if os.path.exists(os.path.join(output_dir, 'model_config.json')) and not overwrite:
     raise ValueError(f'--output_dir={output_dir!r} already holds an export; pass --overwrite to '
                      'replace it.')
   variables = runs.restore_variables(config, workdir)
   detached = detach(variables, [s.name for s in models.branch_specs(config.model)])
-  target = os.path.join(os.path.abspath(output_dir), 'variables')
+  staging = f'{output_dir}.tmp-{os.getpid()}'
+  shutil.rmtree(staging, ignore_errors=True)
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(target, detached, force=True)
-  with open(os.path.join(output_dir, 'model_config.json'), 'w') as f:
+    checkpointer.save(os.path.join(staging, 'variables'), detached)
+  with open(os.path.join(staging, 'model_config.json'), 'w') as f:
     f.write(config.model.to_json_best_effort(indent=2))
-  return output_dir
+  if os.path.exists(output_dir):
+    replaced = f'{output_dir}.old-{os.getpid()}'
+    os.rename(output_dir, replaced)
+    os.rename(staging, output_dir)
+    shutil.rmtree(replaced)
+  else:
+    os.rename(staging, output_dir)
+  return given
+
+
+def _recover_replaced_export(output_dir: str) -> None:
+  """Puts back an export that a killed `export` renamed aside (OUTPUT_DIR.old-PID) before the
+  new one took its place, and drops unfinished staging directories of killed exports."""
+  parent, name = os.path.split(output_dir)
+  if not os.path.isdir(parent):
+    return
+  for entry in sorted(os.listdir(parent)):
+    path = os.path.join(parent, entry)
+    kind, _, pid = entry[len(name):].partition('-')
+    if kind not in ('.old', '.tmp') or not pid.isdigit() or _alive(int(pid)):
+      continue
+    if kind == '.old' and not os.path.exists(output_dir):
+      os.rename(path, output_dir)
+    else:
+      shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+  """Whether another process `pid` runs (an export still writing its staging directory); this
+  process's own leftovers come from an export that failed earlier in it."""
+  if pid == os.getpid():
+    return False
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
 
 
 def load(output_dir: str) -> Tuple[Any, dict]:

@@ -1,14 +1,20 @@
 """Detach: bit-identical main-head logits, the plain network's exact variables and parameter count."""
 
+import os
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from configs import cifar_resnet20
 from configs import imagenet_r18
 from dsop_jax import export
 from dsop_jax import models
+from dsop_jax import train
+from tests import train_helpers
 
 
 def _randomise(variables, seed):
@@ -92,3 +98,32 @@ def test_structure_mismatch_names_the_keys():
       jax.random.PRNGKey(0), x, train=False), x)
   with pytest.raises(ValueError, match=r"missing \[.*stage2_block3"):
     export.check_same_structure(r34, r18)
+
+
+def test_overwriting_an_export_keeps_a_complete_one_at_every_moment(tmp_path, monkeypatch):
+  """A run killed while the new export is written (here: Orbax's save, as `force=True` would,
+  deletes its target and then the process dies) leaves the old export whole; one killed between
+  the two renames leaves it aside, and the next export puts it back before replacing it."""
+  config = train_helpers.tiny_digits_config(num_epochs=1 / 22, checkpoint_every_steps=1)
+  workdir, out = str(tmp_path / 'work'), str(tmp_path / 'export')
+  train.train_and_evaluate(config, workdir)
+  export.export(workdir, out)
+  _, before = export.load(out)
+  real_save = ocp.StandardCheckpointer.save
+
+  def killed_while_saving(self, path, *args, **kwargs):
+    shutil.rmtree(path, ignore_errors=True)
+    raise KeyboardInterrupt('killed')
+
+  monkeypatch.setattr(ocp.StandardCheckpointer, 'save', killed_while_saving)
+  with pytest.raises(KeyboardInterrupt):
+    export.export(workdir, out, overwrite=True)
+  monkeypatch.setattr(ocp.StandardCheckpointer, 'save', real_save)
+  _, after = export.load(out)  # Still the whole old export.
+  for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after)):
+    np.testing.assert_array_equal(a, b)
+  # Killed between the renames: the old export is aside under OUTPUT_DIR.old-PID.
+  os.rename(out, out + '.old-999999999')
+  assert export.export(workdir, out, overwrite=True) == out
+  assert sorted(os.listdir(tmp_path)) == ['export', 'work']
+  export.load(out)
