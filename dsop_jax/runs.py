@@ -2,15 +2,20 @@
 
 A workdir holds `config.json` (the config it was trained with), `metrics.jsonl` (one JSON object per
 evaluation: {"step", "epoch", "time", "eval": {head: {"top1", "top5", "loss"}}, "train": {...}}),
-`checkpoints/` (Orbax, `checkpointing.Checkpointer`) and TensorBoard summaries. This module writes
-and reads the first two, decides whether a config may resume a workdir's checkpoints, and restores a
-checkpoint's variables without building an optimiser step. Evaluation, export and plotting read
+`checkpoints/` (Orbax, `checkpointing.Checkpointer`), TensorBoard summaries and `train.lock` (held
+by the training run that writes the workdir, `workdir_lock`). This module writes and reads the
+first two, holds the lock, decides whether a config may resume a workdir's checkpoints, and
+restores a checkpoint's variables without building an optimiser step. Evaluation, export and plotting read
 workdirs through it; only `train` writes them.
 """
 
+import contextlib
+import fcntl
 import json
 import os
-from typing import Any, Dict, Mapping
+import socket
+import time
+from typing import Any, Dict, Iterator, Mapping
 
 from absl import logging
 import jax
@@ -20,6 +25,41 @@ from dsop_jax import checkpointing
 from dsop_jax import models
 from dsop_jax import sharding
 from dsop_jax import steps
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+  """Holds WORKDIR for one training run: an exclusive `flock` on WORKDIR/train.lock, which names
+  its holder (host, pid, start time). The operating system drops the lock when the holder exits,
+  however it ends (SIGKILL included), so a crashed run never leaves it stuck. Process 0 holds it
+  for a multi-process run. Evaluation, export and plot read a workdir without it.
+
+  Raises:
+    ValueError: another process holds WORKDIR, naming it.
+  """
+  if jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, 'train.lock')
+  with open(path, 'a+') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or 'another process'
+      raise ValueError(f'--workdir={workdir!r} is being trained by {holder} ({path}); one '
+                       'training run at a time per workdir. Wait for it, stop it, or use another '
+                       '--workdir (evaluation, export and plot may read it meanwhile).') from None
+    f.seek(0)
+    f.truncate()
+    f.write(f'host {socket.gethostname()} pid {os.getpid()} since '
+            f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+    f.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -216,9 +216,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
 
   Writes WORKDIR/config.json, WORKDIR/checkpoints/, TensorBoard summaries, and WORKDIR/metrics.jsonl
   with one JSON object per evaluation: {"step", "epoch", "eval": {head: {"top1", "top5", "loss"}},
-  "train": {...}}.
+  "train": {...}}. The workdir is held by this run (`runs.workdir_lock`): a second training run on
+  it is refused, naming this one.
   """
   _validate(config)
+  with runs.workdir_lock(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
   mesh = sharding.create_mesh()
   teacher, teacher_variables = None, None  # Knowledge distillation (Table II baselines).
   distill = config.get('distill')

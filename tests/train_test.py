@@ -255,6 +255,27 @@ def test_bad_config_stops_before_compilation(tmp_path, mutate, match):
   _config_error(config, match, tmp_path)
 
 
+def test_a_workdir_is_trained_by_one_run_at_a_time(tmp_path):
+  """A second training run on a workdir is refused, naming the holder, before it writes anything;
+  the holder's lock goes with it when it dies (here by SIGKILL), so the workdir is free again."""
+  workdir = str(tmp_path / 'work')
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys, time\nfrom dsop_jax import runs\n'
+       'with runs.workdir_lock(sys.argv[1]):\n  print("held", flush=True)\n  time.sleep(600)',
+       workdir], cwd=os.path.dirname(HERE), stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    with pytest.raises(ValueError, match=rf"is being trained by host \S+ pid {holder.pid} since .*"
+                                         r"one training run at a time per workdir"):
+      train.train_and_evaluate(train_helpers.tiny_digits_config(), workdir)
+    assert sorted(os.listdir(workdir)) == ['train.lock']  # Nothing else written.
+  finally:
+    holder.kill()
+    holder.wait()
+  with runs.workdir_lock(workdir):  # Not stuck after the holder's SIGKILL.
+    assert str(os.getpid()) in open(os.path.join(workdir, 'train.lock')).read()
+
+
 def test_unprepared_dataset_is_named(tmp_path):
   config = cifar_resnet20.get_config('cifar10')
   config.data.data_dir = str(tmp_path / 'no_data_here')
