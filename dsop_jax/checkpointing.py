@@ -37,11 +37,15 @@ def quiet_orbax_info_logs() -> None:
 class Checkpointer:
   """Periodic/final saves of the training state under WORKDIR/checkpoints, keeping the last N."""
 
-  def __init__(self, workdir: str, max_to_keep: int = 3):
+  def __init__(self, workdir: str, max_to_keep: int = 3, read_only: bool = False):
+    """`read_only`: for readers (evaluation, export, plot): nothing in WORKDIR is created, moved
+    or deleted; an unreadable latest checkpoint is skipped but left where it is."""
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.read_only = read_only
     self.manager = ocp.CheckpointManager(
         self.directory, item_names=('state', 'meta'),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                             read_only=read_only,
                                              enable_async_checkpointing=False))
 
   def latest_step(self) -> Optional[int]:
@@ -60,7 +64,8 @@ class Checkpointer:
 
     Without `step`, a latest checkpoint that cannot be read (files truncated or lost after Orbax
     finalised it, e.g. a full disk or a storage fault) is skipped with a warning and moved to
-    WORKDIR/corrupt_checkpoints/ (kept, not deleted), and the one before it is used. If no step can
+    WORKDIR/corrupt_checkpoints/ (kept, not deleted; left in place when `read_only`), and the one
+    before it is used. If no step can
     be read, nothing is moved and the error of the latest is raised: a checkpoint of another config
     fails at every step alike.
 
@@ -101,7 +106,7 @@ class Checkpointer:
 
   def _quarantine(self, steps: Sequence[int]) -> None:
     """Moves unreadable step directories out of the way, so later saves of those steps succeed."""
-    if not steps:
+    if not steps or self.read_only:
       return
     target = os.path.join(os.path.dirname(self.directory), 'corrupt_checkpoints')
     if jax.process_index() == 0:

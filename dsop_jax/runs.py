@@ -161,9 +161,10 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None
 
 
 def restore_variables(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """{'params', 'batch_stats'} of the training model from WORKDIR's latest checkpoint."""
+  """{'params', 'batch_stats'} of the training model from WORKDIR's latest readable checkpoint;
+  the workdir is only read (an unreadable newest checkpoint is skipped, not moved)."""
   mesh = sharding.create_mesh()
-  checkpointer = checkpointing.Checkpointer(workdir)
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
   try:
     state, _ = checkpointer.restore(steps.abstract_initial_state(config, mesh))
   finally:

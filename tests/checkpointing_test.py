@@ -12,6 +12,8 @@ import pytest
 
 from dsop_jax import checkpointing
 from dsop_jax import runs
+from dsop_jax import sharding
+from dsop_jax import steps
 from dsop_jax import train
 from tests import train_helpers
 
@@ -44,6 +46,18 @@ def test_unreadable_checkpoints_are_skipped_and_the_run_ends_as_uninterrupted(tm
   _truncate_files(os.path.join(checkpoints, '6', 'state'))
 
   assert checkpointing.Checkpointer(workdir).latest_step() == 6
+  # Readers (export, eval) only read: step 6 is skipped, not moved, and step 3's variables come back.
+  read = runs.restore_variables(config, workdir)
+  assert not os.path.exists(os.path.join(workdir, 'corrupt_checkpoints'))
+  assert '6' in os.listdir(checkpoints)
+  at_3, _ = checkpointing.Checkpointer(workdir, read_only=True).restore(
+      steps.abstract_initial_state(config, sharding.create_mesh()), step=3)
+  for a, b in zip(_leaves(read), _leaves({'params': at_3.params, 'batch_stats': at_3.batch_stats})):
+    np.testing.assert_array_equal(a, b)
+  nowhere = str(tmp_path / 'nowhere')  # A workdir that does not exist is not created by a reader.
+  with pytest.raises(ValueError, match='No checkpoint in'):
+    runs.restore_variables(config, nowhere)
+  assert not os.path.exists(nowhere)
   with caplog.at_level(logging.WARNING):
     resumed = train.train_and_evaluate(config, workdir)  # Resumes from 3, redoes 4-6.
   assert 'Checkpoint at step 6 in' in caplog.text and 'resuming from step 3' in caplog.text
