@@ -75,7 +75,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
 
   Returns:
     (new state, metrics): 'loss', per-head '<head>/loss|top1|top5', 'nonfinite' (1.0 when the step
-    was rejected because a loss or the gradient was not finite), and 'learning_rate'.
+    was rejected because a loss, the gradient or the new state was not finite), 'nonfinite_state'
+    (1.0 when the new parameters, BN statistics or optimiser state were), and 'learning_rate'.
   """
   dropout_rng = jax.random.fold_in(rng, state.step)
 
@@ -117,7 +118,11 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
     finite = jnp.logical_and(finite, jnp.isfinite(optax.tree.norm(hessian_z)))
   new_state = TrainState(step=state.step + 1, params=new_params, batch_stats=new_stats,
                          opt_state=new_opt_state)
-  # A non-finite loss leaves parameters, statistics and optimiser state as they were.
+  # A finite loss and gradient can still give a non-finite state (float32 overflow in the BN
+  # statistics of huge activations, or in an update): the new state must be finite as well.
+  state_finite = _all_finite((new_params, new_stats, new_opt_state))
+  finite = jnp.logical_and(finite, state_finite)
+  # A rejected step leaves parameters, statistics and optimiser state as they were.
   new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_state,
                                      state.replace(step=state.step + 1))
   metrics = head_metrics(heads=losses.head_logits(outputs), labels=batch['label'], terms=terms)
@@ -125,9 +130,17 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
   if 'distill_soft' in terms:
     metrics['distill_soft'] = terms['distill_soft']
   metrics['nonfinite'] = 1.0 - finite.astype(jnp.float32)
+  metrics['nonfinite_state'] = 1.0 - state_finite.astype(jnp.float32)
   if learning_rate_fn is not None:
     metrics['learning_rate'] = learning_rate_fn(state.step)
   return new_state, metrics
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  """Whether every floating-point value in `tree` is finite."""
+  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
 
 
 def eval_step(variables: Any, batch: Mapping[str, jax.Array], *,

@@ -203,7 +203,10 @@ def _check_finite(history: Sequence[Mapping[str, jax.Array]], first_step: int, p
     if metrics['nonfinite']:
       bad = sorted(k.rsplit('/', 1)[0] for k, v in metrics.items()
                    if k.endswith('/loss') and not np.isfinite(v))
-      what = f'loss in head(s) {bad}' if bad else 'gradient (every head loss was finite)'
+      what = (f'loss in head(s) {bad}' if bad else
+              'gradient or updated state (parameters, BN statistics, optimiser state; every head '
+              'loss was finite)' if metrics.get('nonfinite_state') else
+              'gradient (every head loss was finite)')
       message = f'Non-finite {what} at step {first_step + offset + 1}; the update was rejected.'
       if policy == 'stop':
         raise FloatingPointError(f'{message} Training stopped; the last checkpoint (step '

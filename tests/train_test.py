@@ -25,6 +25,7 @@ import tensorflow_datasets as tfds
 from configs import cifar_resnet20
 from configs import imagenet_base
 from dsop_jax import checkpointing
+from dsop_jax import dsop
 from dsop_jax import export
 from dsop_jax import input_pipeline
 from dsop_jax import losses
@@ -33,6 +34,7 @@ from dsop_jax import runs
 from dsop_jax import sharding
 from dsop_jax import steps
 from dsop_jax import train
+from tests import conftest
 from tests import train_helpers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -216,6 +218,26 @@ def test_overflowing_branch_is_rejected_and_named_by_the_step(caplog):
   with caplog.at_level(logging.WARNING):
     train._check_finite([metrics], 7, 'skip', 6)  # pylint: disable=protected-access
   assert 'Skipping it (config.train.on_nonfinite = skip)' in caplog.text
+
+
+def test_a_finite_loss_with_a_non_finite_new_state_is_rejected():
+  """Images of 1e18: the loss and gradient stay finite, but the stem's BN batch variance overflows
+  float32, so the updated running statistics would be Inf. The step rejects the update: nothing
+  non-finite reaches the state, hence no checkpoint or export."""
+  model = dsop.DSoPNet(backbone=conftest.TinyResNet(), branches=(), num_classes=5)
+  tx = optax.sgd(0.1)
+  state = models.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
+  batch = {'image': jnp.full((4, 32, 32, 3), 1e18, jnp.float32).at[0].set(-1e18),
+           'label': jnp.arange(4) % 5, 'mask': jnp.ones(4, bool)}
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
+                                   loss_weights={'logits': 1.0}))
+  new_state, metrics = step(state, batch, jax.random.PRNGKey(1))
+  assert np.isfinite(float(metrics['loss']))
+  assert float(metrics['nonfinite']) == float(metrics['nonfinite_state']) == 1.0
+  assert int(new_state.step) == 1
+  for a, b in zip(_leaves((state.params, state.batch_stats, state.opt_state)),
+                  _leaves((new_state.params, new_state.batch_stats, new_state.opt_state))):
+    np.testing.assert_array_equal(a, b)
 
 
 def _config_error(config, match, tmp_path):
