@@ -107,7 +107,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.policy = 'one_phase'  # 'one_phase', 'early_removal' or 'two_phase' (Section V-C).
   config.train.remove_branches_at_epoch = 0.0  # early_removal: epoch to detach branches (30/45/60).
   config.train.backbone_checkpoint = ''  # two_phase: export dir or workdir of the trained backbone.
-  config.train.on_nonfinite = 'stop'  # A non-finite loss: 'stop' training or 'skip' the step.
+  config.train.on_nonfinite = 'stop'  # A rejected (non-finite) step: 'stop' training or 'skip' it.
+  config.train.max_consecutive_skips = 20  # 'skip' gives up after more rejected steps in a row.
   config.train.eval_every_epochs = 1.0  # Evaluation (and a metrics.jsonl line) interval.
   config.train.log_every_steps = 100  # Training-metric summaries.
   config.train.checkpoint_every_steps = 2000  # Periodic checkpoints (plus one at the end).

@@ -95,6 +95,10 @@ def _validate(config: ml_collections.ConfigDict) -> None:
                        'in [0, 1].')
   if t.on_nonfinite not in ('stop', 'skip'):
     raise ValueError(f'config.train.on_nonfinite = {t.on_nonfinite!r} is invalid: allowed: stop, skip.')
+  skips = t.get('max_consecutive_skips', 20)
+  if not isinstance(skips, int) or isinstance(skips, bool) or skips < 1:
+    raise ValueError(f'config.train.max_consecutive_skips = {skips!r} is invalid: must be an '
+                     'integer >= 1.')
   sharding.local_batch_size(t.batch_size, 'train.batch_size')
   sharding.local_batch_size(config.eval.batch_size, 'eval.batch_size')
   group = config.model.get('bn_group_size', 0)
@@ -196,10 +200,19 @@ def _skipped_records(counters: Mapping[str, Any]) -> Dict[str, float]:
 
 
 def _check_finite(history: Sequence[Mapping[str, jax.Array]], first_step: int, policy: str,
-                  last_saved: Optional[int]) -> None:
-  """Raises FloatingPointError naming the heads when a step in `history` had a non-finite loss."""
+                  last_saved: Optional[int], consecutive: int = 0,
+                  limit: Optional[int] = None) -> int:
+  """Raises FloatingPointError naming the heads when a step in `history` was rejected ('stop'),
+  or when more than `limit` steps in a row were ('skip'). Returns the rejected steps in a row at
+  the end of `history`, counting `consecutive` before it."""
   fetched = jax.device_get(list(history))
   for offset, metrics in enumerate(fetched):
+    consecutive = consecutive + 1 if metrics['nonfinite'] else 0
+    if limit is not None and consecutive > limit:
+      raise FloatingPointError(
+          f'{consecutive} steps in a row were rejected up to step {first_step + offset + 1} '
+          f'(config.train.max_consecutive_skips = {limit}): training is not recovering. The last '
+          f'checkpoint (step {last_saved}) is intact; lower optim.learning_rate and rerun.')
     if metrics['nonfinite']:
       bad = sorted(k.rsplit('/', 1)[0] for k, v in metrics.items()
                    if k.endswith('/loss') and not np.isfinite(v))
@@ -212,6 +225,7 @@ def _check_finite(history: Sequence[Mapping[str, jax.Array]], first_step: int, p
         raise FloatingPointError(f'{message} Training stopped; the last checkpoint (step '
                                  f'{last_saved}) is intact.')
       logging.warning('%s Skipping it (config.train.on_nonfinite = skip).', message)
+  return consecutive
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
@@ -295,7 +309,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
     checkpointer.save(step, state, {'step': step, 'epoch': step / steps_per_epoch})
     last_saved = step
 
-  history, window_start = [], int(state.step)
+  history, window_start, rejected_in_a_row = [], int(state.step), 0
   start_step = int(state.step)
   logging.info('Training %s for %d steps (%d per epoch) from step %d on %d device(s).',
                config.model.name, num_steps, steps_per_epoch, start_step, jax.device_count())
@@ -310,7 +324,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
       preempted = preemption.reached(step + 1)
       save_now = (step + 1) % t.checkpoint_every_steps == 0 or done or preempted
       if (step + 1) % t.log_every_steps == 0 or save_now or (step + 1) % eval_every == 0:
-        _check_finite(history, window_start, t.on_nonfinite, last_saved)
+        rejected_in_a_row = _check_finite(history, window_start, t.on_nonfinite, last_saved,
+                                          rejected_in_a_row, t.get('max_consecutive_skips'))
         train_summary = _summarise(history)
         writer.write_scalars(step + 1, {**{f'train/{k}': v for k, v in train_summary.items()},
                                         **host_memory(), **_skipped_records(skipped)})

@@ -218,6 +218,13 @@ def test_overflowing_branch_is_rejected_and_named_by_the_step(caplog):
   with caplog.at_level(logging.WARNING):
     train._check_finite([metrics], 7, 'skip', 6)  # pylint: disable=protected-access
   assert 'Skipping it (config.train.on_nonfinite = skip)' in caplog.text
+  # 'skip' gives up after more than max_consecutive_skips rejected steps in a row; a good step
+  # resets the count.
+  good = {**metrics, 'nonfinite': 0.0}
+  assert train._check_finite([metrics, metrics, good, metrics], 7, 'skip', 6, 0, 2) == 1  # pylint: disable=protected-access
+  with pytest.raises(FloatingPointError, match=r'3 steps in a row were rejected up to step 9 '
+                                               r'\(config.train.max_consecutive_skips = 2\)'):
+    train._check_finite([metrics, metrics], 7, 'skip', 6, 1, 2)  # pylint: disable=protected-access
 
 
 def test_a_finite_loss_with_a_non_finite_new_state_is_rejected():
@@ -270,6 +277,8 @@ def _config_error(config, match, tmp_path):
      r'config.train.num_epochs = 0.01 is invalid: it gives 0 training steps at 22 steps per epoch'),
     (lambda c: setattr(c.train, 'num_epochs', float('inf')),
      r'config.train.num_epochs = inf is invalid: must be a finite number > 0'),
+    (lambda c: setattr(c.train, 'max_consecutive_skips', 0),
+     r'config.train.max_consecutive_skips = 0 is invalid'),
 ])
 def test_bad_config_stops_before_compilation(tmp_path, mutate, match):
   config = train_helpers.tiny_digits_config()
