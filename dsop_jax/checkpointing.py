@@ -45,7 +45,6 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory, item_names=('state', 'meta'),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                             read_only=read_only,
                                              enable_async_checkpointing=False))
 
   def latest_step(self) -> Optional[int]:

@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from dsop_jax import checkpointing
@@ -92,6 +93,11 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False) -> str:
                      'replace it.')
   variables = runs.restore_variables(config, workdir)
   detached = detach(variables, [s.name for s in models.branch_specs(config.model)])
+  bad = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(detached)
+         if not np.all(np.isfinite(np.asarray(x)))]
+  if bad:  # A checkpoint written before the step checked its new state could hold them.
+    raise ValueError(f'The latest checkpoint in {workdir!r} holds non-finite values in '
+                     f'{len(bad)} variable(s), e.g. {bad[:3]}; nothing was exported.')
   staging = f'{output_dir}.tmp-{os.getpid()}'
   shutil.rmtree(staging, ignore_errors=True)
   with ocp.StandardCheckpointer() as checkpointer:

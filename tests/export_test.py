@@ -11,8 +11,11 @@ import pytest
 
 from configs import cifar_resnet20
 from configs import imagenet_r18
+from dsop_jax import checkpointing
 from dsop_jax import export
 from dsop_jax import models
+from dsop_jax import sharding
+from dsop_jax import steps
 from dsop_jax import train
 from tests import train_helpers
 
@@ -127,3 +130,14 @@ def test_overwriting_an_export_keeps_a_complete_one_at_every_moment(tmp_path, mo
   assert export.export(workdir, out, overwrite=True) == out
   assert sorted(os.listdir(tmp_path)) == ['export', 'work']
   export.load(out)
+  # A checkpoint holding Inf (written before the step checked its new state) is never exported.
+  checkpointer = checkpointing.Checkpointer(workdir)
+  state, meta = checkpointer.restore(steps.abstract_initial_state(config, sharding.create_mesh()))
+  stats = jax.tree_util.tree_map(lambda x: x, state.batch_stats)
+  stats['backbone']['bn_final']['var'] = stats['backbone']['bn_final']['var'].at[0].set(jnp.inf)
+  checkpointer.save(int(state.step) + 1, state.replace(batch_stats=stats), meta)
+  checkpointer.close()
+  with pytest.raises(ValueError, match=r"holds non-finite values in 1 variable\(s\), e\.g\. "
+                                       r"\[\"\['batch_stats'\]\['bn_final'\]\['var'\]\"\]"):
+    export.export(workdir, out, overwrite=True)
+  export.load(out)  # The previous export is untouched.
