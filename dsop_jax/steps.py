@@ -137,10 +137,11 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
 
 
 def _all_finite(tree: Any) -> jax.Array:
-  """Whether every floating-point value in `tree` is finite."""
-  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+  """Whether every floating-point value in `tree` is finite, as one reduction over all of them (a
+  reduction per leaf made the ResNet-50 step's compilation about 3x slower on a CPU)."""
+  leaves = [x.ravel().astype(jnp.float32) for x in jax.tree_util.tree_leaves(tree)
             if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+  return jnp.all(jnp.isfinite(jnp.concatenate(leaves))) if leaves else jnp.asarray(True)
 
 
 def eval_step(variables: Any, batch: Mapping[str, jax.Array], *,
