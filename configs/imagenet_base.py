@@ -32,15 +32,6 @@ def _stage_widths(config: ml_collections.ConfigDict) -> tuple:
   return tuple(s.channels for s in constructor(num_classes=config.model.num_classes).stage_specs())
 
 
-def _set(**fields: Any) -> common.Handler:
-  """A handler setting 'section.field' paths (given with '__' for '.') to values."""
-  def handler(config: ml_collections.ConfigDict, _: str) -> None:
-    for path, value in fields.items():
-      section, name = path.split('__', 1)
-      config[section][name] = value
-  return handler
-
-
 def _blocks(config: ml_collections.ConfigDict, value: str) -> bool:
   blocks = value.split('-')
   if len(blocks) != 4 or not all(b.isdigit() for b in blocks):
@@ -75,7 +66,7 @@ def _delta(config: ml_collections.ConfigDict, value: str) -> bool:
 
 
 OPTIONS = {
-    's2': _set(model__last_stride=2),
+    's2': lambda config, _: setattr(config.model, 'last_stride', 2),
     'plain': lambda config, _: setattr(config.model.branches, 'blocks',
                                        (0,) * len(config.model.branches.blocks)),
     'gap': lambda config, _: config.model.branches.update(pool='gap',
