@@ -91,8 +91,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.distill.soft_weight = 0.5  # w: (1 - w) * CE + w * T^2 * KL.
 
   config.data = ml_collections.ConfigDict()
-  config.data.dataset = 'imagenet2012'  # TFDS name (or 'digits', shipped with scikit-learn).
-  config.data.data_dir = ''  # TFDS data_dir holding the prepared dataset; '' = TFDS's default.
+  # TFDS name, or 'digits' (shipped with scikit-learn), or 'fashion_mnist' (its IDX files).
+  config.data.dataset = 'imagenet2012'
+  # TFDS data_dir holding the prepared dataset ('' = TFDS's default); for fashion_mnist, the
+  # directory of its four IDX files (gzipped or not).
+  config.data.data_dir = ''
+  # Examples of the training split to keep ('digits' and 'fashion_mnist' only): a fixed (seed 0)
+  # random subset, the same for every seed; 0 = the whole split.
+  config.data.train_subset = 0
+  config.data.fit = 'pad'  # fashion_mnist's 28x28 images to image_size: 'pad' (zeros) or 'resize'.
   config.data.image_size = 224  # Training crop size.
   config.data.shuffle_buffer = 16384  # Examples in the shuffle buffer (on every process).
   # How processes share the training data: 'examples' (every process reads the whole split in one

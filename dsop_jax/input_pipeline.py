@@ -1,4 +1,4 @@
-"""Input pipelines (tf.data) for ImageNet, CIFAR-10/100 and the embedded scikit-learn digits.
+"""Input pipelines (tf.data) for ImageNet, CIFAR-10/100, Fashion-MNIST and the embedded digits.
 
 TensorFlow is used for input only and never sees a GPU. One code path serves every dataset: raw
 records -> seeded shuffle -> (enumerate, skip to the resume position) -> this process's slice of
@@ -13,12 +13,18 @@ Augmentation (Section V-B): ImageNet, shorter side resized to a random size in [
 224x224 crop, random flip, mean/std normalisation (or an Inception crop); eval, shorter side 256 and a
 centre crop. CIFAR, 4-pixel zero padding, random 32x32 crop, random flip; eval on the original images.
 Digits (1,797 8x8 images shipped inside scikit-learn, upscaled to 32x32, fixed 1437/360 split), a
-2-pixel pad and random crop without flips (digits are not mirror-symmetric).
+2-pixel pad and random crop without flips (digits are not mirror-symmetric). Fashion-MNIST (60,000
+training and 10,000 test 28x28 grey images, read from the four IDX files its authors publish), fitted
+to config.data.image_size by zero padding or resizing (config.data.fit), then CIFAR's pad-crop-flip.
+The two are held in memory, so config.data.train_subset can keep a fixed random subset of their
+training split for runs sized to a CPU.
 """
 
 import dataclasses
 import functools
+import gzip
 import math
+import os
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import ml_collections
@@ -54,9 +60,19 @@ DATASETS: Dict[str, DatasetInfo] = {
     'cifar10': DatasetInfo(10, 'train', 'test', 'cifar', _CIFAR10_MEAN, _CIFAR10_STD),
     'cifar100': DatasetInfo(100, 'train', 'test', 'cifar', _CIFAR100_MEAN, _CIFAR100_STD),
     'digits': DatasetInfo(10, 'train', 'test', 'digits', (0.0,) * 3, (1.0,) * 3),  # Set below.
+    'fashion_mnist': DatasetInfo(10, 'train', 'test', 'cifar', (0.0,) * 3, (1.0,) * 3),  # Below.
 }
 DIGITS_TEST_SIZE = 360
 PROCESS_SPLITS = ('examples', 'files')  # config.data.process_split, see train_batches.
+# Datasets held in memory as uint8 arrays (config.data.train_subset applies to them).
+ARRAY_DATASETS = ('digits', 'fashion_mnist')
+FITS = ('pad', 'resize')  # config.data.fit: how Fashion-MNIST's 28x28 images reach image_size.
+# Fashion-MNIST's files per split (images, labels), each also read gzipped (name + '.gz').
+FASHION_MNIST_FILES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
+                       'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}
+FASHION_MNIST_HOW = ('Debian and Ubuntu install them in /usr/share/datasets/fashion-mnist with '
+                     '`apt-get install dataset-fashion-mnist`; or download the four files from '
+                     'https://github.com/zalandoresearch/fashion-mnist')
 
 
 @functools.lru_cache(maxsize=1)
@@ -74,8 +90,92 @@ def _digits_arrays() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
           'test': (images[test], digits.target[test].astype(np.int64))}
 
 
-def _digits_stats() -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-  images, _ = _digits_arrays()['train']
+def read_idx(path: str) -> np.ndarray:
+  """The uint8 array of an IDX file (the MNIST format; gzipped when the name ends in .gz).
+
+  Raises ValueError naming the file when it is not an IDX file of unsigned bytes or is truncated.
+  """
+  with (gzip.open if path.endswith('.gz') else open)(path, 'rb') as f:
+    try:
+      data = f.read()
+    except (OSError, EOFError) as e:
+      raise ValueError(f'{path} is not a readable IDX file: {e}') from e
+  if len(data) < 4 or data[:3] != b'\x00\x00\x08' or not 1 <= data[3] <= 4:
+    raise ValueError(f'{path} is not an IDX file of unsigned bytes (its first 4 bytes are '
+                     f'{data[:4].hex()}, expected 000008 then the number of dimensions).')
+  ndim = data[3]
+  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
+  offset = 4 + 4 * ndim
+  if len(data) != offset + math.prod(shape):
+    raise ValueError(f'{path} holds {len(data) - offset} bytes of data; its header {shape} needs '
+                     f'{math.prod(shape)} (a truncated or damaged file).')
+  return np.frombuffer(data, np.uint8, offset=offset).reshape(shape)
+
+
+def _idx_path(data_dir: str, name: str) -> Optional[str]:
+  for candidate in (name, name + '.gz'):
+    if os.path.exists(os.path.join(data_dir, candidate)):
+      return os.path.join(data_dir, candidate)
+  return None
+
+
+def _fit(images: np.ndarray, size: int, fit: str) -> np.ndarray:
+  """N x h x w grey uint8 images -> N x size x size: zeros around them, or a bilinear resize."""
+  h, w = images.shape[1:]
+  if fit == 'pad':
+    top, left = (size - h) // 2, (size - w) // 2
+    return np.pad(images, ((0, 0), (top, size - h - top), (left, size - w - left)))
+  resized = tf.image.resize(images[..., None], (size, size), method='bilinear', antialias=True)
+  return np.clip(np.round(resized.numpy()[..., 0]), 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=2)
+def _fashion_mnist_arrays(data_dir: str, size: int, fit: str
+                          ) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+  """Fashion-MNIST from its IDX files in `data_dir`: size x size x 1 uint8 images, int64 labels."""
+  arrays = {}
+  for split, names in FASHION_MNIST_FILES.items():
+    images, labels = (read_idx(_idx_path(data_dir, name)) for name in names)
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
+      raise ValueError(f'config.data.data_dir = {data_dir!r}: the {split} files hold images of '
+                       f'shape {images.shape} and labels of shape {labels.shape}; Fashion-MNIST '
+                       'has N x 28 x 28 images and N labels.')
+    if labels.max(initial=0) > 9:
+      raise ValueError(f'config.data.data_dir = {data_dir!r}: the {split} labels reach '
+                       f'{labels.max()}; Fashion-MNIST has the 10 classes 0..9.')
+    arrays[split] = (_fit(images, size, fit)[..., None], labels.astype(np.int64))
+  return arrays
+
+
+def _full_arrays(config: ml_collections.ConfigDict) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+  if config.data.dataset == 'digits':
+    return _digits_arrays()
+  return _fashion_mnist_arrays(os.path.abspath(config.data.data_dir), config.data.image_size,
+                               config.data.get('fit', 'pad'))
+
+
+def subset_indices(total: int, subset: int) -> np.ndarray:
+  """The training examples config.data.train_subset = `subset` keeps: a fixed (seed 0) random
+  choice, the same for every config.train.seed, in the split's order."""
+  return np.sort(np.random.default_rng(0).permutation(total)[:subset])
+
+
+def _arrays(config: ml_collections.ConfigDict, split: str) -> Tuple[np.ndarray, np.ndarray]:
+  """(images, labels) of `split` of an in-memory dataset, its training subset applied."""
+  images, labels = _full_arrays(config)[split]
+  subset = config.data.get('train_subset', 0)
+  if split == dataset_info(config).train_split and subset:
+    keep = subset_indices(len(labels), subset)
+    images, labels = images[keep], labels[keep]
+  return images, labels
+
+
+@functools.lru_cache(maxsize=4)
+def _grey_stats(dataset: str, data_dir: str, size: int, fit: str
+                ) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+  config = ml_collections.ConfigDict(dict(data=dict(dataset=dataset, data_dir=data_dir,
+                                                    image_size=size, fit=fit)))
+  images = _full_arrays(config)['train'][0]
   return (float(images.mean()),) * 3, (float(images.std()),) * 3
 
 
@@ -87,16 +187,44 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
     raise ValueError(f'config.data.process_split = {config.data.process_split!r} is invalid: '
                      f'allowed: {", ".join(PROCESS_SPLITS)}.')
   info = DATASETS[name]
-  if name == 'digits':
-    mean, std = _digits_stats()
+  if name in ARRAY_DATASETS:  # Normalised by the grey mean and deviation of the whole train split.
+    mean, std = _grey_stats(name, os.path.abspath(config.data.data_dir), config.data.image_size,
+                            config.data.get('fit', 'pad'))
     info = dataclasses.replace(info, mean=mean, std=std)
   return info
 
 
+def check_data_fields(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming config.data.fit / train_subset / data_dir when one is invalid."""
+  d = config.data
+  if d.get('fit', 'pad') not in FITS:
+    raise ValueError(f'config.data.fit = {d.fit!r} is invalid: allowed: {", ".join(FITS)}.')
+  subset = d.get('train_subset', 0)
+  if not isinstance(subset, int) or isinstance(subset, bool) or subset < 0:
+    raise ValueError(f'config.data.train_subset = {subset!r} is invalid: must be an integer >= 0 '
+                     '(0 = the whole training split).')
+  if subset and d.dataset not in ARRAY_DATASETS:
+    raise ValueError(f'config.data.train_subset = {subset} is invalid for config.data.dataset = '
+                     f'{d.dataset!r}: a training subset is kept only of the in-memory datasets '
+                     f'({", ".join(ARRAY_DATASETS)}); use 0.')
+  if d.dataset == 'fashion_mnist':
+    missing = [name for names in FASHION_MNIST_FILES.values() for name in names
+               if not _idx_path(d.data_dir, name)]
+    if missing:
+      raise ValueError(f'config.data.data_dir = {d.data_dir!r} is invalid for fashion_mnist: it '
+                       f'has no {", ".join(missing)} (nor .gz); give the directory of the four '
+                       f'IDX files ({FASHION_MNIST_HOW}).')
+
+
 def check_prepared(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming config.data.dataset / data_dir when a TFDS dataset is not prepared."""
+  check_data_fields(config)
   info = dataset_info(config)
-  if config.data.dataset == 'digits':
+  if config.data.dataset in ARRAY_DATASETS:
+    total = len(_full_arrays(config)[info.train_split][1])
+    if config.data.get('train_subset', 0) > total:
+      raise ValueError(f'config.data.train_subset = {config.data.train_subset} is invalid: the '
+                       f'training split of {config.data.dataset} has {total} examples.')
     return
   builder = tfds.builder(config.data.dataset, data_dir=config.data.data_dir or None)
   if not builder.is_prepared():
@@ -114,8 +242,8 @@ def check_prepared(config: ml_collections.ConfigDict) -> None:
 
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
   """Examples in a split of the whole dataset (all processes)."""
-  if config.data.dataset == 'digits':
-    return len(_digits_arrays()[split][1])
+  if config.data.dataset in ARRAY_DATASETS:
+    return len(_arrays(config, split)[1])
   builder = tfds.builder(config.data.dataset, data_dir=config.data.data_dir or None)
   return builder.info.splits[split].num_examples
 
@@ -173,8 +301,8 @@ def _records(config: ml_collections.ConfigDict, split: str, *, process_index: in
     process_index, process_count = 0, 1
   total = num_examples(config, split)
   count = total // process_count if train else math.ceil(total / process_count)
-  if config.data.dataset == 'digits':
-    images, labels = _digits_arrays()[split]
+  if config.data.dataset in ARRAY_DATASETS:
+    images, labels = _arrays(config, split)
     shard = slice(process_index, None, process_count)
     ds = tf.data.Dataset.from_tensor_slices({'image': images[shard], 'label': labels[shard]})
   else:
@@ -247,6 +375,8 @@ def preprocess(example: Dict[str, tf.Tensor], seed: tf.Tensor, *, info: DatasetI
                image_size: int, inception_crop: bool = False) -> Dict[str, tf.Tensor]:
   """One example -> {'image': float32 normalised HxWx3, 'label': int32}."""
   image = example['image']
+  if image.shape.rank == 3 and image.shape[-1] == 1:  # Grey (Fashion-MNIST): the networks take 3 channels.
+    image = tf.tile(image, (1, 1, 3))
   if info.augment == 'imagenet':
     image = (_imagenet_train(image, seed, image_size, inception_crop) if train
              else _imagenet_eval(image, image_size))

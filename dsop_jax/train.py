@@ -105,11 +105,13 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   if 0 < group < t.batch_size and t.batch_size % group:
     raise ValueError(f'config.model.bn_group_size = {group} is invalid: it must divide '
                      f'config.train.batch_size ({t.batch_size}), or be 0 (the whole batch).')
+  input_pipeline.check_data_fields(config)
   info = input_pipeline.dataset_info(config)
   if config.model.num_classes != info.num_classes:
     raise ValueError(f'config.model.num_classes = {config.model.num_classes} is invalid: '
                      f'{config.data.dataset} has {info.num_classes} classes.')
-  if info.augment != 'imagenet' and config.data.image_size != 32:
+  if (info.augment != 'imagenet' and config.data.dataset != 'fashion_mnist'
+      and config.data.image_size != 32):
     raise ValueError(f'config.data.image_size = {config.data.image_size} is invalid: '
                      f'{config.data.dataset} images are 32x32.')
   input_pipeline.check_prepared(config)

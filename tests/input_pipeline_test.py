@@ -12,6 +12,7 @@ from configs import cifar_resnet20
 from configs import imagenet_r18
 from configs import quickstart
 from dsop_jax import input_pipeline as ip
+from tests import train_helpers
 
 METADATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tfds_metadata')
 
@@ -157,3 +158,78 @@ def test_unreadable_images_are_skipped_counted_and_epochs_keep_their_length(data
   assert len(evals) == 3 and sum(int(b['mask'].sum()) for b in evals) == 61
   assert eval_skips.value == 3
   assert not set(np.concatenate([b['label'][b['mask']] for b in evals])) & set(bad)
+
+
+def fashion_config(data_dir, **data):
+  config = quickstart.get_config()
+  config.data.update(dataset='fashion_mnist', data_dir=str(data_dir), shuffle_buffer=64, **data)
+  return config
+
+
+def test_fashion_mnist_from_idx_files_padded_or_resized(tmp_path):
+  directory = train_helpers.write_fashion_mnist(tmp_path / 'fmnist')
+  config = fashion_config(directory)
+  ip.check_prepared(config)
+  assert ip.num_examples(config, 'train') == 40 and ip.num_examples(config, 'test') == 12
+  info = ip.dataset_info(config)
+  assert info.num_classes == 10 and info.augment == 'cifar' and len(set(info.mean)) == 1
+  (batch,) = _take(ip.eval_batches(config, local_batch_size=12), 1)
+  assert batch['image'].shape == (12, 32, 32, 3)
+  np.testing.assert_array_equal(batch['label'], np.arange(12) % 10)
+  # Padded: 2 zero pixels around the 28x28 image; the three channels are the grey one.
+  raw = ip.read_idx(os.path.join(directory, 't10k-images-idx3-ubyte'))
+  pixels = batch['image'] * info.std[0] + info.mean[0]
+  np.testing.assert_allclose(pixels[:, 2:30, 2:30, 0], raw, atol=1e-3)
+  assert np.abs(pixels[:, :2]).max() < 1e-3 and np.array_equal(pixels[..., 0], pixels[..., 2])
+  (train,) = _take(ip.train_batches(config, local_batch_size=8, start_step=0, seed=0), 1)
+  assert train['image'].shape == (8, 32, 32, 3)
+  config.data.update(fit='resize', image_size=40)
+  (resized,) = _take(ip.eval_batches(config, local_batch_size=12), 1)
+  assert resized['image'].shape == (12, 40, 40, 3)
+  pixels = resized['image'] * ip.dataset_info(config).std[0] + ip.dataset_info(config).mean[0]
+  assert pixels[:, :2].max() > 1  # Resized: no zero border.
+
+
+def test_train_subset_is_fixed_over_seeds_and_only_for_in_memory_datasets(tmp_path):
+  config = fashion_config(train_helpers.write_fashion_mnist(tmp_path / 'fmnist'), train_subset=16)
+  assert ip.num_examples(config, 'train') == 16 and ip.num_examples(config, 'test') == 12
+  kept = ip.subset_indices(40, 16)
+  expected = sorted(np.arange(40)[kept] % 10)
+  for seed in (0, 1):  # One epoch of each seed: the same 16 examples, in another order.
+    (batch,) = _take(ip.train_batches(config, local_batch_size=16, start_step=0, seed=seed), 1)
+    assert sorted(batch['label']) == expected
+  digits = quickstart.get_config()
+  digits.data.train_subset = 100
+  assert ip.num_examples(digits, 'train') == 100 and ip.num_examples(digits, 'test') == 360
+  for change, message in [
+      (dict(train_subset=41), r'config.data.train_subset = 41 is invalid: the training split of '
+                              r'fashion_mnist has 40 examples'),
+      (dict(train_subset=-1), r'config.data.train_subset = -1 is invalid: must be an integer >= 0'),
+      (dict(fit='crop'), r"config.data.fit = 'crop' is invalid: allowed: pad, resize"),
+      (dict(data_dir=str(tmp_path / 'none')), r"config.data.data_dir = '.*none' is invalid for "
+                                              r'fashion_mnist: it has no train-images-idx3-ubyte, '
+                                              r'.*apt-get install dataset-fashion-mnist')]:
+    bad = fashion_config(config.data.data_dir, train_subset=16)
+    bad.data.update(change)
+    with pytest.raises(ValueError, match=message):
+      ip.check_prepared(bad)
+  cifar = cifar_resnet20.get_config('cifar10')
+  cifar.data.train_subset = 100
+  with pytest.raises(ValueError, match=r"train_subset = 100 is invalid for config.data.dataset = "
+                                       r"'cifar10': .* in-memory datasets \(digits, fashion_mnist\)"):
+    ip.check_prepared(cifar)
+
+
+def test_damaged_idx_files_are_named(tmp_path):
+  path = str(tmp_path / 'images')
+  train_helpers.write_idx(path, np.zeros((3, 28, 28), np.uint8))
+  assert ip.read_idx(path).shape == (3, 28, 28)
+  with open(path, 'r+b') as f:
+    f.truncate(4 + 12 + 100)
+  with pytest.raises(ValueError, match=r'images holds 100 bytes of data; its header \(3, 28, 28\) '
+                                       r'needs 2352 \(a truncated or damaged file\)'):
+    ip.read_idx(path)
+  with open(path, 'wb') as f:
+    f.write(b'\x89PNG\r\n')
+  with pytest.raises(ValueError, match=r'images is not an IDX file of unsigned bytes'):
+    ip.read_idx(path)

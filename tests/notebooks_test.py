@@ -1,18 +1,24 @@
 """The notebooks run top to bottom in a fresh Jupyter kernel, started in notebooks/ as a user would:
-quickstart and dsop_anatomy in their quick (CPU) mode, reproduce_cifar and imagenet_eval in their
-mock mode (TFDS's mock data instead of CIFAR and ImageNet). Each test checks what its notebook must
-show, and that the committed notebooks carry a Colab badge and no stored outputs."""
+quickstart in its smoke mode (its quick mode on one block per stage and 192 training digits),
+dsop_anatomy in its quick (CPU) mode, reproduce_cifar and imagenet_eval in their mock mode (TFDS's
+mock data instead of CIFAR and ImageNet; their runs are the tests of training on mocked cifar10 and
+imagenet2012). Each test checks what its notebook must show, and that the committed notebooks carry
+a Colab badge and no stored outputs."""
 
 import json
 import os
 
 import nbclient
 import nbformat
+import numpy as np
 import pytest
+
+from dsop_jax import models
+from dsop_jax import runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, 'notebooks')
-MODES = {'quickstart': 'quick', 'dsop_anatomy': 'quick', 'reproduce_cifar': 'mock',
+MODES = {'quickstart': 'smoke', 'dsop_anatomy': 'quick', 'reproduce_cifar': 'mock',
          'imagenet_eval': 'mock'}
 # Notebooks whose full mode needs the user's data (imagenet_eval) or two 110-epoch runs
 # (reproduce_cifar) default to a mode that runs as opened on any runtime.
@@ -38,13 +44,13 @@ def _run(name, tmp_path, monkeypatch):
 
 def test_quickstart_trains_plots_exports_and_classifies(tmp_path, monkeypatch):
   text, formats = _run('quickstart', tmp_path, monkeypatch)
-  out = tmp_path / 'quickstart' / 'quick'
+  out = tmp_path / 'quickstart' / 'smoke'
   for run in ('plain', 'dsop'):
     with open(out / run / 'metrics.jsonl') as f:
       assert [json.loads(line)['epoch'] for line in f] == [1.0, 2.0]
   assert (out / 'curves.png').stat().st_size > 0 and (out / 'examples.png').stat().st_size > 0
   assert formats.count('image/png') == 2
-  assert '| preact_resnet20 + DSoP (3 branches) | a_pds3_3 |' in text
+  assert '| preact_resnet20 + DSoP (3 branches) | a_pds3_1 |' in text
   assert 'of 16 right' in text and 'test top-1: exported' in text
   # The exported network has exactly the plain run's parameter count.
   counts = text.split('parameters: trained DSoP-Net')[1].split('\n')[0].split('|')
@@ -60,12 +66,25 @@ def test_dsop_anatomy_tables_detach_and_covariance(tmp_path, monkeypatch):
   assert 'image/png' in formats
 
 
-@pytest.mark.parametrize('name, picture', [('reproduce_cifar', 'cifar_resnet20_cifar10.png'),
-                                           ('imagenet_eval', 'predictions.png')])
-def test_mock_mode_runs_every_cell(tmp_path, monkeypatch, name, picture):
+@pytest.mark.parametrize('name, picture, workdirs', [
+    ('reproduce_cifar', 'cifar_resnet20_cifar10.png',
+     ['cifar_resnet20_cifar10_plain', 'cifar_resnet20_cifar10_dsop']),
+    ('imagenet_eval', 'predictions.png', ['run'])])
+def test_mock_mode_runs_every_cell(tmp_path, monkeypatch, name, picture, workdirs):
+  """Each mock run trains 2 steps on mocked TFDS data (64 examples) and evaluates every head of its
+  config once, at the end, with finite losses."""
   text, formats = _run(name, tmp_path, monkeypatch)
-  assert (tmp_path / name / 'mock' / picture).stat().st_size > 0
+  out = tmp_path / name / 'mock'
+  assert (out / picture).stat().st_size > 0
   assert 'image/png' in formats and '| paper' in text
+  for workdir in workdirs:
+    with open(out / workdir / 'metrics.jsonl') as f:
+      (record,) = [json.loads(line) for line in f]
+    assert record['step'] == 2
+    heads = set(models.head_names(runs.workdir_config(str(out / workdir)).model))
+    assert set(record['eval']) == set(record['train']) == heads
+    assert len(heads) == (1 if workdir.endswith('plain') else 4 if name == 'reproduce_cifar' else 3)
+    assert all(np.isfinite(m['loss']) for m in record['eval'].values())
 
 
 @pytest.mark.parametrize('name', sorted(MODES))

@@ -97,11 +97,11 @@ def test_digits_train_evaluate_resume_and_export(tmp_path):
   assert evaluated['logits'] == pytest.approx(records[0]['eval']['logits'], rel=1e-5)
 
 
-# The tiny ResNet-18 with two DSoP branches runs as the imagenet_eval notebook's mock mode trains it
-# (the two share their compiled programs) and with the second-order head (Table XI), which keeps
-# the default iSQRT-COV branches beside it; GAP branches (Table VII) train in configs_test.
-@pytest.mark.parametrize('name', ['imagenet2012',
-                                  'imagenet2012:isqrt_cov,psdr=8,delta=0.5,psdr_aux', 'cifar10',
+# The tiny ResNet-18 with the second-order head (Table XI), which keeps the default iSQRT-COV
+# branches beside it; GAP branches (Table VII) train in configs_test. The tiny ResNet-18 with two
+# DSoP branches and the CIFAR ResNet-20 with and without branches train on mocked data in the
+# notebooks' mock modes (notebooks_test).
+@pytest.mark.parametrize('name', ['imagenet2012:isqrt_cov,psdr=8,delta=0.5,psdr_aux',
                                   'cifar10,plain,adahessian'])
 def test_mocked_tfds_train_and_evaluate(tmp_path, name):
   if name.startswith('imagenet2012'):
@@ -134,6 +134,18 @@ def test_mocked_tfds_train_and_evaluate(tmp_path, name):
     with tfds.testing.mock_data(num_examples=64, data_dir=METADATA):
       evaluated = train.evaluate_checkpoint(config, str(tmp_path), export_dir=out)
     assert evaluated['logits'] == pytest.approx(record['eval']['logits'], rel=1e-5)
+
+
+def test_fashion_mnist_trains_from_its_idx_files_on_a_subset(tmp_path):
+  config = train_helpers.tiny_digits_config(num_epochs=1.0)  # 128 of 150 images: 2 steps.
+  config.data.update(dataset='fashion_mnist', train_subset=128, shuffle_buffer=128,
+                     data_dir=train_helpers.write_fashion_mnist(tmp_path / 'idx', 150, 30))
+  state = train.train_and_evaluate(config, str(tmp_path / 'work'))
+  assert int(state.step) == 2
+  (record,) = _metrics(tmp_path / 'work')
+  assert set(record['eval']) == set(models.head_names(config.model))
+  assert all(np.isfinite(m['loss']) for m in record['eval'].values())
+  assert runs.workdir_config(str(tmp_path / 'work')).data.train_subset == 128
 
 
 def _start_logged(command, log_path, **kwargs):
