@@ -120,6 +120,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every_steps = 100  # Training-metric summaries.
   config.train.checkpoint_every_steps = 2000  # Periodic checkpoints (plus one at the end).
   config.train.keep_checkpoints = 3  # Checkpoints kept in WORKDIR/checkpoints.
+  # Fields a resume may change although they change what the steps see or the schedule
+  # (comma-separated, e.g. 'train.batch_size,data.fit'; see runs.continuity_fields).
+  config.train.allow_resume_changes = ''
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = 'sgd'  # 'sgd', 'radam', 'adahessian' (Table IX) or 'rmsprop' (EfficientNet).

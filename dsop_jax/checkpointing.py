@@ -1,14 +1,17 @@
 """Orbax checkpoints of the training state, with the metadata needed to resume exactly.
 
 A checkpoint holds two items: 'state' (step, params, batch_stats, opt_state: the whole pytree, saved
-as it is sharded and restored onto the same shardings) and 'meta' (JSON: step and epoch; the config
-sits beside the checkpoints in WORKDIR/config.json). The data position and the RNG are functions of
+as it is sharded and restored onto the same shardings) and 'meta' (JSON: step, epoch and a BLAKE2b
+checksum of every value of the state; the config sits beside the checkpoints in
+WORKDIR/config.json). A restored state whose values do not match its checksum (bits flipped on disk
+after the save) is treated like an unreadable checkpoint. The data position and the RNG are functions of
 (seed, step), so the step restores them too. Orbax
 writes each checkpoint to a temporary directory and renames it when complete, so a run killed
 mid-save leaves the previous checkpoint as the latest one; a finalised checkpoint whose files were
 damaged later is skipped at restore (see `Checkpointer.restore`).
 """
 
+import hashlib
 import logging as std_logging
 import os
 import signal
@@ -19,7 +22,25 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
+
+CHECKSUM = 'state_blake2b'  # The meta key of the state's checksum.
+
+
+def state_checksum(state: Any) -> str:
+  """BLAKE2b of every leaf's path, dtype, shape and bytes (the whole value, gathered from the
+  devices; every process computes the same digest)."""
+  digest = hashlib.blake2b(digest_size=32)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable and not leaf.is_fully_replicated:
+      leaf = multihost_utils.process_allgather(leaf, tiled=True)
+    elif isinstance(leaf, jax.Array):
+      leaf = leaf.addressable_data(0) if leaf.is_fully_replicated else leaf
+    value = np.ascontiguousarray(jax.device_get(leaf))
+    digest.update(f'{jax.tree_util.keystr(path)}|{value.dtype}|{value.shape}|'.encode())
+    digest.update(value.tobytes())
+  return digest.hexdigest()
 
 
 def _not_orbax_info(record: std_logging.LogRecord) -> bool:
@@ -52,8 +73,9 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
     """Saves (blocking) and logs; every process must call it (the save is collective)."""
+    meta = {**meta, CHECKSUM: state_checksum(state)}
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    meta=ocp.args.JsonSave(dict(meta))), force=True)
+                                                    meta=ocp.args.JsonSave(meta)), force=True)
     self.manager.wait_until_finished()
     logging.info('Saved checkpoint at step %d in %s', step, self.directory)
 
@@ -101,6 +123,11 @@ class Checkpointer:
       raise ValueError(f'The checkpoint at step {step} in {self.directory} cannot be restored: '
                        f'it is unreadable or does not match the model and optimiser of this '
                        f'config: {e}') from e
+    saved = restored.meta.get(CHECKSUM)  # Checkpoints written before checksums have none.
+    if saved is not None and state_checksum(restored.state) != saved:
+      raise ValueError(f'The checkpoint at step {step} in {self.directory} cannot be restored: its '
+                       'values do not match the checksum saved with them (its files were damaged '
+                       'after the save).')
     return restored.state, restored.meta
 
   def _quarantine(self, steps: Sequence[int]) -> None:

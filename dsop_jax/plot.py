@@ -4,7 +4,9 @@
   and each auxiliary branch (the paper's Fig. 5).
 - Several runs: first the main head of every run side by side (Fig. 4, e.g. plain vs DSoP), then
   the per-head curves of each run that has branches.
-- A markdown table of the final (and best) error of every head of every run (Tables III, V).
+- A markdown table of the final (and best) error of every head of every run (Tables III, V), and,
+  when several runs share a configuration (e.g. seeds 1-3 of a plain and of a DSoP run), the mean
+  and standard deviation of their main head's final top-1 error.
 
   python -m dsop_jax.plot --workdir=/tmp/dsop_quickstart --workdir=/tmp/plain --output=curves.png
 
@@ -16,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 from typing import Any, Dict, List, Optional, Sequence
 
 from absl import app
@@ -38,6 +41,8 @@ class Run:
   label: str
   records: List[Dict[str, Any]]
   main_order: int = 1
+  group: str = ''  # The configuration's label: runs that differ only in their seed share it.
+  seed: int = 0
 
   def head_label(self, head: str) -> str:
     order = 'first' if self.main_order == 1 else 'second'
@@ -131,7 +136,9 @@ def load_runs(workdirs: Sequence[str], labels: Optional[Sequence[str]] = None) -
     labels = [f'{label} [{os.path.basename(os.path.normpath(w))}]' if labels.count(label) > 1
               else label for label, w in zip(labels, workdirs)]
   orders = [1 if models.head_spec(c.model) is None else 2 for c in configs]
-  return [Run(*args) for args in zip(workdirs, labels, records, orders)]
+  groups = [config_label(c) for c in configs]
+  seeds = [c.train.seed for c in configs]
+  return [Run(*args) for args in zip(workdirs, labels, records, orders, groups, seeds)]
 
 
 def _axes_style(ax: Any, metric: str, title: str) -> None:
@@ -192,6 +199,24 @@ def markdown_table(runs: Sequence[Run]) -> str:
   return '\n'.join(lines)
 
 
+def seeds_table(runs: Sequence[Run]) -> str:
+  """For each configuration with several runs (seeds): the main head's final top-1 error (%), mean
+  and sample standard deviation over its runs, and each run's; '' when no configuration repeats."""
+  groups: Dict[str, List[Run]] = {}
+  for run in runs:
+    groups.setdefault(run.group, []).append(run)
+  if all(len(members) == 1 for members in groups.values()):
+    return ''
+  lines = ['| configuration | runs | main-head top-1 err (%), mean +- std | each run (seed: err) |',
+           '|---|---|---|---|']
+  for group, members in groups.items():
+    errors = [run.curve(MAIN_HEAD, 'top1')[1][-1] for run in members]
+    spread = f' +- {statistics.stdev(errors):.2f}' if len(errors) > 1 else ''
+    each = ', '.join(f'{run.seed}: {error:.2f}' for run, error in zip(members, errors))
+    lines.append(f'| {group} | {len(members)} | {statistics.mean(errors):.2f}{spread} | {each} |')
+  return '\n'.join(lines)
+
+
 def render(workdirs: Sequence[str], output: str, labels: Optional[Sequence[str]] = None,
            dpi: int = 100) -> str:
   """Draws the curves of `workdirs` to `output` (format from its extension: png, pdf, svg, ...)
@@ -206,7 +231,8 @@ def render(workdirs: Sequence[str], output: str, labels: Optional[Sequence[str]]
   if os.path.dirname(output):
     os.makedirs(os.path.dirname(output), exist_ok=True)
   figure(runs).savefig(output, dpi=dpi)
-  return markdown_table(runs)
+  seeds = seeds_table(runs)
+  return markdown_table(runs) + (f'\n\n{seeds}' if seeds else '')
 
 
 def _main(argv: Sequence[str]) -> None:

@@ -15,7 +15,7 @@ import json
 import os
 import socket
 import time
-from typing import Any, Dict, Iterator, Mapping
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from absl import logging
 import jax
@@ -62,11 +62,26 @@ def workdir_lock(workdir: str) -> Iterator[None]:
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """WORKDIR/config.json (process 0 only)."""
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+def write_config(config: ml_collections.ConfigDict, workdir: str,
+                 resumed_at: Optional[int] = None) -> None:
+  """WORKDIR/config.json (process 0 only). A run resumed at step N with a config that differs from
+  the saved one keeps the earlier config as WORKDIR/config.until_step_N.json, so every segment of
+  the run's history keeps the config it ran with."""
+  if jax.process_index() != 0:
+    return
+  path, text = os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2)
+  if resumed_at is not None and os.path.exists(path):
+    with open(path) as f:
+      saved = f.read()
+    if saved == text:
+      return
+    segment = os.path.join(workdir, f'config.until_step_{resumed_at}.json')
+    if not os.path.exists(segment):  # A rerun after a crash keeps the first one.
+      with open(segment, 'w') as f:
+        f.write(saved)
+  with open(path + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
 
 
 def append_metrics(workdir: str, record: Mapping[str, Any]) -> None:
@@ -114,7 +129,14 @@ def workdir_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise ValueError(f'{workdir!r} holds no config.json: not a dsop_jax training workdir.')
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    try:
+      return ml_collections.ConfigDict(json.load(f))
+    except ValueError as e:  # json.JSONDecodeError, or a JSON value that is not an object.
+      raise ValueError(
+          f'{path} is not a valid config file ({e}): it was damaged or edited by hand. Restore it '
+          'from a backup or from a config.until_step_N.json beside it, or write the config the '
+          'run was trained with there (`config.to_json()` of the same config file and '
+          'overrides); the checkpoints themselves are untouched.') from e
 
 
 def _flatten(tree: Any, prefix: str) -> Dict[str, Any]:
@@ -141,23 +163,82 @@ def _structure_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   return fields
 
 
-def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses to resume WORKDIR's checkpoints with a config that builds a different state.
+# Data fields added after workdirs may have been written, with the value that reads the data a
+# config without them read.
+_LEGACY_DATA_FIELDS = {'config.data.train_subset': 0, 'config.data.fit': 'pad'}
+_SCHEDULE_FIELDS = ('learning_rate', 'schedule', 'decay_epochs', 'decay_factor', 'warmup_epochs',
+                    'decay_every_epochs')
 
-  The model and the optimiser's kind fix the checkpoint's structure; other fields (epochs,
-  schedule, logging) may change between runs. Raises ValueError naming each differing field.
+
+def continuity_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The fields a resumed run must share with the run that wrote its checkpoints, beyond the
+  state's structure: what each step sees (global batch, seed, every data field but data_dir, which
+  says where the data lies, not what it is) and the learning-rate schedule (with a cosine schedule,
+  num_epochs shapes it too). Changing one mid-run breaks the epoch accounting and exact resume."""
+  fields = {**_LEGACY_DATA_FIELDS, **_flatten(config.data.to_dict(), 'config.data')}
+  fields.pop('config.data.data_dir', None)
+  fields['config.train.batch_size'] = config.train.batch_size
+  fields['config.train.seed'] = config.train.seed
+  for k in _SCHEDULE_FIELDS:
+    if k in config.optim:
+      value = config.optim[k]
+      fields[f'config.optim.{k}'] = list(value) if isinstance(value, (list, tuple)) else value
+  if config.optim.get('schedule') == 'cosine':
+    fields['config.train.num_epochs'] = config.train.num_epochs
+  return fields
+
+
+def allowed_resume_changes(config: ml_collections.ConfigDict) -> List[str]:
+  """config.train.allow_resume_changes as full field names ('config.train.batch_size')."""
+  value = config.train.get('allow_resume_changes', '')
+  names = [n.strip() for n in value.split(',') if n.strip()] if isinstance(value, str) else None
+  if names is None:
+    raise ValueError(f'config.train.allow_resume_changes = {value!r} is invalid: give a '
+                     "comma-separated string of field names, e.g. 'train.batch_size,data.fit'.")
+  names = [n if n.startswith('config.') else f'config.{n}' for n in names]
+  known = continuity_fields(config)
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(f'config.train.allow_resume_changes names {", ".join(unknown)}, which a resume '
+                     'does not check; allowed: '
+                     f'{", ".join(n[len("config."):] for n in sorted(known))}.')
+  return names
+
+
+def _differences(before: Dict[str, Any], now: Dict[str, Any], keys: Sequence[str]) -> List[str]:
+  return [f'{k} = {now.get(k)!r} (checkpoints: {before.get(k)!r})' for k in keys
+          if before.get(k) != now.get(k)]
+
+
+def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume WORKDIR's checkpoints with a config that builds a different state, or that
+  changes what the steps see or the schedule (`continuity_fields`) without
+  config.train.allow_resume_changes naming the change.
+
+  The model and the optimiser's kind fix the checkpoint's structure; other fields (logging,
+  checkpoint intervals, evaluation, num_epochs of a non-cosine schedule) may change between runs.
+  Raises ValueError naming each differing field.
   """
+  allowed = allowed_resume_changes(config)
   if not os.path.exists(os.path.join(workdir, 'config.json')):
     return
   saved = workdir_config(workdir)
   ours = ml_collections.ConfigDict(json.loads(config.to_json_best_effort()))
   before, now = _structure_fields(saved), _structure_fields(ours)
-  diff = [f'{k} = {now.get(k)!r} (checkpoints: {before.get(k)!r})'
-          for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+  diff = _differences(before, now, sorted(set(before) | set(now)))
   if diff:
     raise ValueError(f'{workdir!r} holds checkpoints of another model or optimiser; this config '
                      f'differs in: {"; ".join(diff)}. Use a new --workdir, or the config the '
                      f'checkpoints were trained with (WORKDIR/config.json).')
+  before, now = continuity_fields(saved), continuity_fields(ours)
+  diff = _differences(before, now, sorted((set(before) & set(now)) - set(allowed)))
+  if diff:
+    raise ValueError(
+        f'{workdir!r} was trained with other data or another schedule; this config differs in: '
+        f'{"; ".join(diff)}. Resuming would change what each step sees and the epoch accounting. '
+        'Use the config in WORKDIR/config.json, a new --workdir, or allow the change with '
+        '--config.train.allow_resume_changes=' + ','.join(
+            k.split(' = ')[0][len('config.'):] for k in diff) + '.')
 
 
 def restore_variables(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:

@@ -106,6 +106,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.model.bn_group_size = {group} is invalid: it must divide '
                      f'config.train.batch_size ({t.batch_size}), or be 0 (the whole batch).')
   input_pipeline.check_data_fields(config)
+  runs.allowed_resume_changes(config)
   info = input_pipeline.dataset_info(config)
   if config.model.num_classes != info.num_classes:
     raise ValueError(f'config.model.num_classes = {config.model.num_classes} is invalid: '
@@ -263,6 +264,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
   removal_step = (int(round(t.remove_branches_at_epoch * steps_per_epoch))
                   if t.policy == 'early_removal' else None)
 
+  os.makedirs(workdir, exist_ok=True)
+  checkpointer = checkpointing.Checkpointer(workdir, t.keep_checkpoints)
+  last_saved = checkpointer.latest_step()
+  if last_saved is not None:  # Before anything is compiled or restored.
+    runs.check_resume_config(config, workdir)
+
   model = models.create(config.model)
   weights = models.loss_weights(config)
   lr_fn = optim.learning_rate_schedule(config, steps_per_epoch, num_steps)
@@ -270,17 +277,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
   state = steps.init_state(model, tx, config, mesh)
   branch_names = [k for k in state.params if k != dsop.BACKBONE]
 
-  os.makedirs(workdir, exist_ok=True)
-  checkpointer = checkpointing.Checkpointer(workdir, t.keep_checkpoints)
-  last_saved = checkpointer.latest_step()
   if last_saved is not None:
-    runs.check_resume_config(config, workdir)
     state, _ = checkpointer.restore(_abstract_state(state))  # Skips unreadable checkpoints.
     last_saved = int(state.step)
     logging.info('Resuming from step %d in %s', last_saved, workdir)
   elif t.policy == 'two_phase':
     state = _load_backbone(state, config, mesh)
-  runs.write_config(config, workdir)
+  runs.write_config(config, workdir, resumed_at=last_saved)
 
   step_fn = functools.partial(
       steps.train_step, tx=tx, label_smoothing=config.loss.label_smoothing, learning_rate_fn=lr_fn,

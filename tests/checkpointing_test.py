@@ -75,6 +75,33 @@ def test_unreadable_checkpoints_are_skipped_and_the_run_ends_as_uninterrupted(tm
   assert checkpointing.Checkpointer(workdir).manager.all_steps() == [3, 6]
 
 
+def test_flipped_bits_in_a_checkpoint_are_caught_by_its_checksum(tmp_path, caplog):
+  """100 inverted bytes in the middle of the largest data file of the newest checkpoint: Orbax
+  restores it without an error (measured), the checksum saved with it does not match, and the step
+  is skipped as unreadable: readers use the one before, training moves it aside."""
+  config = train_helpers.tiny_digits_config(num_epochs=2 / 22, checkpoint_every_steps=1)
+  workdir = str(tmp_path / 'work')
+  train.train_and_evaluate(config, workdir)
+  abstract = steps.abstract_initial_state(config, sharding.create_mesh())
+  at_1, _ = checkpointing.Checkpointer(workdir, read_only=True).restore(abstract, step=1)
+  data = glob.glob(os.path.join(workdir, 'checkpoints', '2', 'state', 'ocdbt.process_0', 'd', '*'))
+  largest = max(data, key=os.path.getsize)
+  with open(largest, 'r+b') as f:
+    f.seek(os.path.getsize(largest) // 2)
+    flipped = bytes(b ^ 0xFF for b in f.read(100))
+    f.seek(os.path.getsize(largest) // 2)
+    f.write(flipped)
+  with caplog.at_level(logging.WARNING):
+    read = runs.restore_variables(config, workdir)
+  assert 'Checkpoint at step 2' in caplog.text and 'do not match the checksum' in caplog.text
+  for a, b in zip(_leaves(read), _leaves({'params': at_1.params, 'batch_stats': at_1.batch_stats})):
+    np.testing.assert_array_equal(a, b)
+  assert '2' in os.listdir(os.path.join(workdir, 'checkpoints'))  # A reader moves nothing.
+  state, meta = checkpointing.Checkpointer(workdir).restore(abstract)
+  assert int(state.step) == 1 and meta['step'] == 1
+  assert glob.glob(os.path.join(workdir, 'corrupt_checkpoints', '2-*'))
+
+
 def test_resuming_with_another_model_or_optimiser_is_refused_naming_the_fields(tmp_path):
   config = train_helpers.tiny_digits_config()
   workdir = str(tmp_path)
@@ -93,6 +120,50 @@ def test_resuming_with_another_model_or_optimiser_is_refused_naming_the_fields(t
   # train_and_evaluate checks before it restores (or compiles) anything.
   with pytest.raises(ValueError, match='holds checkpoints of another model or optimiser'):
     train.train_and_evaluate(config, workdir)
+
+
+def test_resuming_with_other_data_or_schedule_is_refused_unless_allowed(tmp_path):
+  """A resume that changes the batch, the data or the schedule is refused naming the fields, before
+  anything is compiled or restored; config.train.allow_resume_changes lets named fields change, and the earlier
+  config is kept beside the new one as config.until_step_N.json."""
+  config = train_helpers.tiny_digits_config(num_epochs=2 / 22, checkpoint_every_steps=1)
+  workdir = str(tmp_path / 'work')
+  train.train_and_evaluate(config, workdir)
+  first = open(os.path.join(workdir, 'config.json')).read()
+  changed = train_helpers.tiny_digits_config(num_epochs=3 / 22, checkpoint_every_steps=1)
+  changed.train.batch_size = 32
+  changed.data.shuffle_buffer = 100
+  changed.optim.learning_rate = 0.05
+  with pytest.raises(ValueError, match=r"was trained with other data or another schedule; this "
+                     r"config differs in: config.data.shuffle_buffer = 100 \(checkpoints: 1437\); "
+                     r"config.optim.learning_rate = 0.05 \(checkpoints: 0.1\); "
+                     r"config.train.batch_size = 32 \(checkpoints: 64\)\. .* allow the change "
+                     r"with --config.train.allow_resume_changes=data.shuffle_buffer,"
+                     r"optim.learning_rate,train.batch_size\."):
+    train.train_and_evaluate(changed, workdir)
+  assert open(os.path.join(workdir, 'config.json')).read() == first
+  changed.train.allow_resume_changes = 'data.shuffle_buffer, optim.learning_rate'
+  with pytest.raises(ValueError, match=r'differs in: config.train.batch_size = 32'):
+    train.train_and_evaluate(changed, workdir)
+  changed.train.batch_size = 64
+  changed.train.allow_resume_changes = 'train.batch_sise'
+  with pytest.raises(ValueError, match=r'allow_resume_changes names config.train.batch_sise, which '
+                                       r'a resume does not check; allowed: .*train.batch_size'):
+    train.train_and_evaluate(changed, workdir)
+  changed.optim.learning_rate = 0.1  # (A rate baked into the step would compile another one.)
+  changed.train.allow_resume_changes = 'data.shuffle_buffer'
+  state = train.train_and_evaluate(changed, workdir)  # Resumes at step 2, ends at 3.
+  assert int(state.step) == 3
+  assert open(os.path.join(workdir, 'config.until_step_2.json')).read() == first
+  assert runs.workdir_config(workdir).data.shuffle_buffer == 100
+  # A cosine schedule's length is num_epochs: training longer changes it, so it is checked too.
+  cosine = train_helpers.tiny_digits_config()
+  cosine.optim.schedule = 'cosine'
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(cosine.to_json_best_effort())
+  cosine.train.num_epochs = 5.0
+  with pytest.raises(ValueError, match=r'config.train.num_epochs = 5.0 \(checkpoints: 0.25\)'):
+    runs.check_resume_config(cosine, workdir)
 
 
 def test_a_workdir_from_before_the_newer_model_fields_resumes(tmp_path):
@@ -114,7 +185,7 @@ def test_a_workdir_from_before_the_newer_model_fields_resumes(tmp_path):
     runs.check_resume_config(config, str(tmp_path))
 
 
-def test_export_of_a_workdir_without_config_or_checkpoint_is_refused_by_name(tmp_path):
+def test_export_of_a_workdir_without_config_or_checkpoint_or_with_a_damaged_config_is_refused(tmp_path):
   from dsop_jax import export  # pylint: disable=g-import-not-at-top
   workdir, out = str(tmp_path / 'work'), str(tmp_path / 'export')
   os.makedirs(workdir)
@@ -125,3 +196,12 @@ def test_export_of_a_workdir_without_config_or_checkpoint_is_refused_by_name(tmp
   with pytest.raises(ValueError, match='No checkpoint in .*checkpoints'):
     export.export(workdir, out)
   assert not os.path.exists(os.path.join(out, 'model_config.json'))
+  # A config.json cut short (or edited into invalid JSON): named, with how to recover.
+  text = train_helpers.tiny_digits_config().to_json_best_effort()
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(text[:len(text) // 2])
+  for reader in (lambda: export.export(workdir, out), lambda: runs.workdir_config(workdir),
+                 lambda: runs.check_resume_config(train_helpers.tiny_digits_config(), workdir)):
+    with pytest.raises(ValueError, match=r'work/config.json is not a valid config file \(.*\): it '
+                                         r'was damaged or edited by hand. Restore it'):
+      reader()

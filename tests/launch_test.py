@@ -30,3 +30,20 @@ def test_missing_arguments_are_reported():
   result = subprocess.run(['bash', os.path.join(ROOT, 'launch', 'local.sh')], capture_output=True,
                           text=True)
   assert result.returncode != 0 and 'usage: launch/local.sh CONFIG WORKDIR' in result.stderr
+
+
+def test_seeds_script_trains_plain_and_dsop_per_seed_then_plots_them():
+  out = subprocess.run(['bash', os.path.join(ROOT, 'launch', 'seeds.sh'), 'configs/quickstart.py',
+                        '/tmp/o', '1 2', '--config.train.num_epochs=1'],
+                       env={**os.environ, 'DRY_RUN': '1'}, capture_output=True, text=True,
+                       check=True).stdout.strip().splitlines()
+  train = 'python -m dsop_jax.main --config=configs/quickstart.py --workdir=/tmp/o/{}_seed{} ' \
+          '--config.train.seed={} --config.train.num_epochs=1'
+  assert out[:4] == [train.format('plain', 1, 1) + ' --config.model.branches.pattern=',
+                     train.format('dsop', 1, 1),
+                     train.format('plain', 2, 2) + ' --config.model.branches.pattern=',
+                     train.format('dsop', 2, 2)]
+  assert out[4] == ('python -m dsop_jax.plot --workdir=/tmp/o/plain_seed1 --workdir=/tmp/o/dsop_seed1 '
+                    '--workdir=/tmp/o/plain_seed2 --workdir=/tmp/o/dsop_seed2 '
+                    '--output=/tmp/o/curves.png --table=/tmp/o/table.md')
+  assert len(out) == 5

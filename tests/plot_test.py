@@ -84,6 +84,30 @@ def test_figure_lines_are_the_recorded_errors(runs):
   assert len(one.axes) == 2 and len(one.axes[0].lines) == 4
 
 
+def test_runs_of_one_configuration_are_summarised_over_seeds(runs, tmp_path):
+  """Copies of the DSoP run as seeds 1 and 2 with other final errors: the seeds table gives the
+  mean and sample standard deviation of the main head's final top-1 error per configuration."""
+  assert plot.seeds_table(plot.load_runs(runs)) == ''  # No configuration repeats.
+  copies = []
+  for seed, top1 in ((1, 0.9), (2, 0.8)):
+    copy = tmp_path / f'seed{seed}'
+    os.makedirs(copy)
+    config = runs_lib.workdir_config(runs[0])
+    config.train.seed = seed
+    with open(copy / 'config.json', 'w') as f:
+      f.write(config.to_json())
+    records = _records(runs[0])
+    records[-1]['eval']['logits']['top1'] = top1
+    with open(copy / 'metrics.jsonl', 'w') as f:
+      f.write('\n'.join(json.dumps(r) for r in records) + '\n')
+    copies.append(str(copy))
+  table = plot.render([*copies, runs[1]], str(tmp_path / 'seeds.png'))
+  assert ('| preact_resnet20 + DSoP (3 branches) | 2 | 15.00 +- 7.07 | 1: 10.00, 2: 20.00 |'
+          in table)
+  plain = 100 * (1 - _records(runs[1])[-1]['eval']['logits']['top1'])
+  assert f'| preact_resnet20 (plain) | 1 | {plain:.2f} | 0: {plain:.2f} |' in table
+
+
 def _write(path, lines):
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
