@@ -100,20 +100,37 @@ class Checkpointer:
     steps = sorted(self.manager.all_steps(), reverse=True)
     if not steps:
       raise ValueError(f'No checkpoint in {self.directory}.')
-    failed = []
-    for candidate in steps:
-      try:
-        restored = self._restore(candidate, abstract)
-      except Exception as e:  # pylint: disable=broad-except  (any read failure of one step)
-        failed.append((candidate, e))
-        continue
-      for bad, error in failed:
-        logging.warning('Checkpoint at step %d in %s cannot be restored (%s: %s); skipping it and '
-                        'resuming from step %d.', bad, self.directory, type(error).__name__,
-                        str(error)[:500], candidate)
-      self._quarantine([bad for bad, _ in failed])
-      return restored
-    raise failed[0][1]
+    failed, vanished, tried = [], [], set()
+    while True:
+      for candidate in steps:
+        tried.add(candidate)
+        try:
+          restored = self._restore(candidate, abstract)
+        except Exception as e:  # pylint: disable=broad-except  (any read failure of one step)
+          if os.path.exists(os.path.join(self.directory, str(candidate))):
+            failed.append((candidate, e))
+          else:  # Deleted while read: a training run on this workdir keeps only its last N.
+            vanished.append(candidate)
+          continue
+        for bad in vanished:
+          logging.warning('Checkpoint at step %d in %s was removed while being read (a training '
+                          'run on this workdir deletes its older checkpoints); using step %d.',
+                          bad, self.directory, candidate)
+        for bad, error in failed:
+          logging.warning('Checkpoint at step %d in %s cannot be restored (%s: %s); skipping it '
+                          'and resuming from step %d.', bad, self.directory, type(error).__name__,
+                          str(error)[:500], candidate)
+        self._quarantine([bad for bad, _ in failed])
+        return restored
+      self.manager.reload()  # Steps saved meanwhile (by a run training this workdir) are tried.
+      steps = sorted(set(self.manager.all_steps()) - tried, reverse=True)
+      if not steps:
+        break
+    if failed:
+      raise failed[0][1]
+    raise ValueError(f'Every checkpoint in {self.directory} (steps {sorted(vanished)}) was removed '
+                     'while being read, and no newer one appeared: is a training run deleting '
+                     'them? Retry when it has saved its next checkpoint.')
 
   def _restore(self, step: int, abstract: Any) -> Tuple[Any, dict]:
     try:

@@ -210,6 +210,19 @@ def _differences(before: Dict[str, Any], now: Dict[str, Any], keys: Sequence[str
           if before.get(k) != now.get(k)]
 
 
+def check_same_structure(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises ValueError naming each model or optimiser field in which `config` differs from the
+  WORKDIR/config.json its checkpoints were written with (they would not restore onto its state)."""
+  saved = workdir_config(workdir)
+  ours = ml_collections.ConfigDict(json.loads(config.to_json_best_effort()))
+  before, now = _structure_fields(saved), _structure_fields(ours)
+  diff = _differences(before, now, sorted(set(before) | set(now)))
+  if diff:
+    raise ValueError(f'{workdir!r} holds checkpoints of another model or optimiser; this config '
+                     f'differs in: {"; ".join(diff)}. Use a new --workdir, or the config the '
+                     f'checkpoints were trained with (WORKDIR/config.json).')
+
+
 def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to resume WORKDIR's checkpoints with a config that builds a different state, or that
   changes what the steps see or the schedule (`continuity_fields`) without
@@ -222,14 +235,9 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None
   allowed = allowed_resume_changes(config)
   if not os.path.exists(os.path.join(workdir, 'config.json')):
     return
+  check_same_structure(config, workdir)
   saved = workdir_config(workdir)
   ours = ml_collections.ConfigDict(json.loads(config.to_json_best_effort()))
-  before, now = _structure_fields(saved), _structure_fields(ours)
-  diff = _differences(before, now, sorted(set(before) | set(now)))
-  if diff:
-    raise ValueError(f'{workdir!r} holds checkpoints of another model or optimiser; this config '
-                     f'differs in: {"; ".join(diff)}. Use a new --workdir, or the config the '
-                     f'checkpoints were trained with (WORKDIR/config.json).')
   before, now = continuity_fields(saved), continuity_fields(ours)
   diff = _differences(before, now, sorted((set(before) & set(now)) - set(allowed)))
   if diff:
@@ -244,6 +252,8 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None
 def restore_variables(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """{'params', 'batch_stats'} of the training model from WORKDIR's latest readable checkpoint;
   the workdir is only read (an unreadable newest checkpoint is skipped, not moved)."""
+  if os.path.exists(os.path.join(workdir, 'config.json')):  # Fields named, not a shape dump.
+    check_same_structure(config, workdir)
   mesh = sharding.create_mesh()
   checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
   try:

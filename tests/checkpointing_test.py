@@ -5,6 +5,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -30,6 +31,22 @@ def _truncate_files(directory):
   for path in files:
     with open(path, 'r+b') as f:
       f.truncate(os.path.getsize(path) // 2)
+
+
+def _two_step_config():
+  return train_helpers.tiny_digits_config(num_epochs=2 / 22, checkpoint_every_steps=1)
+
+
+@pytest.fixture(scope='module')
+def two_step_run(tmp_path_factory):
+  """A workdir trained for 2 steps with checkpoints at steps 1 and 2; tests work on copies."""
+  workdir = str(tmp_path_factory.mktemp('two_step') / 'work')
+  train.train_and_evaluate(_two_step_config(), workdir)
+  return workdir
+
+
+def _copy(workdir, tmp_path):
+  return shutil.copytree(workdir, str(tmp_path / 'work'))
 
 
 def test_unreadable_checkpoints_are_skipped_and_the_run_ends_as_uninterrupted(tmp_path, caplog):
@@ -75,13 +92,11 @@ def test_unreadable_checkpoints_are_skipped_and_the_run_ends_as_uninterrupted(tm
   assert checkpointing.Checkpointer(workdir).manager.all_steps() == [3, 6]
 
 
-def test_flipped_bits_in_a_checkpoint_are_caught_by_its_checksum(tmp_path, caplog):
+def test_flipped_bits_in_a_checkpoint_are_caught_by_its_checksum(two_step_run, tmp_path, caplog):
   """100 inverted bytes in the middle of the largest data file of the newest checkpoint: Orbax
   restores it without an error (measured), the checksum saved with it does not match, and the step
   is skipped as unreadable: readers use the one before, training moves it aside."""
-  config = train_helpers.tiny_digits_config(num_epochs=2 / 22, checkpoint_every_steps=1)
-  workdir = str(tmp_path / 'work')
-  train.train_and_evaluate(config, workdir)
+  config, workdir = _two_step_config(), _copy(two_step_run, tmp_path)
   abstract = steps.abstract_initial_state(config, sharding.create_mesh())
   at_1, _ = checkpointing.Checkpointer(workdir, read_only=True).restore(abstract, step=1)
   data = glob.glob(os.path.join(workdir, 'checkpoints', '2', 'state', 'ocdbt.process_0', 'd', '*'))
@@ -102,6 +117,29 @@ def test_flipped_bits_in_a_checkpoint_are_caught_by_its_checksum(tmp_path, caplo
   assert glob.glob(os.path.join(workdir, 'corrupt_checkpoints', '2-*'))
 
 
+def test_a_reader_racing_the_trainers_clean_up_uses_the_newer_checkpoint(two_step_run, tmp_path,
+                                                                         caplog):
+  """A reader lists steps 1 and 2; before it reads them a training run saves step 3 (here: step 2's
+  files renamed, as a save's finalising rename does) and deletes the older ones. The reader takes
+  step 3 and says what happened; with nothing newer, it says so instead of showing a read error."""
+  config, workdir = _two_step_config(), _copy(two_step_run, tmp_path)
+  abstract = steps.abstract_initial_state(config, sharding.create_mesh())
+  reader = checkpointing.Checkpointer(workdir, read_only=True)
+  assert reader.manager.all_steps() == [1, 2]
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  os.rename(os.path.join(checkpoints, '2'), os.path.join(checkpoints, '3'))
+  shutil.rmtree(os.path.join(checkpoints, '1'))
+  with caplog.at_level(logging.WARNING):
+    state, _ = reader.restore(abstract)
+  assert int(state.step) == 2  # Step 2's values, found as step 3.
+  assert 'Checkpoint at step 2 in' in caplog.text and 'was removed while being read' in caplog.text
+  reader = checkpointing.Checkpointer(workdir, read_only=True)
+  shutil.rmtree(os.path.join(checkpoints, '3'))
+  with pytest.raises(ValueError, match=r'steps \[3\]\) was removed while being read, and no newer '
+                                       r'one appeared'):
+    reader.restore(abstract)
+
+
 def test_resuming_with_another_model_or_optimiser_is_refused_naming_the_fields(tmp_path):
   config = train_helpers.tiny_digits_config()
   workdir = str(tmp_path)
@@ -120,15 +158,17 @@ def test_resuming_with_another_model_or_optimiser_is_refused_naming_the_fields(t
   # train_and_evaluate checks before it restores (or compiles) anything.
   with pytest.raises(ValueError, match='holds checkpoints of another model or optimiser'):
     train.train_and_evaluate(config, workdir)
+  # So do the readers (eval, export, the notebooks): the fields, not a dump of mismatched shapes.
+  with pytest.raises(ValueError, match=r"another model or optimiser; this config differs in: "
+                                       r"config.model.branches.pattern = '\[2\]'"):
+    runs.restore_variables(config, workdir)
 
 
-def test_resuming_with_other_data_or_schedule_is_refused_unless_allowed(tmp_path):
+def test_resuming_with_other_data_or_schedule_is_refused_unless_allowed(two_step_run, tmp_path):
   """A resume that changes the batch, the data or the schedule is refused naming the fields, before
   anything is compiled or restored; config.train.allow_resume_changes lets named fields change, and the earlier
   config is kept beside the new one as config.until_step_N.json."""
-  config = train_helpers.tiny_digits_config(num_epochs=2 / 22, checkpoint_every_steps=1)
-  workdir = str(tmp_path / 'work')
-  train.train_and_evaluate(config, workdir)
+  workdir = _copy(two_step_run, tmp_path)
   first = open(os.path.join(workdir, 'config.json')).read()
   changed = train_helpers.tiny_digits_config(num_epochs=3 / 22, checkpoint_every_steps=1)
   changed.train.batch_size = 32
