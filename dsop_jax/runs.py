@@ -15,7 +15,7 @@ import json
 import os
 import socket
 import time
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
 import jax
@@ -210,11 +210,20 @@ def _differences(before: Dict[str, Any], now: Dict[str, Any], keys: Sequence[str
           if before.get(k) != now.get(k)]
 
 
+def _saved_and_ours(config: ml_collections.ConfigDict, workdir: str
+                    ) -> Tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+  """WORKDIR/config.json and `config` as JSON round-trips it (tuples as lists), to compare."""
+  return workdir_config(workdir), ml_collections.ConfigDict(json.loads(config.to_json_best_effort()))
+
+
 def check_same_structure(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Raises ValueError naming each model or optimiser field in which `config` differs from the
   WORKDIR/config.json its checkpoints were written with (they would not restore onto its state)."""
-  saved = workdir_config(workdir)
-  ours = ml_collections.ConfigDict(json.loads(config.to_json_best_effort()))
+  _check_same_structure(*_saved_and_ours(config, workdir), workdir)
+
+
+def _check_same_structure(saved: ml_collections.ConfigDict, ours: ml_collections.ConfigDict,
+                          workdir: str) -> None:
   before, now = _structure_fields(saved), _structure_fields(ours)
   diff = _differences(before, now, sorted(set(before) | set(now)))
   if diff:
@@ -235,9 +244,8 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None
   allowed = allowed_resume_changes(config)
   if not os.path.exists(os.path.join(workdir, 'config.json')):
     return
-  check_same_structure(config, workdir)
-  saved = workdir_config(workdir)
-  ours = ml_collections.ConfigDict(json.loads(config.to_json_best_effort()))
+  saved, ours = _saved_and_ours(config, workdir)
+  _check_same_structure(saved, ours, workdir)
   before, now = continuity_fields(saved), continuity_fields(ours)
   diff = _differences(before, now, sorted((set(before) & set(now)) - set(allowed)))
   if diff:
