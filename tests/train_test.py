@@ -170,7 +170,8 @@ def test_data_parallel_8_devices_matches_1_device(tmp_path):
   runs = [_start_logged(  # Both at once: much of each is single-threaded start-up.
       [sys.executable, os.path.join(HERE, 'data_parallel_run.py'), str(tmp_path / f'work{devices}'),
        str(tmp_path / f'{devices}.npz')], tmp_path / f'{devices}.log',
-      env=dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}'))
+      env=dict(os.environ,
+               XLA_FLAGS=conftest.xla_flags(f'--xla_force_host_platform_device_count={devices}')))
           for devices in (1, 8)]
   for run in runs:
     _succeeds(*run)
@@ -371,14 +372,6 @@ def test_two_phase_refuses_a_backbone_of_another_network(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / 'branches'))
 
 
-def _wait_for_steps(process, log_path, min_steps, deadline_s=240):
-  """Returns once the log of the running `process` shows `min_steps` training steps."""
-  deadline = time.time() + deadline_s
-  while open(log_path).read().count('train/loss=') < min_steps:
-    assert process.poll() is None and time.time() < deadline, open(log_path).read()[-3000:]
-    time.sleep(0.05)
-
-
 def _orbax_info_lines(log):
   """The INFO lines of an absl log written from a module that only Orbax has."""
   basenames = lambda package: {f for _, _, files in os.walk(os.path.dirname(package.__file__))
@@ -390,29 +383,29 @@ def _orbax_info_lines(log):
           if (m := re.match(r'I\d{4} \S+ +\d+ (\S+\.py):\d+\]', line)) and m[1] in orbax_only]
 
 
-def test_preemption_of_two_processes_and_sigkill_then_rerun_match_an_uninterrupted_run(tmp_path):
-  """Three runs of the same command and global batch on 2 devices: the reference, one process with
-  2 devices started by launch/local.sh; the same as 2 processes (jax.distributed on 127.0.0.1,
-  gloo collectives, 1 device each); and one process killed with SIGKILL at a random step.
+def test_preemption_of_two_processes_and_sigkill_then_rerun_end_bit_identical(tmp_path):
+  """Two runs of the same command and global batch on 2 devices, each interrupted then rerun: one
+  process with 2 devices started by launch/local.sh and killed with SIGKILL at a random step; and
+  the same as 2 processes (jax.distributed on 127.0.0.1, gloo collectives, 1 device each), whose
+  process 0 gets SIGTERM (one preempted host).
 
-  SIGTERM reaches process 0 only (one preempted host): both processes stop at the step they are
-  at, save it collectively and exit 0, so nothing is lost. SIGKILL loses at most the steps since
-  the last periodic checkpoint. Rerun, each finishes the 11 steps; each process decodes its half of
-  every global batch, both print the same metrics, and both runs end with parameters, BN statistics
-  and metrics bit-identical to the reference (a 2-way all-reduce is one addition, so even the
-  rounding agrees), whose log holds no Orbax INFO line (`checkpointing.quiet_orbax_info_logs`).
+  SIGTERM: both processes stop at the step they are at, save it collectively and exit 0, so
+  nothing is lost. SIGKILL loses at most the steps since the last periodic checkpoint. Rerun, each
+  finishes the 11 steps; each process decodes its half of every global batch, both print the same
+  metrics, and the two runs end with parameters, BN statistics and metrics bit-identical (a 2-way
+  all-reduce is one addition, so even the rounding agrees; they were interrupted at different
+  steps, and an interrupted run equals an uninterrupted one in
+  test_digits_train_evaluate_resume_and_export). The single-process log holds no Orbax INFO line
+  (`checkpointing.quiet_orbax_info_logs`).
   """
   overrides = [*TINY_OVERRIDES, '--config.train.num_epochs=0.5',
                '--config.train.checkpoint_every_steps=3', '--config.train.log_every_steps=1']
   root = os.path.dirname(HERE)
   two_devices = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-                 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+                 'XLA_FLAGS': conftest.xla_flags('--xla_force_host_platform_device_count=2'),
                  'PATH': os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']}
-  command = lambda name: [sys.executable, '-m', 'dsop_jax.main', '--config=configs/quickstart.py',
-                          f'--workdir={tmp_path / name}', *overrides]
-  reference = _start_logged(['bash', 'launch/local.sh', 'configs/quickstart.py',
-                             str(tmp_path / 'reference'), *overrides], tmp_path / 'reference.txt',
-                            env=two_devices)
+  local = lambda log: _start_logged(['bash', 'launch/local.sh', 'configs/quickstart.py',
+                                     str(tmp_path / 'killed'), *overrides], log, env=two_devices)
   workdir = str(tmp_path / 'distributed')
 
   def start_two(logs):
@@ -420,37 +413,28 @@ def test_preemption_of_two_processes_and_sigkill_then_rerun_match_an_uninterrupt
       s.bind(('127.0.0.1', 0))
       port = s.getsockname()[1]
     return [subprocess.Popen(
-        [*command('distributed'), f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-         f'--process_id={i}', '--cpu_collectives=gloo'], cwd=root, stdout=open(logs[i], 'w'),
-        stderr=subprocess.STDOUT, env={**os.environ, 'JAX_PLATFORMS': 'cpu'}) for i in range(2)]
+        [sys.executable, '-m', 'dsop_jax.main', '--config=configs/quickstart.py',
+         f'--workdir={workdir}', *overrides, f'--coordinator_address=127.0.0.1:{port}',
+         '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo'], cwd=root,
+        stdout=open(logs[i], 'w'), stderr=subprocess.STDOUT,
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu'}) for i in range(2)]
 
   first = [tmp_path / f'first{i}.txt' for i in range(2)]
-  processes = start_two(first)  # With the reference; their programs differ from its anyway.
+  processes = start_two(first)
+  killed_run, kill_log = local(tmp_path / 'kill.txt')
   kill_after = random.Random().randint(1, 9)
-  kill_log = tmp_path / 'kill.txt'
-  killed_run = None
-
-  def start_killed_run():  # Once the reference has compiled: it loads that step from the cache.
-    nonlocal killed_run
-    killed_run, _ = _start_logged(command('killed'), kill_log, env=two_devices)
-    return killed_run
-
-  # As they come: the killed run starts after the reference's first step, SIGTERM reaches
-  # process 0 after its 2nd step, SIGKILL the killed run after `kill_after` steps.
-  events = [(lambda: reference[0], reference[1], 1, start_killed_run),
-            (lambda: processes[0], first[0], 2, lambda: processes[0].send_signal(signal.SIGTERM)),
-            (lambda: killed_run, kill_log, kill_after,
-             lambda: killed_run.send_signal(signal.SIGKILL))]
+  # As they come: SIGTERM reaches process 0 after its 2nd step, SIGKILL the single process after
+  # `kill_after` steps.
+  events = [(processes[0], first[0], 2, signal.SIGTERM), (killed_run, kill_log, kill_after,
+                                                          signal.SIGKILL)]
   deadline = time.time() + 300
   while events:
     for entry in list(events):
-      process, log_path, steps_done, action = entry
-      if process() is None:  # The killed run, not started yet.
-        continue
+      process, log_path, steps_done, signum = entry
       log = open(log_path).read()
-      assert process().poll() is None and time.time() < deadline, log[-3000:]
+      assert process.poll() is None and time.time() < deadline, log[-3000:]
       if log.count('train/loss=') >= steps_done:
-        action()
+        process.send_signal(signum)
         events.remove(entry)
     time.sleep(0.05)
   assert [p.wait(timeout=300) for p in processes] == [0, 0]
@@ -466,10 +450,9 @@ def test_preemption_of_two_processes_and_sigkill_then_rerun_match_an_uninterrupt
 
   second = [tmp_path / f'second{i}.txt' for i in range(2)]
   processes = start_two(second)
-  rerun = _start_logged(command('killed'), tmp_path / 'kill_rerun.txt', env=two_devices)
+  rerun = local(tmp_path / 'kill_rerun.txt')
   assert [p.wait(timeout=300) for p in processes] == [0, 0]
-  for run in (rerun, reference):
-    _succeeds(*run)
+  _succeeds(*rerun)
   logs = [open(f).read() for f in second]
   for i, log in enumerate(logs):
     assert f'JAX process {i}/2, 1 local / 2 global devices' in log
@@ -477,16 +460,18 @@ def test_preemption_of_two_processes_and_sigkill_then_rerun_match_an_uninterrupt
   evals = [[line.split('): ', 1)[1] for line in log.splitlines() if 'Eval at step 11' in line]
            for log in logs]
   assert evals[0] and evals[0] == evals[1]
-  assert _orbax_info_lines(open(tmp_path / 'reference.txt').read()) == []
+  rerun_log = open(tmp_path / 'kill_rerun.txt').read()
+  assert f'Resuming from step {killed}' in rerun_log or (killed == 0 and 'Resuming' not in rerun_log)
+  assert _orbax_info_lines(rerun_log) == []
   untimed = lambda records: [{k: v for k, v in r.items() if k != 'time'} for r in records]
-  assert untimed(_metrics(workdir)) == untimed(_metrics(tmp_path / 'reference'))
+  assert untimed(_metrics(workdir)) == untimed(_metrics(tmp_path / 'killed'))
   assert [r['step'] for r in _metrics(workdir)] == [11]
   config = runs.workdir_config(workdir)
-  expected = _leaves(runs.restore_variables(config, str(tmp_path / 'reference')))
   for name in ('distributed', 'killed'):
     assert checkpointing.Checkpointer(str(tmp_path / name)).latest_step() == 11
-    for a, b in zip(_leaves(runs.restore_variables(config, str(tmp_path / name))), expected):
-      np.testing.assert_array_equal(a, b, err_msg=f'{name} (SIGKILL after step {kill_after})')
+  for a, b in zip(_leaves(runs.restore_variables(config, workdir)),
+                  _leaves(runs.restore_variables(config, str(tmp_path / 'killed')))):
+    np.testing.assert_array_equal(a, b, err_msg=f'SIGKILL after step {kill_after}')
 
 
 def test_bfloat16_mixed_precision_trains_with_float32_parameters(tmp_path):
