@@ -66,6 +66,11 @@ DIGITS_TEST_SIZE = 360
 PROCESS_SPLITS = ('examples', 'files')  # config.data.process_split, see train_batches.
 # Datasets held in memory as uint8 arrays (config.data.train_subset applies to them).
 ARRAY_DATASETS = ('digits', 'fashion_mnist')
+# TFDS metadata (dataset_info.json, label names) of imagenet2012, cifar10 and cifar100 with 64-example
+# splits, shipped with the package: `tfds.testing.mock_data(num_examples=64, data_dir=MOCK_METADATA)`
+# serves random images in their shapes and split names, with no download (the notebooks' mock
+# modes and the tests). Written by tests/make_tfds_metadata.py.
+MOCK_METADATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tfds_metadata')
 FITS = ('pad', 'resize')  # config.data.fit: how Fashion-MNIST's 28x28 images reach image_size.
 # Fashion-MNIST's files per split (images, labels), each also read gzipped (name + '.gz').
 FASHION_MNIST_FILES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),

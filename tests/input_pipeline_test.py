@@ -14,7 +14,7 @@ from configs import quickstart
 from dsop_jax import input_pipeline as ip
 from tests import train_helpers
 
-METADATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tfds_metadata')
+METADATA = ip.MOCK_METADATA
 
 
 def _take(iterator, n):

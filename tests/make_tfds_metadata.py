@@ -1,14 +1,16 @@
 """Writes the TFDS metadata (dataset_info.json, label files) that tfds.testing.mock_data needs to serve
 imagenet2012, cifar10 and cifar100 with real split names and small split sizes, without any download.
 
-  python tests/make_tfds_metadata.py   # rewrites tests/tfds_metadata/
+  python tests/make_tfds_metadata.py   # rewrites dsop_jax/tfds_metadata/ (input_pipeline.MOCK_METADATA)
 """
 
 import os
 
 import tensorflow_datasets as tfds
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tfds_metadata')
+from dsop_jax import input_pipeline
+
+OUT = input_pipeline.MOCK_METADATA
 SPLITS = {'imagenet2012': {'train': 64, 'validation': 64},
           'cifar10': {'train': 64, 'test': 64}, 'cifar100': {'train': 64, 'test': 64}}
 

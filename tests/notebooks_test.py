@@ -93,7 +93,10 @@ def test_committed_notebooks_open_with_a_colab_badge_and_hold_no_outputs(name):
   nbformat.validate(notebook)
   assert (f'https://colab.research.google.com/github/dsop-jax/dsop_jax/blob/main/notebooks/'
           f'{name}.ipynb') in notebook.cells[0].source
-  assert 'pip' in notebook.cells[1].source and 'requirements.txt' in notebook.cells[1].source
+  # Installed with pip from REPO_URL where dsop_jax is not importable; no clone, no chdir.
+  setup = notebook.cells[1].source
+  assert "f'dsop_jax @ git+{REPO_URL}'" in setup and setup.count('REPO_URL = ') == 1
+  assert 'chdir' not in setup and 'git clone' not in setup
   for cell in notebook.cells:
     assert not cell.get('outputs') and not cell.get('execution_count'), cell.source[:60]
   # Opened on a GPU runtime, a notebook whose long modes need data or hours runs its short one.

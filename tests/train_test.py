@@ -38,7 +38,7 @@ from tests import conftest
 from tests import train_helpers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-METADATA = os.path.join(HERE, 'tfds_metadata')
+METADATA = input_pipeline.MOCK_METADATA
 # The quickstart network of `train_helpers.tiny_digits_config`, for `dsop_jax.main` subprocesses.
 TINY_OVERRIDES = ['--config.model.stage_sizes=(1,1,1)', '--config.model.branches.pattern=[1]']
 
