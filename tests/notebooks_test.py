@@ -95,7 +95,7 @@ def test_committed_notebooks_open_with_a_colab_badge_and_hold_no_outputs(name):
           f'{name}.ipynb') in notebook.cells[0].source
   # Installed with pip from REPO_URL where dsop_jax is not importable; no clone, no chdir.
   setup = notebook.cells[1].source
-  assert "f'dsop_jax @ git+{REPO_URL}'" in setup and setup.count('REPO_URL = ') == 1
+  assert "f'git+{REPO_URL}'" in setup and setup.count('REPO_URL = ') == 1
   assert 'chdir' not in setup and 'git clone' not in setup
   for cell in notebook.cells:
     assert not cell.get('outputs') and not cell.get('execution_count'), cell.source[:60]
