@@ -39,8 +39,10 @@ from tests import train_helpers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METADATA = input_pipeline.MOCK_METADATA
-# The quickstart network of `train_helpers.tiny_digits_config`, for `dsop_jax.main` subprocesses.
-TINY_OVERRIDES = ['--config.model.stage_sizes=(1,1,1)', '--config.model.branches.pattern=[1]']
+# The quickstart network on one block per stage with one 1-block branch, after the last stage, for
+# the `dsop_jax.main` subprocesses: what they test is the run, and the smallest DSoP-Net shows it.
+TINY_OVERRIDES = ['--config.model.stage_sizes=(1,1,1)', '--config.model.branches.pattern=',
+                  '--config.model.branches.blocks=(0,0,1)']
 
 
 def _metrics(workdir):
