@@ -10,12 +10,15 @@ CPU a repeated tiny training run took 17 s instead of 34 s.
 import functools
 import os
 
-# The tests' programs run a few steps each, so XLA compiles them with LLVM's cheap passes only
-# (set before jax starts its CPU backend, and inherited by subprocesses and notebook kernels, whose
-# cached programs then match): on a 2-core x86 CPU the tiny digits training step compiled in 5.4 s
-# instead of 12.8 s and ran in 0.74 s instead of 0.53 s. Tests that compare runs compare runs
+# The tests' programs run a few steps each, so XLA compiles them cheaply (set before jax starts
+# its CPU backend, and inherited by subprocesses and notebook kernels, whose cached programs then
+# match): LLVM's cheap passes only, the classic loop emitters instead of the new fusion emitters,
+# one codegen thread. On a 2-core x86 CPU the tiny digits training step took 9.2 s of CPU time to
+# compile with XLA's defaults, 5.7 s at optimisation level 0 with cheap passes, and 1.6-1.8 s with
+# all four flags, running in 0.49, 0.82 and 0.6-0.85 s. Tests that compare runs compare runs
 # compiled alike. `xla_flags` appends a test's own flags (device count) to these.
-XLA_TEST_FLAGS = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+XLA_TEST_FLAGS = ('--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true '
+                  '--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1')
 XLA_USER_FLAGS = os.environ.get('XLA_FLAGS', '')  # For a subprocess that runs many steps (soak).
 os.environ['XLA_FLAGS'] = ' '.join(f for f in (XLA_USER_FLAGS, XLA_TEST_FLAGS) if f)
 

@@ -25,22 +25,25 @@ def _init(model, size=32):
 
 def test_variables_are_backbone_subtree_plus_one_subtree_per_branch():
   backbone = conftest.TinyResNet()
-  variables, x = _init(_model(backbone))
+  x = jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32)
+  init = lambda module: jax.eval_shape(  # noqa: E731  (shapes only: nothing to compute)
+      lambda x: module.init(jax.random.PRNGKey(0), x, train=False), x)
+  variables = init(_model(backbone))
   names = ['a_pds2', 'a_pds3', 'a_pds4', 'a_pds5']
   assert sorted(variables) == ['batch_stats', 'params']
   for collection in variables.values():
     assert sorted(collection) == sorted(['backbone'] + names)
-  plain = models.init_variables(backbone, jax.random.PRNGKey(0), x)
+  plain = init(backbone)
   backbone_subtree = {c: variables[c]['backbone'] for c in variables}
   assert jax.tree_util.tree_structure(plain) == jax.tree_util.tree_structure(backbone_subtree)
-  assert jax.tree_util.tree_map(jnp.shape, plain) == jax.tree_util.tree_map(jnp.shape,
-                                                                           backbone_subtree)
+  assert jax.tree_util.tree_map(lambda a: a.shape, plain) == jax.tree_util.tree_map(
+      lambda a: a.shape, backbone_subtree)
 
 
 def test_outputs_main_and_aux_logits():
   model = _model(conftest.TinyResNet())
   variables, x = _init(model)
-  out = model.apply(variables, x, train=False)
+  out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   assert sorted(out) == ['aux_logits', 'logits']
   assert out['logits'].shape == (4, 5)
   assert sorted(out['aux_logits']) == ['a_pds2', 'a_pds3', 'a_pds4', 'a_pds5']
@@ -52,7 +55,7 @@ def test_no_branches_is_the_plain_network():
   model = _model(backbone, blocks=(0, 0, 0, 0))
   variables, x = _init(model)
   assert sorted(variables['params']) == ['backbone']
-  out = model.apply(variables, x, train=False)
+  out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   assert out['aux_logits'] == {}
 
 
@@ -64,14 +67,15 @@ def _grads_for_head(model, variables, x, head):
     weights = {name: float(name == head) for name in losses.head_logits(out)}
     return losses.dsop_loss(outputs=out, labels=labels, weights=weights)[0]
 
-  return jax.grad(loss_fn)(variables['params'])
+  return jax.jit(jax.grad(loss_fn))(variables['params'])
 
 
 def _grads_per_head(model, variables, x):
   """{head: gradient of that head's loss alone}, every head from one compiled program (a Jacobian
   of the vector of head losses)."""
   labels = jnp.arange(x.shape[0]) % 5
-  heads = sorted(losses.head_logits(model.apply(variables, x, train=False)))
+  heads = sorted(losses.head_logits(jax.eval_shape(
+      lambda v: model.apply(v, x, train=False), variables)))
 
   def head_losses(params):
     out, _ = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])

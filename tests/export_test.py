@@ -37,11 +37,17 @@ def _imagenet_config():
   config = imagenet_r18.get_config()
   config.model.num_classes = 10
   config.model.last_stride = 2  # s1's stage 5 is slow on XLA's CPU; dsop_anatomy detaches s1.
+  # One block per stage and per branch: every width and branch kept, a quarter of the layers to
+  # run op by op below.
+  config.model.stage_sizes = (1, 1, 1, 1)
+  config.model.branches.blocks = (1, 1, 1, 1)
   return config, 64  # Stage 5 at 2x2.
 
 
 def _cifar_psdr_config():
   config = cifar_resnet20.get_config('cifar10')
+  config.model.stage_sizes = (1, 1, 1)  # One block per stage, a one-block branch after each.
+  config.model.branches.pattern = '[1]'
   config.model.branches.channels = (8, 8, 8)  # Reductions on stages 2 and 3 ...
   config.model.branches.reduction = ('direct', 'psdr', 'psdr')  # ... one of them a PSDR chain.
   return config, 32
@@ -65,11 +71,14 @@ def test_detached_network_is_bit_identical(make_config):
   np.testing.assert_array_equal(np.asarray(main_only), np.asarray(deployed))
 
   # Every head, op by op: the main route runs exactly the same operations on the same weights.
-  with jax.disable_jit():
-    eager_all = model.apply(variables, x, train=False)
-    eager_deployed = plain.apply(detached, x, train=False)[0]
-  assert eager_all['aux_logits']
-  np.testing.assert_array_equal(np.asarray(eager_all['logits']), np.asarray(eager_deployed))
+  # On the CIFAR ResNet-20 cases only: op by op, each operation of each shape compiles on its own
+  # (10 s for the ResNet-18 on a 2-core x86 CPU), and the detach code is the same for every backbone.
+  if config.model.name == 'resnet20':
+    with jax.disable_jit():
+      eager_all = model.apply(variables, x, train=False)
+      eager_deployed = plain.apply(detached, x, train=False)[0]
+    assert eager_all['aux_logits']
+    np.testing.assert_array_equal(np.asarray(eager_all['logits']), np.asarray(eager_deployed))
 
   # Every head compiled as one program: XLA may fuse the main route differently where branches also
   # read a block output (the GAP reduction order changes), so only float32 rounding may differ.

@@ -86,7 +86,9 @@ def test_table_xi_rows_build_their_reduction_and_side_branches(option, chain, nu
 
 
 def _tiny_config(variant: str):
+  """ResNet-18-s1 on one block per stage (every width kept) with one small branch."""
   config = imagenet_r18.get_config(variant)
+  config.model.stage_sizes = (1, 1, 1, 1)
   config.model.branches.blocks = (1, 0, 0, 0)
   config.model.branches.channels = (8, 8, 8, 8)
   return config

@@ -210,30 +210,22 @@ def test_cifar_baselines_train_on_their_own_papers_recipe(name, family):
     cifar_resnet20.get_config('cifar10,original')  # Table IX(a) rows are already originals.
 
 
-def _bn_step(group_size):
-  """One real train step of a tiny DSoP ResNet, jitted over a 1-device mesh, with BN statistics
-  in groups of `group_size` of the batch of 8; returns (new state, the stem conv's output)."""
+def _bn_model(group_size):
+  """A tiny DSoP ResNet with branches after stages 2 and 5 and BN statistics in groups of
+  `group_size` (0: the whole batch)."""
   backbone = conftest.TinyResNet(bn_group_size=group_size)
   specs = models.layout_branches(backbone.stage_specs(), conftest.branches_config(
       blocks=(1, 0, 0, 1)))
-  model = dsop.DSoPNet(backbone=backbone, branches=tuple(specs), num_classes=5,
-                       bn_group_size=group_size)
-  tx = optax.sgd(0.1)
-  state = models.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
-  rng = np.random.default_rng(0)
-  shift = np.repeat([0.0, 3.0, -3.0, 6.0], 2)[:, None, None, None]  # Pairs far apart.
-  batch = {'image': jnp.asarray(rng.normal(size=(8, 32, 32, 3)) + shift, jnp.float32),
-           'label': jnp.asarray(np.arange(8) % 5, jnp.int32), 'mask': jnp.ones(8, bool)}
-  mesh = sharding.create_mesh()
-  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, loss_weights={
-      'logits': 1.0, 'a_pds2': 1.0, 'a_pds5': 1.0}))
-  with jax.set_mesh(mesh):
-    new_state, _ = step(state, batch, jax.random.PRNGKey(1))
-  _, inter = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                         batch['image'], train=False, capture_intermediates=True,
-                         mutable=['intermediates'])
-  stem = inter['intermediates']['backbone']['conv_init']['__call__'][0]
-  return new_state, np.asarray(stem, np.float64)
+  return dsop.DSoPNet(backbone=backbone, branches=tuple(specs), num_classes=5,
+                      bn_group_size=group_size)
+
+
+def _bn_step(group_size, state, batch):
+  """One real train step of `_bn_model(group_size)` from `state`, jitted over a 1-device mesh."""
+  step = jax.jit(functools.partial(steps.train_step, model=_bn_model(group_size), tx=optax.sgd(0.1),
+                                   loss_weights={'logits': 1.0, 'a_pds2': 1.0, 'a_pds5': 1.0}))
+  with jax.set_mesh(sharding.create_mesh()):
+    return step(state, batch, jax.random.PRNGKey(1))[0]
 
 
 def test_bn_statistics_groups_of_the_paper():
@@ -241,12 +233,22 @@ def test_bn_statistics_groups_of_the_paper():
     assert importlib.import_module(f'configs.{name}').get_config().model.bn_group_size == 32, (
         'Section V-B: PyTorch DataParallel on 8 GPUs, mini-batch 256: 32 images per BN statistics')
   assert imagenet_efficientnet_b0.get_config().model.bn_group_size == 384  # timm: 2 GPUs x 384.
-  whole, stem = _bn_step(0)
-  same, _ = _bn_step(8)  # One group of the whole batch: nothing changes, bit for bit.
+  model = _bn_model(0)  # The variables do not depend on the grouping.
+  state = models.jit_init(steps.state_init_fn(model, optax.sgd(0.1), 32))(jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  shift = np.repeat([0.0, 3.0, -3.0, 6.0], 2)[:, None, None, None]  # Pairs far apart.
+  batch = {'image': jnp.asarray(rng.normal(size=(8, 32, 32, 3)) + shift, jnp.float32),
+           'label': jnp.asarray(np.arange(8) % 5, jnp.int32), 'mask': jnp.ones(8, bool)}
+  _, inter = jax.jit(lambda v, x: model.apply(v, x, train=False, capture_intermediates=True,
+                                              mutable=['intermediates']))(
+      {'params': state.params, 'batch_stats': state.batch_stats}, batch['image'])
+  stem = np.asarray(inter['intermediates']['backbone']['conv_init']['__call__'][0], np.float64)
+  whole = _bn_step(0, state, batch)
+  same = _bn_step(8, state, batch)  # One group of the whole batch: nothing changes, bit for bit.
   for a, b in zip(jax.tree_util.tree_leaves((whole.params, whole.batch_stats)),
                   jax.tree_util.tree_leaves((same.params, same.batch_stats))):
     np.testing.assert_array_equal(a, b)
-  grouped, _ = _bn_step(2)
+  grouped = _bn_step(2, state, batch)
   # The stem BN's running statistics after one step: 0.9 * initial + 0.1 * the mean over the 4
   # groups of 2 images of each group's mean and (biased) variance.
   groups = stem.reshape(4, 2, *stem.shape[1:])
