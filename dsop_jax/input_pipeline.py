@@ -70,7 +70,7 @@ ARRAY_DATASETS = ('digits', 'fashion_mnist')
 # splits, shipped with the package: `tfds.testing.mock_data(num_examples=64, data_dir=MOCK_METADATA)`
 # serves random images in their shapes and split names, with no download (the notebooks' mock
 # modes and the tests). Written by tests/make_tfds_metadata.py.
-MOCK_METADATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tfds_metadata')
+MOCK_METADATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tfds-metadata')
 FITS = ('pad', 'resize')  # config.data.fit: how Fashion-MNIST's 28x28 images reach image_size.
 # Fashion-MNIST's files per split (images, labels), each also read gzipped (name + '.gz').
 FASHION_MNIST_FILES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),

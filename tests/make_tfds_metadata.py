@@ -1,7 +1,7 @@
 """Writes the TFDS metadata (dataset_info.json, label files) that tfds.testing.mock_data needs to serve
 imagenet2012, cifar10 and cifar100 with real split names and small split sizes, without any download.
 
-  python tests/make_tfds_metadata.py   # rewrites dsop_jax/tfds_metadata/ (input_pipeline.MOCK_METADATA)
+  python tests/make_tfds_metadata.py   # rewrites dsop_jax/tfds-metadata/ (input_pipeline.MOCK_METADATA)
 """
 
 import os

@@ -155,11 +155,15 @@ def test_init_compiled_lighter_gives_the_variables_of_a_plain_jit():
   config.model.stage_sizes, config.model.branches.pattern = (1, 1, 1), '[1]'
   model = models.create(config.model)
   x, rng = np.zeros((1, 32, 32, 3), np.float32), jax.random.PRNGKey(3)
-  lighter = models.init_variables(model, rng, x)
-  # XLA's default compilation, whatever the suite's XLA_FLAGS (conftest.XLA_TEST_FLAGS) say.
-  default = jax.jit(lambda r, x: model.init(r, x, train=False), compiler_options={
-      'xla_backend_optimization_level': 3, 'xla_llvm_disable_expensive_passes': False})(rng, x)
-  assert jax.tree_util.tree_structure(lighter) == jax.tree_util.tree_structure(default)
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(lighter),
-                          jax.tree_util.tree_leaves(default)):
-    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+  init = lambda r, x: model.init(r, x, train=False)  # noqa: E731
+  # XLA's default compilation, whatever the suite's XLA_FLAGS (conftest.XLA_TEST_FLAGS) say (its
+  # classic emitters at level 3 took 44 s to compile this on a 2-core x86 CPU, the default 7 s).
+  user = {'xla_llvm_disable_expensive_passes': False, 'xla_cpu_use_fusion_emitters': True}
+  default = jax.jit(init, compiler_options={**user, 'xla_backend_optimization_level': 3})(rng, x)
+  lighter = jax.jit(init, compiler_options={**user, **models.INIT_COMPILER_OPTIONS})(rng, x)
+  in_suite = models.init_variables(model, rng, x)  # The same options under the suite's flags.
+  for variables in (lighter, in_suite):
+    assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(default)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(variables),
+                            jax.tree_util.tree_leaves(default)):
+      np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))

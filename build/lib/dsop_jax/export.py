@@ -1,0 +1,198 @@
+"""Detaching the auxiliary branches: from DSoP-Net training variables to the plain network's.
+
+After training, "all auxiliary branches are removed and only the backbone first-order network is
+preserved for inference" (Section III-A). Because `dsop.DSoPNet` keeps the backbone's variables in
+one 'backbone' subtree and every branch in its own top-level subtree, detaching drops the branch keys
+and returns the backbone subtree of every collection, which `models.create_backbone(config)` accepts
+unchanged. Nothing is recomputed or re-initialised, so the detached network is bit-identical. For
+the second-order network (`gsop.py`) the backbone subtree holds its covariance head too, and the
+side branches of its PSDR are detached like DSoP branches.
+"""
+
+import json
+import os
+import shutil
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from dsop_jax import checkpointing
+from dsop_jax import dsop
+from dsop_jax import models
+from dsop_jax import runs
+
+
+def detach(variables: Mapping[str, Any], branch_names: Optional[Iterable[str]] = None
+           ) -> dict:
+  """Drops every branch subtree and returns the plain backbone's variables.
+
+  Args:
+    variables: DSoP-Net variables, e.g. {'params': {'backbone': ..., 'a_pds2': ...},
+      'batch_stats': {...}}.
+    branch_names: if given, the exact set of branch keys expected besides 'backbone' in each
+      collection (e.g. from `models.branch_specs`); a mismatch raises instead of silently dropping.
+
+  Returns:
+    {collection: backbone subtree} for every collection.
+
+  Raises:
+    ValueError: a collection has no 'backbone' subtree, or holds keys other than the expected ones.
+  """
+  expected = None if branch_names is None else set(branch_names)
+  detached = {}
+  for collection, tree in variables.items():
+    if dsop.BACKBONE not in tree:
+      raise ValueError(f"variables[{collection!r}] has no {dsop.BACKBONE!r} subtree (keys: "
+                       f"{sorted(tree)}); these are not DSoP-Net training variables.")
+    others = set(tree) - {dsop.BACKBONE}
+    if expected is not None and not others <= expected:
+      raise ValueError(f'variables[{collection!r}] holds keys {sorted(others - expected)} that are '
+                       f'not branches of this model (expected branches: {sorted(expected)}).')
+    detached[collection] = tree[dsop.BACKBONE]
+  return detached
+
+
+def check_same_structure(reference: Any, candidate: Any, what: str = 'variables') -> None:
+  """Raises ValueError naming the differing paths when two variable trees differ in structure or
+  leaf shapes (e.g. detached variables vs a freshly initialised plain network)."""
+  ref = {jax.tree_util.keystr(p): getattr(x, 'shape', None)
+         for p, x in jax.tree_util.tree_leaves_with_path(reference)}
+  got = {jax.tree_util.keystr(p): getattr(x, 'shape', None)
+         for p, x in jax.tree_util.tree_leaves_with_path(candidate)}
+  missing, unknown = sorted(set(ref) - set(got)), sorted(set(got) - set(ref))
+  shapes = sorted(k for k in set(ref) & set(got) if ref[k] != got[k])
+  if missing or unknown or shapes:
+    raise ValueError(f'{what} do not match the expected structure: missing {missing[:10]}, '
+                     f'unexpected {unknown[:10]}, shape mismatch '
+                     f'{[(k, ref[k], got[k]) for k in shapes[:10]]}.')
+
+
+def export(workdir: str, output_dir: str, *, overwrite: bool = False) -> str:
+  """Writes the detached first-order network of WORKDIR's latest checkpoint to OUTPUT_DIR.
+
+  OUTPUT_DIR gets 'variables/' (an Orbax checkpoint of {'params', 'batch_stats'} of the plain
+  network) and 'model_config.json' (the config.model it is built from). The export is written
+  whole in a sibling directory first and then renamed into place; an export it replaces is renamed
+  aside before and deleted after, so at every moment one complete export exists (a run killed
+  between the two renames leaves it at OUTPUT_DIR.old-PID, which the next export puts back).
+
+  Raises:
+    ValueError: WORKDIR has no config.json or no checkpoint, or OUTPUT_DIR already holds an export
+      and `overwrite` is False.
+  """
+  config = runs.workdir_config(workdir)
+  given, output_dir = output_dir, os.path.abspath(output_dir)
+  _recover_replaced_export(output_dir)
+  if os.path.exists(os.path.join(output_dir, 'model_config.json')) and not overwrite:
+    raise ValueError(f'--output_dir={output_dir!r} already holds an export; pass --overwrite to '
+                     'replace it.')
+  variables = runs.restore_variables(config, workdir)
+  detached = detach(variables, [s.name for s in models.branch_specs(config.model)])
+  bad = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(detached)
+         if not np.all(np.isfinite(np.asarray(x)))]
+  if bad:  # A checkpoint written before the step checked its new state could hold them.
+    raise ValueError(f'The latest checkpoint in {workdir!r} holds non-finite values in '
+                     f'{len(bad)} variable(s), e.g. {bad[:3]}; nothing was exported.')
+  staging = f'{output_dir}.tmp-{os.getpid()}'
+  shutil.rmtree(staging, ignore_errors=True)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.join(staging, 'variables'), detached)
+  with open(os.path.join(staging, 'model_config.json'), 'w') as f:
+    f.write(config.model.to_json_best_effort(indent=2))
+  if os.path.exists(output_dir):
+    replaced = f'{output_dir}.old-{os.getpid()}'
+    os.rename(output_dir, replaced)
+    os.rename(staging, output_dir)
+    shutil.rmtree(replaced)
+  else:
+    os.rename(staging, output_dir)
+  return given
+
+
+def _recover_replaced_export(output_dir: str) -> None:
+  """Puts back an export that a killed `export` renamed aside (OUTPUT_DIR.old-PID) before the
+  new one took its place, and drops unfinished staging directories of killed exports."""
+  parent, name = os.path.split(output_dir)
+  if not os.path.isdir(parent):
+    return
+  for entry in sorted(os.listdir(parent)):
+    path = os.path.join(parent, entry)
+    kind, _, pid = entry[len(name):].partition('-')
+    if kind not in ('.old', '.tmp') or not pid.isdigit() or _alive(int(pid)):
+      continue
+    if kind == '.old' and not os.path.exists(output_dir):
+      os.rename(path, output_dir)
+    else:
+      shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+  """Whether another process `pid` runs (an export still writing its staging directory); this
+  process's own leftovers come from an export that failed earlier in it."""
+  if pid == os.getpid():
+    return False
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def load(output_dir: str) -> Tuple[Any, dict]:
+  """(plain first-order module, its variables) from an export directory, ready for
+  `module.apply(variables, images, train=False)[0]`."""
+  config_path = os.path.join(output_dir, 'model_config.json')
+  if not os.path.exists(config_path):
+    raise ValueError(f'{output_dir!r} is not a dsop_jax export (no model_config.json).')
+  with open(config_path) as f:
+    model_config = ml_collections.ConfigDict(json.load(f))
+  module = models.create_backbone(model_config)
+  size = 32
+  abstract = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x, train=False),
+                            jax.ShapeDtypeStruct((1, size, size, 3), jax.numpy.float32))
+  with ocp.StandardCheckpointer() as checkpointer:
+    variables = checkpointer.restore(os.path.join(os.path.abspath(output_dir), 'variables'),
+                                     abstract)
+  return module, variables
+
+
+def load_first_order(path: str) -> Tuple[Any, Dict[str, Any]]:
+  """(plain network, its variables) from an export directory or a training workdir (its latest
+  checkpoint, branches detached)."""
+  if os.path.isdir(os.path.join(path, 'checkpoints')):  # A training workdir, of its own config.
+    config = runs.workdir_config(path)
+    variables = runs.restore_variables(config, path)
+    return models.create_backbone(config.model), detach(
+        variables, [s.name for s in models.branch_specs(config.model)])
+  return load(path)
+
+
+def _main(argv: Any) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  checkpointing.quiet_orbax_info_logs()
+  workdir = flags.FLAGS.workdir
+  out = export(workdir, flags.FLAGS.output_dir, overwrite=flags.FLAGS.overwrite)
+  second = models.head_spec(runs.workdir_config(workdir).model) is not None
+  print(f'Exported the detached {"second" if second else "first"}-order network to {out}')
+
+
+def cli() -> None:
+  """The `python -m dsop_jax.export` command line (`dsop-export`). Its flags are defined here, not
+  at import, as `dsop_jax.main` (which imports this module) has a --workdir of its own."""
+  flags.DEFINE_string('workdir', None, 'Training workdir (its latest checkpoint is exported).')
+  flags.DEFINE_string('output_dir', None, 'Directory for the exported plain network.')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing export in --output_dir.')
+  flags.mark_flags_as_required(['workdir', 'output_dir'])
+  app.run(_main)
+
+
+if __name__ == '__main__':
+  cli()

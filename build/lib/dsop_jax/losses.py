@@ -1,0 +1,87 @@
+"""The DSoP-Net objective of Eq. 1: alpha * L + sum_i beta_i * L_a^i with softmax cross-entropy.
+
+Every head (the main first-order one and each auxiliary second-order one) is scored with the same
+criterion against the same labels (Section III-A.2), so one pure function covers the whole loss and
+returns every weighted-in term by name for per-head logging. `distillation_loss` is Hinton et al.'s
+objective for the knowledge-distillation baselines of Table II.
+"""
+
+from typing import Any, Dict, Mapping, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def cross_entropy(*, logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Mean softmax cross-entropy of integer `labels`, computed in float32, optional smoothing."""
+  logits = logits.astype(jnp.float32)
+  targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+
+
+def head_logits(outputs: Mapping[str, Any]) -> Dict[str, jax.Array]:
+  """Flattens model outputs into {head name: logits}: 'logits' plus every auxiliary head."""
+  return {'logits': outputs['logits'], **outputs.get('aux_logits', {})}
+
+
+def dsop_loss(*, outputs: Mapping[str, Any], labels: jax.Array, weights: Mapping[str, float],
+              label_smoothing: float = 0.0) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  """Total DSoP-Net loss (Eq. 1) and its unweighted per-head terms.
+
+  Args:
+    outputs: model outputs, {'logits': ..., 'aux_logits': {name: ...}}.
+    labels: integer class labels, shape (B,).
+    weights: alpha under 'logits' and beta_i under each auxiliary head name; must name exactly the
+      heads present in `outputs` (a head with weight 0 is still reported but adds nothing).
+    label_smoothing: label smoothing applied to every head.
+
+  Returns:
+    (total, terms) where terms maps each head name to its cross-entropy L or L_a^i.
+  """
+  heads = head_logits(outputs)
+  if set(heads) != set(weights):
+    raise ValueError(f'loss weights name heads {sorted(weights)} but the model outputs '
+                     f'{sorted(heads)}; missing: {sorted(set(heads) - set(weights))}, '
+                     f'unknown: {sorted(set(weights) - set(heads))}.')
+  terms = {name: cross_entropy(logits=logits, labels=labels, label_smoothing=label_smoothing)
+           for name, logits in heads.items()}
+  total = sum(weights[name] * term for name, term in terms.items())
+  return total, terms
+
+
+def distillation_loss(*, student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
+                      temperature: float, soft_weight: float
+                      ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  """Hinton et al.'s knowledge distillation (the Table II baselines), in float32.
+
+  (1 - w) * CE(labels, s) + w * T^2 * KL(softmax(t / T) || softmax(s / T)), averaged over the
+  batch, with s the student's and t the teacher's logits. The T^2 factor keeps the soft term's
+  gradient on the scale of the hard one as T changes. The teacher receives no gradient.
+
+  Args:
+    student_logits: (B, K) logits of the network being trained.
+    teacher_logits: (B, K) logits of the fixed teacher.
+    labels: integer class labels, shape (B,).
+    temperature: T > 0.
+    soft_weight: w in [0, 1], the weight of the soft-target term.
+
+  Returns:
+    (total, {'hard': CE, 'soft': T^2 * KL}).
+  """
+  if not temperature > 0:
+    raise ValueError(f'temperature = {temperature!r} is invalid: must be > 0.')
+  if not 0 <= soft_weight <= 1:
+    raise ValueError(f'soft_weight = {soft_weight!r} is invalid: must lie in [0, 1].')
+  if student_logits.shape != teacher_logits.shape:
+    raise ValueError(f'student logits {student_logits.shape} and teacher logits '
+                     f'{teacher_logits.shape} differ in shape.')
+  teacher = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)) / temperature
+  student = student_logits.astype(jnp.float32) / temperature
+  teacher_logp = jax.nn.log_softmax(teacher)
+  kl = jnp.sum(jnp.exp(teacher_logp) * (teacher_logp - jax.nn.log_softmax(student)), axis=-1)
+  terms = {'hard': cross_entropy(logits=student_logits, labels=labels),
+           'soft': temperature ** 2 * jnp.mean(kl)}
+  return (1 - soft_weight) * terms['hard'] + soft_weight * terms['soft'], terms

@@ -1,0 +1,190 @@
+"""Optimisers and learning-rate schedules of the paper's experiments (Sections V-B, V-D, Table IX).
+
+- SGD with momentum 0.9 (optionally Nesterov) and PyTorch-style coupled weight decay (wd * w added to
+  the gradient before momentum, on every parameter), as in the paper's PyTorch runs.
+- RAdam (Table IX) as its official code (github.com/LiyuanLucasLiu/RAdam) runs it, which the
+  paper says it used: the rectified Adam step (plain bias-corrected momentum while the variance is
+  intractable, rho_t < 5) and decoupled weight decay scaled by the learning rate,
+  p <- p - lr * (r_t m_hat / (sqrt(v_hat) + eps) + wd * p).
+- RMSProp as TensorFlow and timm's `rmsproptf` run it for EfficientNet (Section V-C): second
+  moment with decay 0.9 starting from ones, epsilon inside the square root, momentum 0.9, and the
+  coupled weight decay.
+- AdaHessian (Table IX; Yao et al., AAAI 2021): Adam-like moments of the gradient and of a
+  Hutchinson estimate of the Hessian diagonal, |H z| for a Rademacher vector z (so that
+  E[z * Hz] = diag(H)), averaged over the spatial taps of each convolution kernel, and decoupled
+  weight decay, as in the official PyTorch code. Its training script divides the configured decay
+  by the initial learning rate before building the optimiser (image_classification/main.py:
+  `args.weight_decay = args.weight_decay / args.lr`), so `config.optim.weight_decay` is the decay
+  per step at the initial rate, p <- p - lr_t * (m_hat / denom + (wd / lr_0) * p). The train step
+  supplies the estimate from a Hessian-vector product (jax.jvp over jax.grad) as the extra argument
+  `hessian_diagonal`.
+- 'step' schedules: the base rate multiplied by `decay_factor` at each epoch in `decay_epochs`
+  (ImageNet: 0.1 at 30 and 60; pre-act ResNets: 0.1 at 80 and 95; WRN: 0.2 at 60, 120, 160;
+  ResNeXt: 0.1 at 150 and 225), optionally after a linear warm-up; 'cosine' with linear warm-up;
+  'exponential': multiplied by `decay_factor` every `decay_every_epochs` (EfficientNet: 0.97 every
+  2.4 epochs), counted from step 0 as the step schedule is, after a linear warm-up.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+OPTIMIZERS = ('sgd', 'radam', 'adahessian', 'rmsprop')
+SCHEDULES = ('step', 'cosine', 'exponential')
+
+
+def _fail(field: str, value, allowed: str) -> None:
+  raise ValueError(f'config.{field} = {value!r} is invalid: {allowed}.')
+
+
+def validate_optim_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first invalid field of `config.optim`."""
+  o = config.optim
+  if o.name not in OPTIMIZERS:
+    _fail('optim.name', o.name, f'allowed: {", ".join(OPTIMIZERS)}')
+  if o.schedule not in SCHEDULES:
+    _fail('optim.schedule', o.schedule, f'allowed: {", ".join(SCHEDULES)}')
+  if not o.learning_rate > 0:
+    _fail('optim.learning_rate', o.learning_rate, 'must be > 0')
+  if not 0 <= o.momentum < 1:
+    _fail('optim.momentum', o.momentum, 'must lie in [0, 1)')
+  if o.weight_decay < 0:
+    _fail('optim.weight_decay', o.weight_decay, 'must be >= 0')
+  if o.warmup_epochs < 0:
+    _fail('optim.warmup_epochs', o.warmup_epochs, 'must be >= 0')
+  epochs = tuple(o.decay_epochs)
+  if any(e <= 0 for e in epochs) or list(epochs) != sorted(set(epochs)):
+    _fail('optim.decay_epochs', epochs, 'must be strictly increasing positive epochs')
+  if not 0 < o.decay_factor <= 1:
+    _fail('optim.decay_factor', o.decay_factor, 'must lie in (0, 1]')
+  if o.schedule == 'exponential' and not o.get('decay_every_epochs', 0) > 0:
+    _fail('optim.decay_every_epochs', o.get('decay_every_epochs'),
+          "must be > 0 with schedule 'exponential'")
+  if o.name in ('adahessian', 'rmsprop') and not o.eps > 0:
+    _fail('optim.eps', o.eps, 'must be > 0')
+  if o.name == 'rmsprop' and not 0 < o.get('rms_decay', 0) < 1:
+    _fail('optim.rms_decay', o.get('rms_decay'), 'must lie in (0, 1)')
+  if o.name == 'adahessian':
+    if not 0 <= o.hessian_power <= 1:
+      _fail('optim.hessian_power', o.hessian_power, 'must lie in [0, 1]')
+    if not o.eps > 0:
+      _fail('optim.eps', o.eps, 'must be > 0')
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                           num_steps: int) -> optax.Schedule:
+  """The per-step learning rate of `config.optim`."""
+  o = config.optim
+  warmup = int(round(o.warmup_epochs * steps_per_epoch))
+  if o.schedule == 'cosine':
+    return optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, warmup, max(num_steps, warmup + 1))
+  if o.schedule == 'exponential':
+    schedule = optax.exponential_decay(
+        o.learning_rate, max(1, int(round(o.decay_every_epochs * steps_per_epoch))),
+        o.decay_factor, staircase=True)
+  else:
+    boundaries = {int(round(e * steps_per_epoch)): o.decay_factor for e in o.decay_epochs}
+    schedule = optax.piecewise_constant_schedule(o.learning_rate, boundaries)
+  if not warmup:
+    return schedule
+  ramp = optax.linear_schedule(0.0, o.learning_rate, warmup)
+  return optax.join_schedules([ramp, lambda step: schedule(step + warmup)], [warmup])
+
+
+class ScaleByAdaHessianState(NamedTuple):
+  count: jax.Array
+  mu: optax.Updates  # Moving average of the gradient.
+  nu: optax.Updates  # Moving average of the squared Hessian-diagonal estimate.
+
+
+def scale_by_adahessian(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-4,
+                        hessian_power: float = 1.0) -> optax.GradientTransformationExtraArgs:
+  """AdaHessian's direction m_hat / (sqrt(v_hat)^k + eps); `update` needs `hessian_diagonal`.
+
+  m = b1 m + (1 - b1) g and v = b2 v + (1 - b2) D^2 with D the Hessian-diagonal estimate,
+  bias-corrected as in Adam; k is the Hessian power (1 in the paper).
+  """
+  def init_fn(params: optax.Params) -> ScaleByAdaHessianState:
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    return ScaleByAdaHessianState(count=jnp.zeros([], jnp.int32), mu=zeros, nu=zeros)
+
+  def update_fn(updates: optax.Updates, state: ScaleByAdaHessianState,
+                params: Any = None, *, hessian_diagonal: optax.Updates = None, **extra_args: Any):
+    del params, extra_args
+    if hessian_diagonal is None:
+      raise ValueError('AdaHessian needs the Hessian-diagonal estimate: call update(..., '
+                       'hessian_diagonal=hutchinson_diagonal(...)).')
+    mu = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+    nu = jax.tree_util.tree_map(lambda v, d: b2 * v + (1 - b2) * d * d, state.nu,
+                                hessian_diagonal)
+    count = state.count + 1
+    correction1 = 1 - b1 ** count.astype(jnp.float32)
+    correction2 = 1 - b2 ** count.astype(jnp.float32)
+    direction = jax.tree_util.tree_map(
+        lambda m, v: (m / correction1) / (jnp.sqrt(v / correction2) ** hessian_power + eps), mu, nu)
+    return direction, ScaleByAdaHessianState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def adahessian(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
+               eps: float = 1e-4, weight_decay: float = 0.0, hessian_power: float = 1.0
+               ) -> optax.GradientTransformationExtraArgs:
+  """AdaHessian with decoupled weight decay: p <- p - lr * (m_hat / denom + wd * p)."""
+  return optax.chain(scale_by_adahessian(b1, b2, eps, hessian_power),
+                     optax.add_decayed_weights(weight_decay),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
+def rademacher_like(tree: Any, rng: jax.Array) -> Any:
+  """A tree of independent +-1 entries shaped like `tree` (Hutchinson's probe vector z)."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  keys = jax.random.split(rng, len(leaves))
+  return treedef.unflatten([jax.random.rademacher(k, x.shape, x.dtype)
+                            for k, x in zip(keys, leaves)])
+
+
+def hutchinson_diagonal(hessian_z: Any) -> Any:
+  """AdaHessian's Hessian-diagonal estimate from H z: |H z| (equal to |z * H z| for z = +-1),
+  averaged over the spatial taps of 4-D convolution kernels (HWIO), as the official code does."""
+  def leaf(hz):
+    if hz.ndim == 4:
+      return jnp.broadcast_to(jnp.mean(jnp.abs(hz), axis=(0, 1), keepdims=True), hz.shape)
+    return jnp.abs(hz)
+  return jax.tree_util.tree_map(leaf, hessian_z)
+
+
+def needs_hessian(config: ml_collections.ConfigDict) -> bool:
+  """Whether the optimiser's update needs `hessian_diagonal` (a Hessian-vector product a step)."""
+  return config.optim.name == 'adahessian'
+
+
+def radam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
+          eps: float = 1e-8, weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """RAdam with the official code's decoupled weight decay: p <- p - lr * (step + wd * p)."""
+  return optax.chain(optax.scale_by_radam(b1, b2, eps, threshold=5.0),
+                     optax.add_decayed_weights(weight_decay),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                     num_steps: int) -> optax.GradientTransformation:
+  """SGD (momentum, optional Nesterov) or RMSProp with coupled weight decay, or RAdam or
+  AdaHessian with decoupled weight decay, as their official code runs them, on the schedule."""
+  validate_optim_config(config)
+  o = config.optim
+  lr = learning_rate_schedule(config, steps_per_epoch, num_steps)
+  if o.name == 'adahessian':  # Decay / initial rate, as AdaHessian's training script does.
+    return adahessian(lr, eps=o.eps, weight_decay=o.weight_decay / o.learning_rate,
+                      hessian_power=o.hessian_power)
+  if o.name == 'radam':
+    return radam(lr, weight_decay=o.weight_decay)
+  if o.name == 'sgd':
+    opt = optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov)
+  else:
+    opt = optax.rmsprop(lr, decay=o.rms_decay, eps=o.eps, initial_scale=1.0, eps_in_sqrt=True,
+                        momentum=o.momentum or None)
+  return optax.chain(optax.add_decayed_weights(o.weight_decay), opt)

@@ -1,0 +1,271 @@
+"""The training workdir's contract: what a run writes beside its checkpoints, and reading it back.
+
+A workdir holds `config.json` (the config it was trained with), `metrics.jsonl` (one JSON object per
+evaluation: {"step", "epoch", "time", "eval": {head: {"top1", "top5", "loss"}}, "train": {...}}),
+`checkpoints/` (Orbax, `checkpointing.Checkpointer`), TensorBoard summaries and `train.lock` (held
+by the training run that writes the workdir, `workdir_lock`). This module writes and reads the
+first two, holds the lock, decides whether a config may resume a workdir's checkpoints, and
+restores a checkpoint's variables without building an optimiser step. Evaluation, export and plotting read
+workdirs through it; only `train` writes them.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from absl import logging
+import jax
+import ml_collections
+
+from dsop_jax import checkpointing
+from dsop_jax import models
+from dsop_jax import sharding
+from dsop_jax import steps
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+  """Holds WORKDIR for one training run: an exclusive `flock` on WORKDIR/train.lock, which names
+  its holder (host, pid, start time). The operating system drops the lock when the holder exits,
+  however it ends (SIGKILL included), so a crashed run never leaves it stuck. Process 0 holds it
+  for a multi-process run. Evaluation, export and plot read a workdir without it.
+
+  Raises:
+    ValueError: another process holds WORKDIR, naming it.
+  """
+  if jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, 'train.lock')
+  with open(path, 'a+') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or 'another process'
+      raise ValueError(f'--workdir={workdir!r} is being trained by {holder} ({path}); one '
+                       'training run at a time per workdir. Wait for it, stop it, or use another '
+                       '--workdir (evaluation, export and plot may read it meanwhile).') from None
+    f.seek(0)
+    f.truncate()
+    f.write(f'host {socket.gethostname()} pid {os.getpid()} since '
+            f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+    f.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str,
+                 resumed_at: Optional[int] = None) -> None:
+  """WORKDIR/config.json (process 0 only). A run resumed at step N with a config that differs from
+  the saved one keeps the earlier config as WORKDIR/config.until_step_N.json, so every segment of
+  the run's history keeps the config it ran with."""
+  if jax.process_index() != 0:
+    return
+  path, text = os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2)
+  if resumed_at is not None and os.path.exists(path):
+    with open(path) as f:
+      saved = f.read()
+    if saved == text:
+      return
+    segment = os.path.join(workdir, f'config.until_step_{resumed_at}.json')
+    if not os.path.exists(segment):  # A rerun after a crash keeps the first one.
+      with open(segment, 'w') as f:
+        f.write(saved)
+  with open(path + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+
+
+def append_metrics(workdir: str, record: Mapping[str, Any]) -> None:
+  """Appends one evaluation record to WORKDIR/metrics.jsonl (process 0 only), after repairing a
+  torn last line (`repair_metrics`), so a record never lands on the end of a broken one."""
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, 'metrics.jsonl')
+    repair_metrics(path)
+    with open(path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+      f.flush()
+      os.fsync(f.fileno())
+
+
+def repair_metrics(path: str) -> None:
+  """Ends metrics.jsonl with a whole line. A run killed while writing a record can leave its last
+  line without the newline: if that text is a whole JSON record, the newline is added; otherwise
+  the torn text is cut off the file and appended to `PATH.torn` (kept, not lost), with a warning."""
+  if not os.path.exists(path) or not os.path.getsize(path):
+    return
+  with open(path, 'rb+') as f:
+    f.seek(-1, os.SEEK_END)
+    if f.read(1) == b'\n':
+      return
+    f.seek(0)
+    content = f.read()
+    start = content.rfind(b'\n') + 1
+    torn = content[start:]
+    try:
+      json.loads(torn)
+    except ValueError:
+      with open(path + '.torn', 'ab') as kept:
+        kept.write(torn + b'\n')
+      f.truncate(start)
+      logging.warning('%s ended with an incomplete record (%d bytes, from a run that was killed '
+                      'while writing); it was moved to %s.torn.', path, len(torn), path)
+    else:
+      f.seek(0, os.SEEK_END)
+      f.write(b'\n')
+
+
+def workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a training workdir was trained with (its config.json)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise ValueError(f'{workdir!r} holds no config.json: not a dsop_jax training workdir.')
+  with open(path) as f:
+    try:
+      return ml_collections.ConfigDict(json.load(f))
+    except ValueError as e:  # json.JSONDecodeError, or a JSON value that is not an object.
+      raise ValueError(
+          f'{path} is not a valid config file ({e}): it was damaged or edited by hand. Restore it '
+          'from a backup or from a config.until_step_N.json beside it, or write the config the '
+          'run was trained with there (`config.to_json()` of the same config file and '
+          'overrides); the checkpoints themselves are untouched.') from e
+
+
+def _flatten(tree: Any, prefix: str) -> Dict[str, Any]:
+  if isinstance(tree, Mapping):
+    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f'{prefix}.{key}').items()}
+  return {prefix: list(tree) if isinstance(tree, (list, tuple)) else tree}
+
+
+# Model fields added after checkpoints may have been written, with the value that builds what a
+# config without them built; a saved config.json without them reads as holding these.
+_LEGACY_MODEL_FIELDS = {'config.model.stage_sizes': [], 'config.model.head.pool': 'gap'}
+
+
+def _structure_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The fields that fix a checkpoint's structure: the model's and the optimiser's kind."""
+  fields = {**_LEGACY_MODEL_FIELDS, **_flatten(config.model.to_dict(), 'config.model')}
+  fields.pop('config.model.bn_group_size', None)  # How BN groups a batch: no variable depends on it.
+  if not models.BACKBONES.get(config.model.name, (None, True))[1]:
+    fields.pop('config.model.last_stride', None)  # CIFAR networks have none (older configs had one).
+  if fields['config.model.head.pool'] == 'gap':  # GAP + FC: the other head fields build nothing.
+    fields = {k: v for k, v in fields.items()
+              if not k.startswith('config.model.head.') or k == 'config.model.head.pool'}
+  fields['config.optim.name'] = config.optim.get('name')
+  return fields
+
+
+# Data fields added after workdirs may have been written, with the value that reads the data a
+# config without them read.
+_LEGACY_DATA_FIELDS = {'config.data.train_subset': 0, 'config.data.fit': 'pad'}
+_SCHEDULE_FIELDS = ('learning_rate', 'schedule', 'decay_epochs', 'decay_factor', 'warmup_epochs',
+                    'decay_every_epochs')
+
+
+def continuity_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The fields a resumed run must share with the run that wrote its checkpoints, beyond the
+  state's structure: what each step sees (global batch, seed, every data field but data_dir, which
+  says where the data lies, not what it is) and the learning-rate schedule (with a cosine schedule,
+  num_epochs shapes it too). Changing one mid-run breaks the epoch accounting and exact resume."""
+  fields = {**_LEGACY_DATA_FIELDS, **_flatten(config.data.to_dict(), 'config.data')}
+  fields.pop('config.data.data_dir', None)
+  fields['config.train.batch_size'] = config.train.batch_size
+  fields['config.train.seed'] = config.train.seed
+  for k in _SCHEDULE_FIELDS:
+    if k in config.optim:
+      value = config.optim[k]
+      fields[f'config.optim.{k}'] = list(value) if isinstance(value, (list, tuple)) else value
+  if config.optim.get('schedule') == 'cosine':
+    fields['config.train.num_epochs'] = config.train.num_epochs
+  return fields
+
+
+def allowed_resume_changes(config: ml_collections.ConfigDict) -> List[str]:
+  """config.train.allow_resume_changes as full field names ('config.train.batch_size')."""
+  value = config.train.get('allow_resume_changes', '')
+  names = [n.strip() for n in value.split(',') if n.strip()] if isinstance(value, str) else None
+  if names is None:
+    raise ValueError(f'config.train.allow_resume_changes = {value!r} is invalid: give a '
+                     "comma-separated string of field names, e.g. 'train.batch_size,data.fit'.")
+  names = [n if n.startswith('config.') else f'config.{n}' for n in names]
+  known = continuity_fields(config)
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(f'config.train.allow_resume_changes names {", ".join(unknown)}, which a resume '
+                     'does not check; allowed: '
+                     f'{", ".join(n[len("config."):] for n in sorted(known))}.')
+  return names
+
+
+def _differences(before: Dict[str, Any], now: Dict[str, Any], keys: Sequence[str]) -> List[str]:
+  return [f'{k} = {now.get(k)!r} (checkpoints: {before.get(k)!r})' for k in keys
+          if before.get(k) != now.get(k)]
+
+
+def _saved_and_ours(config: ml_collections.ConfigDict, workdir: str
+                    ) -> Tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+  """WORKDIR/config.json and `config` as JSON round-trips it (tuples as lists), to compare."""
+  return workdir_config(workdir), ml_collections.ConfigDict(json.loads(config.to_json_best_effort()))
+
+
+def check_same_structure(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises ValueError naming each model or optimiser field in which `config` differs from the
+  WORKDIR/config.json its checkpoints were written with (they would not restore onto its state)."""
+  _check_same_structure(*_saved_and_ours(config, workdir), workdir)
+
+
+def _check_same_structure(saved: ml_collections.ConfigDict, ours: ml_collections.ConfigDict,
+                          workdir: str) -> None:
+  before, now = _structure_fields(saved), _structure_fields(ours)
+  diff = _differences(before, now, sorted(set(before) | set(now)))
+  if diff:
+    raise ValueError(f'{workdir!r} holds checkpoints of another model or optimiser; this config '
+                     f'differs in: {"; ".join(diff)}. Use a new --workdir, or the config the '
+                     f'checkpoints were trained with (WORKDIR/config.json).')
+
+
+def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume WORKDIR's checkpoints with a config that builds a different state, or that
+  changes what the steps see or the schedule (`continuity_fields`) without
+  config.train.allow_resume_changes naming the change.
+
+  The model and the optimiser's kind fix the checkpoint's structure; other fields (logging,
+  checkpoint intervals, evaluation, num_epochs of a non-cosine schedule) may change between runs.
+  Raises ValueError naming each differing field.
+  """
+  allowed = allowed_resume_changes(config)
+  if not os.path.exists(os.path.join(workdir, 'config.json')):
+    return
+  saved, ours = _saved_and_ours(config, workdir)
+  _check_same_structure(saved, ours, workdir)
+  before, now = continuity_fields(saved), continuity_fields(ours)
+  diff = _differences(before, now, sorted((set(before) & set(now)) - set(allowed)))
+  if diff:
+    raise ValueError(
+        f'{workdir!r} was trained with other data or another schedule; this config differs in: '
+        f'{"; ".join(diff)}. Resuming would change what each step sees and the epoch accounting. '
+        'Use the config in WORKDIR/config.json, a new --workdir, or allow the change with '
+        '--config.train.allow_resume_changes=' + ','.join(
+            k.split(' = ')[0][len('config.'):] for k in diff) + '.')
+
+
+def restore_variables(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """{'params', 'batch_stats'} of the training model from WORKDIR's latest readable checkpoint;
+  the workdir is only read (an unreadable newest checkpoint is skipped, not moved)."""
+  if os.path.exists(os.path.join(workdir, 'config.json')):  # Fields named, not a shape dump.
+    check_same_structure(config, workdir)
+  mesh = sharding.create_mesh()
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  try:
+    state, _ = checkpointer.restore(steps.abstract_initial_state(config, mesh))
+  finally:
+    checkpointer.close()
+  return {'params': state.params, 'batch_stats': state.batch_stats}

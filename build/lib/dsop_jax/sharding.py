@@ -1,0 +1,44 @@
+"""The one place that knows about devices: a data-parallel mesh and how batches and state are placed.
+
+Parameters and optimiser state are replicated; batches are split along the 'data' axis over every
+device of every process. Under `jax.jit`, BatchNorm's batch mean and variance are then taken over the
+global batch (XLA inserts the all-reduce), and gradients are averaged over all devices.
+"""
+
+from typing import Any, Mapping
+
+import jax
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+DATA_AXIS = 'data'
+
+
+def create_mesh() -> Mesh:
+  """A 1-D mesh over all devices of all processes."""
+  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def local_batch_size(global_batch_size: int, field: str = 'train.batch_size') -> int:
+  """This process's share of a global batch; raises ValueError naming `field` if it does not split."""
+  devices = jax.device_count()
+  if global_batch_size < 1 or global_batch_size % devices:
+    raise ValueError(f'config.{field} = {global_batch_size} is invalid: must be a positive multiple '
+                     f'of the number of devices ({devices}).')
+  return global_batch_size // jax.process_count()
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> Any:
+  """Process-local numpy batch -> global jax.Arrays split over the 'data' axis."""
+  sharding = data_sharded(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

@@ -1,0 +1,384 @@
+"""Training and evaluation of DSoP-Net: `train_and_evaluate(config, workdir)` and its checks.
+
+`train_and_evaluate` validates the config before anything compiles, then drives everything around
+the pure steps of `steps.py`: data, the mesh, checkpoints and resume, the training policies of
+Section V-C, metrics and evaluation; the workdir it writes follows `runs.py`.
+
+Training policies (`config.train.policy`):
+- 'one_phase': backbone and branches trained jointly from scratch (the paper's default);
+- 'early_removal': all branches removed at `config.train.remove_branches_at_epoch`; training goes on
+  with the main head alone (Section V-C: epochs 30, 45, 60);
+- 'two_phase': the backbone is loaded from `config.train.backbone_checkpoint` (an export directory or a
+  training workdir) and frozen, parameters and BN statistics; only the branches are trained.
+"""
+
+import ctypes
+import functools
+import os
+import time
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import jax
+import ml_collections
+import numpy as np
+
+from dsop_jax import checkpointing
+from dsop_jax import dsop
+from dsop_jax import export
+from dsop_jax import input_pipeline
+from dsop_jax import models
+from dsop_jax import optim
+from dsop_jax import runs
+from dsop_jax import sharding
+from dsop_jax import steps
+
+
+POLICIES = ('one_phase', 'early_removal', 'two_phase')
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+  """Every check that can fail, before anything is compiled."""
+  models.validate_model_config(config.model)
+  models.loss_weights(config)
+  optim.validate_optim_config(config)
+  t = config.train
+  if t.policy not in POLICIES:
+    raise ValueError(f'config.train.policy = {t.policy!r} is invalid: allowed: {", ".join(POLICIES)}.')
+  if not 0 < t.num_epochs < float('inf'):
+    raise ValueError(f'config.train.num_epochs = {t.num_epochs!r} is invalid: must be a finite '
+                     'number > 0.')
+  if t.policy == 'early_removal' and not 0 < t.remove_branches_at_epoch < t.num_epochs:
+    raise ValueError(f'config.train.remove_branches_at_epoch = {t.remove_branches_at_epoch!r} is '
+                     f'invalid: must lie in (0, num_epochs = {t.num_epochs}).')
+  if t.policy == 'two_phase' and not t.backbone_checkpoint:
+    raise ValueError("config.train.backbone_checkpoint = '' is invalid: two_phase training needs "
+                     'an export directory or training workdir holding the trained backbone.')
+  for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+    if not isinstance(t[field], int) or t[field] < 1:
+      raise ValueError(f'config.train.{field} = {t[field]!r} is invalid: must be an integer >= 1.')
+  if not t.eval_every_epochs > 0:
+    raise ValueError(f'config.train.eval_every_epochs = {t.eval_every_epochs!r} is invalid: '
+                     'must be > 0.')
+  if not isinstance(t.seed, int) or t.seed < 0:
+    raise ValueError(f'config.train.seed = {t.seed!r} is invalid: must be an integer >= 0.')
+  if not 0.0 <= config.loss.label_smoothing < 1.0:
+    raise ValueError(f'config.loss.label_smoothing = {config.loss.label_smoothing!r} is invalid: '
+                     'must lie in [0, 1).')
+  d = config.data
+  if not isinstance(d.shuffle_buffer, int) or d.shuffle_buffer < 1:
+    raise ValueError(f'config.data.shuffle_buffer = {d.shuffle_buffer!r} is invalid: must be an '
+                     'integer >= 1.')
+  if not isinstance(d.image_size, int) or d.image_size < 32:
+    raise ValueError(f'config.data.image_size = {d.image_size!r} is invalid: must be an integer '
+                     '>= 32.')
+  for field, value in (('data.inception_crop', d.get('inception_crop', False)),
+                       ('optim.nesterov', config.optim.nesterov),
+                       ('model.branches.psdr_aux', config.model.branches.psdr_aux)):
+    if not isinstance(value, bool):
+      raise ValueError(f'config.{field} = {value!r} is invalid: allowed: True, False.')
+  distill = config.get('distill')
+  if distill is not None and distill.teacher:
+    if not os.path.isdir(distill.teacher):
+      raise ValueError(f'config.distill.teacher = {distill.teacher!r} is invalid: not a directory '
+                       '(give an export directory or a training workdir).')
+    if models.branch_specs(config.model):
+      raise ValueError('config.distill.teacher is set but the model has branches: distillation '
+                       'trains a plain student (add the :plain config option).')
+    if not distill.temperature > 0:
+      raise ValueError(f'config.distill.temperature = {distill.temperature!r} is invalid: must be '
+                       '> 0.')
+    if not 0 <= distill.soft_weight <= 1:
+      raise ValueError(f'config.distill.soft_weight = {distill.soft_weight!r} is invalid: must lie '
+                       'in [0, 1].')
+  if t.on_nonfinite not in ('stop', 'skip'):
+    raise ValueError(f'config.train.on_nonfinite = {t.on_nonfinite!r} is invalid: allowed: stop, skip.')
+  skips = t.get('max_consecutive_skips', 20)
+  if not isinstance(skips, int) or isinstance(skips, bool) or skips < 1:
+    raise ValueError(f'config.train.max_consecutive_skips = {skips!r} is invalid: must be an '
+                     'integer >= 1.')
+  sharding.local_batch_size(t.batch_size, 'train.batch_size')
+  sharding.local_batch_size(config.eval.batch_size, 'eval.batch_size')
+  group = config.model.get('bn_group_size', 0)
+  if 0 < group < t.batch_size and t.batch_size % group:
+    raise ValueError(f'config.model.bn_group_size = {group} is invalid: it must divide '
+                     f'config.train.batch_size ({t.batch_size}), or be 0 (the whole batch).')
+  input_pipeline.check_data_fields(config)
+  runs.allowed_resume_changes(config)
+  info = input_pipeline.dataset_info(config)
+  if config.model.num_classes != info.num_classes:
+    raise ValueError(f'config.model.num_classes = {config.model.num_classes} is invalid: '
+                     f'{config.data.dataset} has {info.num_classes} classes.')
+  if (info.augment != 'imagenet' and config.data.dataset != 'fashion_mnist'
+      and config.data.image_size != 32):
+    raise ValueError(f'config.data.image_size = {config.data.image_size} is invalid: '
+                     f'{config.data.dataset} images are 32x32.')
+  input_pipeline.check_prepared(config)
+  examples = input_pipeline.num_examples(config, info.train_split)
+  if t.batch_size > examples:
+    raise ValueError(f'config.train.batch_size = {t.batch_size} is invalid: the training split of '
+                     f'{config.data.dataset} has {examples} examples, so an epoch would have no '
+                     'step; use a batch of at most that many.')
+  if not round(t.num_epochs * (examples // t.batch_size)):
+    raise ValueError(f'config.train.num_epochs = {t.num_epochs!r} is invalid: it gives 0 training '
+                     f'steps at {examples // t.batch_size} steps per epoch.')
+
+
+def _load_backbone(state: steps.TrainState, config: ml_collections.ConfigDict,
+                   mesh: Any) -> steps.TrainState:
+  """Two-phase training: the trained backbone goes into the 'backbone' subtree."""
+  path = config.train.backbone_checkpoint
+  _, backbone = export.load_first_order(path)
+  expected = {'params': state.params['backbone'], 'batch_stats': state.batch_stats['backbone']}
+  export.check_same_structure(expected, backbone, f'backbone variables in {path}')
+  backbone = jax.device_put(backbone, sharding.replicated(mesh))
+  return state.replace(params={**state.params, dsop.BACKBONE: backbone['params']},
+                       batch_stats={**state.batch_stats, dsop.BACKBONE: backbone['batch_stats']})
+
+
+def _abstract_state(state: steps.TrainState) -> steps.TrainState:
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def _summarise(history: Sequence[Mapping[str, jax.Array]]) -> Dict[str, float]:
+  """Mean of every metric over the steps that report it (heads disappear at early removal)."""
+  fetched = jax.device_get(list(history))
+  keys = dict.fromkeys(k for m in fetched for k in m)
+  return {k: float(np.mean([m[k] for m in fetched if k in m])) for k in keys}
+
+
+def _nested(flat: Mapping[str, float]) -> Dict[str, Dict[str, float]]:
+  heads: Dict[str, Dict[str, float]] = {}
+  for key, value in flat.items():
+    if '/' in key:
+      head, metric = key.rsplit('/', 1)
+      heads.setdefault(head, {})[metric] = value
+  return heads
+
+
+class _MallInfo2(ctypes.Structure):
+  _fields_ = [(name, ctypes.c_size_t) for name in (
+      'arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks', 'uordblks', 'fordblks',
+      'keepcost')]
+
+
+def host_memory() -> Dict[str, float]:
+  """This process's host memory, logged with the training metrics so long runs show leaks.
+
+  'host/rss_mib' is the resident set; 'host/heap_in_use_mib' the bytes malloc has handed out and
+  not had back (glibc's mallinfo2; absent elsewhere), which, unlike the RSS, neither hides a leak
+  in freed-but-resident memory nor grows with allocator fragmentation; 'host/open_files' counts
+  file descriptors. Linux only; elsewhere an empty dict.
+  """
+  result: Dict[str, float] = {}
+  try:
+    with open('/proc/self/status') as f:
+      rss_kb = next(int(line.split()[1]) for line in f if line.startswith('VmRSS:'))
+    result['host/rss_mib'] = rss_kb / 1024
+    result['host/open_files'] = float(len(os.listdir('/proc/self/fd')))
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    result['host/heap_in_use_mib'] = (info.uordblks + info.hblkhd) / 2**20
+  except (OSError, StopIteration, AttributeError):
+    pass
+  return result
+
+
+_WARNED_SKIPS: Dict[str, float] = {}  # The last count warned about, per counter.
+
+
+def _skipped_records(counters: Mapping[str, Any]) -> Dict[str, float]:
+  """Unreadable records skipped so far by this process's pipelines, warned about once each."""
+  counts = {f'data/skipped_{name}_records': float(c.value) for name, c in counters.items()}
+  for key, count in counts.items():
+    if count and count != _WARNED_SKIPS.get(key):
+      logging.warning('%s = %d: unreadable records (incomplete images) were skipped; the run goes '
+                      'on without them.', key, count)
+      _WARNED_SKIPS[key] = count
+  return counts
+
+
+def _check_finite(history: Sequence[Mapping[str, jax.Array]], first_step: int, policy: str,
+                  last_saved: Optional[int], consecutive: int = 0,
+                  limit: Optional[int] = None) -> int:
+  """Raises FloatingPointError naming the heads when a step in `history` was rejected ('stop'),
+  or when more than `limit` steps in a row were ('skip'). Returns the rejected steps in a row at
+  the end of `history`, counting `consecutive` before it."""
+  fetched = jax.device_get(list(history))
+  for offset, metrics in enumerate(fetched):
+    consecutive = consecutive + 1 if metrics['nonfinite'] else 0
+    if limit is not None and consecutive > limit:
+      raise FloatingPointError(
+          f'{consecutive} steps in a row were rejected up to step {first_step + offset + 1} '
+          f'(config.train.max_consecutive_skips = {limit}): training is not recovering. The last '
+          f'checkpoint (step {last_saved}) is intact; lower optim.learning_rate and rerun.')
+    if metrics['nonfinite']:
+      bad = sorted(k.rsplit('/', 1)[0] for k, v in metrics.items()
+                   if k.endswith('/loss') and not np.isfinite(v))
+      what = (f'loss in head(s) {bad}' if bad else
+              'gradient or updated state (parameters, BN statistics, optimiser state; every head '
+              'loss was finite)' if metrics.get('nonfinite_state') else
+              'gradient (every head loss was finite)')
+      message = f'Non-finite {what} at step {first_step + offset + 1}; the update was rejected.'
+      if policy == 'stop':
+        raise FloatingPointError(f'{message} Training stopped; the last checkpoint (step '
+                                 f'{last_saved}) is intact.')
+      logging.warning('%s Skipping it (config.train.on_nonfinite = skip).', message)
+  return consecutive
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
+  """Trains (resuming from WORKDIR if it holds a checkpoint), evaluates and checkpoints.
+
+  Writes WORKDIR/config.json, WORKDIR/checkpoints/, TensorBoard summaries, and WORKDIR/metrics.jsonl
+  with one JSON object per evaluation: {"step", "epoch", "eval": {head: {"top1", "top5", "loss"}},
+  "train": {...}}. The workdir is held by this run (`runs.workdir_lock`): a second training run on
+  it is refused, naming this one.
+  """
+  _validate(config)
+  with runs.workdir_lock(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
+  mesh = sharding.create_mesh()
+  teacher, teacher_variables = None, None  # Knowledge distillation (Table II baselines).
+  distill = config.get('distill')
+  if distill is not None and distill.teacher:
+    teacher, teacher_variables = export.load_first_order(distill.teacher)
+    if teacher.num_classes != config.model.num_classes:
+      raise ValueError(f'config.distill.teacher = {distill.teacher!r} has {teacher.num_classes} '
+                       f'classes; the student has {config.model.num_classes}.')
+    teacher_variables = jax.device_put(teacher_variables, sharding.replicated(mesh))
+    logging.info('Distilling %s into the main head (T=%g, soft weight %g).', distill.teacher,
+                 distill.temperature, distill.soft_weight)
+  t = config.train
+  local_batch = sharding.local_batch_size(t.batch_size)
+  steps_per_epoch = input_pipeline.steps_per_epoch(config, t.batch_size)
+  num_steps = int(round(t.num_epochs * steps_per_epoch))
+  eval_every = max(1, int(round(t.eval_every_epochs * steps_per_epoch)))
+  removal_step = (int(round(t.remove_branches_at_epoch * steps_per_epoch))
+                  if t.policy == 'early_removal' else None)
+
+  os.makedirs(workdir, exist_ok=True)
+  checkpointer = checkpointing.Checkpointer(workdir, t.keep_checkpoints)
+  last_saved = checkpointer.latest_step()
+  if last_saved is not None:  # Before anything is compiled or restored.
+    runs.check_resume_config(config, workdir)
+
+  model = models.create(config.model)
+  weights = models.loss_weights(config)
+  lr_fn = optim.learning_rate_schedule(config, steps_per_epoch, num_steps)
+  tx = optim.create_optimizer(config, steps_per_epoch, num_steps)
+  state = steps.init_state(model, tx, config, mesh)
+  branch_names = [k for k in state.params if k != dsop.BACKBONE]
+
+  if last_saved is not None:
+    state, _ = checkpointer.restore(_abstract_state(state))  # Skips unreadable checkpoints.
+    last_saved = int(state.step)
+    logging.info('Resuming from step %d in %s', last_saved, workdir)
+  elif t.policy == 'two_phase':
+    state = _load_backbone(state, config, mesh)
+  runs.write_config(config, workdir, resumed_at=last_saved)
+
+  step_fn = functools.partial(
+      steps.train_step, tx=tx, label_smoothing=config.loss.label_smoothing, learning_rate_fn=lr_fn,
+      hessian=optim.needs_hessian(config), teacher=teacher,
+      **({} if teacher is None else dict(temperature=distill.temperature,
+                                          soft_weight=distill.soft_weight)))
+  jit_step = lambda **kw: jax.jit(functools.partial(step_fn, **kw), donate_argnums=(0,))
+  full_step = jit_step(model=model, loss_weights=weights,
+                       frozen=(dsop.BACKBONE,) if t.policy == 'two_phase' else ())
+  main_only_step = None
+  if removal_step is not None:  # Branches detached: the backbone alone, branch variables frozen.
+    main_only_step = jit_step(model=model.clone(branches=()), loss_weights={'logits': weights['logits']},
+                              frozen=tuple(branch_names))
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  base_rng = jax.random.PRNGKey(t.seed)
+  skipped = {'train': input_pipeline.SkipCounter(), 'eval': input_pipeline.SkipCounter()}
+  train_iter = input_pipeline.train_batches(
+      config, local_batch_size=local_batch, start_step=int(state.step), seed=t.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      skipped=skipped['train'])
+  eval_local = sharding.local_batch_size(config.eval.batch_size, 'eval.batch_size')
+  heads_fn = steps.training_model_heads(model)
+
+  def save(step: int) -> None:
+    nonlocal last_saved
+    checkpointer.save(step, state, {'step': step, 'epoch': step / steps_per_epoch})
+    last_saved = step
+
+  history, window_start, rejected_in_a_row = [], int(state.step), 0
+  start_step = int(state.step)
+  logging.info('Training %s for %d steps (%d per epoch) from step %d on %d device(s).',
+               config.model.name, num_steps, steps_per_epoch, start_step, jax.device_count())
+  with checkpointing.PreemptionWatch() as preemption:
+    for step in range(start_step, num_steps):
+      fn = main_only_step if removal_step is not None and step >= removal_step else full_step
+      state, metrics = fn(state, sharding.shard_batch(next(train_iter), mesh), base_rng,
+                          teacher_variables)
+      history.append(metrics)
+      progress(step + 1)
+      done = step + 1 == num_steps
+      preempted = preemption.reached(step + 1)
+      save_now = (step + 1) % t.checkpoint_every_steps == 0 or done or preempted
+      if (step + 1) % t.log_every_steps == 0 or save_now or (step + 1) % eval_every == 0:
+        rejected_in_a_row = _check_finite(history, window_start, t.on_nonfinite, last_saved,
+                                          rejected_in_a_row, t.get('max_consecutive_skips'))
+        train_summary = _summarise(history)
+        writer.write_scalars(step + 1, {**{f'train/{k}': v for k, v in train_summary.items()},
+                                        **host_memory(), **_skipped_records(skipped)})
+        history, window_start = [], step + 1
+      if (step + 1) % eval_every == 0 or done:
+        eval_metrics = steps.evaluate(
+            {'params': state.params, 'batch_stats': state.batch_stats}, heads_fn,
+            input_pipeline.eval_batches(config, local_batch_size=eval_local,
+                                        process_index=jax.process_index(),
+                                        process_count=jax.process_count(),
+                                        skipped=skipped['eval']), mesh)
+        _log_eval(writer, workdir, step + 1, steps_per_epoch, eval_metrics, train_summary)
+      if save_now:
+        save(step + 1)
+      if preempted:
+        logging.warning('Preempted (SIGTERM) at step %d; checkpoint saved. Rerun the same command '
+                        'to resume.', step + 1)
+        break
+  writer.flush()
+  checkpointer.close()
+  return state
+
+
+def _log_eval(writer: Any, workdir: str, step: int, steps_per_epoch: int,
+              eval_metrics: Mapping[str, Mapping[str, float]], train_summary: Mapping[str, float]
+              ) -> None:
+  writer.write_scalars(step, {f'eval/{h}/{m}': v for h, ms in eval_metrics.items()
+                              for m, v in ms.items()})
+  line = ', '.join(f'{h} top1 {m["top1"]:.4f}' for h, m in eval_metrics.items())
+  logging.info('Eval at step %d (epoch %.2f): %s', step, step / steps_per_epoch, line)
+  runs.append_metrics(workdir, {'step': step, 'epoch': step / steps_per_epoch, 'time': time.time(),
+                                'eval': eval_metrics, 'train': _nested(train_summary)})
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        export_dir: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+  """Evaluates WORKDIR's latest checkpoint (every head) or an export (main head) on the eval split."""
+  input_pipeline.check_prepared(config)
+  mesh = sharding.create_mesh()
+  if export_dir:
+    module, variables = export.load(export_dir)
+    heads_fn = steps.plain_model_heads(module)
+  else:
+    variables = runs.restore_variables(config, workdir)
+    heads_fn = steps.training_model_heads(models.create(config.model))
+  variables = jax.device_put(variables, sharding.replicated(mesh))
+  batches = input_pipeline.eval_batches(
+      config, local_batch_size=sharding.local_batch_size(config.eval.batch_size, 'eval.batch_size'),
+      process_index=jax.process_index(), process_count=jax.process_count())
+  return steps.evaluate(variables, heads_fn, batches, mesh)
+
