@@ -25,7 +25,6 @@ alternate rounds, so load on a shared machine hits both alike.
 """
 
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -43,6 +42,7 @@ from dsop_jax import branches as branches_lib
 from dsop_jax import complexity
 from dsop_jax import covpool
 from dsop_jax import export
+from dsop_jax import losses
 from dsop_jax import models
 from dsop_jax import optim
 from dsop_jax import sharding
@@ -173,8 +173,8 @@ def train_benchmark(config: ml_collections.ConfigDict, opts: Options) -> Dict[st
   runners, flops, states = {}, {}, {}
   for name, (module, loss_weights) in variants.items():
     states[name] = steps.init_state(module, tx, config, mesh)
-    step = jax.jit(functools.partial(steps.train_step, model=module, tx=tx,
-                                     loss_weights=loss_weights), donate_argnums=(0,))
+    step = jax.jit(steps.make_train_step(losses.dsop_objective(module, loss_weights), tx),
+                   donate_argnums=(0,))
     compiled = step.lower(states[name], batch, rng).compile()
     flops[name] = _xla_flops(compiled)
 

@@ -4,13 +4,26 @@ Every head (the main first-order one and each auxiliary second-order one) is sco
 criterion against the same labels (Section III-A.2), so one pure function covers the whole loss and
 returns every weighted-in term by name for per-head logging. `distillation_loss` is Hinton et al.'s
 objective for the knowledge-distillation baselines of Table II.
+
+The training objectives the train step differentiates are built here, outside the step:
+`dsop_objective` (Eq. 1 on a model's heads) and `distillation_objective` (a plain student and a
+fixed teacher); `with_gradients` turns one into the step's gradient computation, plain or with the
+Hessian-vector product AdaHessian needs.
 """
 
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from dsop_jax import optim
+
+# (params, batch_stats, batch, dropout_rng, loss_args) -> (total, (outputs, new batch_stats, terms)):
+# a model's training-mode loss on a batch. `loss_args` are arrays the loss reads besides the model's
+# own variables (the distillation teacher's variables), passed to the jitted step as an argument
+# rather than baked into the program as constants.
+Objective = Callable[..., Tuple[jax.Array, Tuple[Dict[str, Any], Any, Dict[str, jax.Array]]]]
 
 
 def cross_entropy(*, logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -85,3 +98,64 @@ def distillation_loss(*, student_logits: jax.Array, teacher_logits: jax.Array, l
   terms = {'hard': cross_entropy(logits=student_logits, labels=labels),
            'soft': temperature ** 2 * jnp.mean(kl)}
   return (1 - soft_weight) * terms['hard'] + soft_weight * terms['soft'], terms
+
+
+def dsop_objective(model: Any, loss_weights: Mapping[str, float],
+                   label_smoothing: float = 0.0) -> Objective:
+  """Eq. 1 on every head of `model` (alpha/beta_i in `loss_weights`), in training mode."""
+
+  def objective(params, batch_stats, batch, dropout_rng, loss_args=None):
+    del loss_args
+    outputs, updates = model.apply(
+        {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
+        mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+    total, terms = dsop_loss(outputs=outputs, labels=batch['label'], weights=loss_weights,
+                             label_smoothing=label_smoothing)
+    return total, (outputs, updates['batch_stats'], terms)
+
+  return objective
+
+
+def distillation_objective(model: Any, teacher: Any, temperature: float,
+                           soft_weight: float) -> Objective:
+  """`distillation_loss` of the branch-less `model` against `teacher`, whose logits (eval mode)
+  are computed on the same batch; the teacher's variables are the objective's `loss_args`."""
+
+  def objective(params, batch_stats, batch, dropout_rng, loss_args):
+    outputs, updates = model.apply(
+        {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
+        mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+    teacher_logits, _ = teacher.apply(loss_args, batch['image'], train=False)
+    total, parts = distillation_loss(
+        student_logits=outputs['logits'], teacher_logits=teacher_logits, labels=batch['label'],
+        temperature=temperature, soft_weight=soft_weight)
+    return total, (outputs, updates['batch_stats'], {'logits': parts['hard'],
+                                                      'distill_soft': parts['soft']})
+
+  return objective
+
+
+def with_gradients(objective: Objective, hessian: bool = False) -> Callable[..., Tuple[Any, ...]]:
+  """The step's gradient computation of `objective`: (params, batch_stats, batch, dropout_rng,
+  loss_args) -> (total, aux, gradients, the optimiser's extra arguments).
+
+  With `hessian`, also a Hessian-vector product H z (forward-over-reverse, in the same pass as the
+  gradient) with a Rademacher z drawn from the dropout key, whose Hutchinson diagonal estimate is
+  the extra argument `hessian_diagonal` of AdaHessian's update (`optim.needs_hessian`).
+  """
+
+  def plain(params, batch_stats, batch, dropout_rng, loss_args):
+    (total, aux), grads = jax.value_and_grad(objective, has_aux=True)(
+        params, batch_stats, batch, dropout_rng, loss_args)
+    return total, aux, grads, {}
+
+  def with_hessian(params, batch_stats, batch, dropout_rng, loss_args):
+    def grads_and_aux(p):
+      (total, aux), grads = jax.value_and_grad(objective, has_aux=True)(
+          p, batch_stats, batch, dropout_rng, loss_args)
+      return grads, (total, aux)
+    probe = optim.rademacher_like(params, jax.random.fold_in(dropout_rng, 1))
+    grads, hessian_z, (total, aux) = jax.jvp(grads_and_aux, (params,), (probe,), has_aux=True)
+    return total, aux, grads, {'hessian_diagonal': optim.hutchinson_diagonal(hessian_z)}
+
+  return with_hessian if hessian else plain

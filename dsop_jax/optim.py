@@ -25,7 +25,7 @@
   2.4 epochs), counted from step 0 as the step schedule is, after a linear warm-up.
 """
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -155,6 +155,33 @@ def hutchinson_diagonal(hessian_z: Any) -> Any:
       return jnp.broadcast_to(jnp.mean(jnp.abs(hz), axis=(0, 1), keepdims=True), hz.shape)
     return jnp.abs(hz)
   return jax.tree_util.tree_map(leaf, hessian_z)
+
+
+def freeze(tx: optax.GradientTransformation, frozen: Sequence[str]
+           ) -> optax.GradientTransformationExtraArgs:
+  """`tx` with the top-level parameter subtrees named in `frozen` held still: their updates are
+  zero and their parts of the optimiser state (momentum, moments) stay as they are, while the
+  state's counters go on. The state has `tx`'s own structure whatever is frozen, so one training
+  state passes between the steps of a run that freezes its branches part-way (early removal), and
+  checkpoints do not depend on it (two-phase training; `optax.partition` with `set_to_zero` would
+  give each choice of frozen subtrees a state of its own)."""
+  tx = optax.with_extra_args_support(tx)
+  frozen = frozenset(frozen)
+  # A state leaf belongs to the parameter subtree of the first dict key on its path (its NamedTuple
+  # fields and tuple positions come before it).
+  is_frozen = lambda path: next(  # noqa: E731
+      (key.key in frozen for key in path if isinstance(key, jax.tree_util.DictKey)), False)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    new_updates, new_state = tx.update(updates, state, params, **extra_args)
+    if not frozen:
+      return new_updates, new_state
+    hold = lambda path, new, old: old if is_frozen(path) else new  # noqa: E731
+    new_updates = {k: (jax.tree_util.tree_map(jnp.zeros_like, u) if k in frozen else u)
+                   for k, u in new_updates.items()}
+    return new_updates, jax.tree_util.tree_map_with_path(hold, new_state, state)
+
+  return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
 
 def needs_hessian(config: ml_collections.ConfigDict) -> bool:

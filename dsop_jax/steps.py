@@ -1,7 +1,9 @@
 """The pure training and evaluation steps of DSoP-Net and the training state they carry.
 
-`train_step` applies the model, assembles Eq. 1 with `losses.dsop_loss`, updates the state and returns
-per-head metrics; it never reads globals or talks to the host. A step whose loss is not finite in any
+`train_step` differentiates an objective built outside it (`losses.dsop_objective` for Eq. 1, or
+`losses.distillation_objective`), updates the state with the optimiser (subtrees held still by
+`optim.freeze`) and returns per-head metrics; it never reads globals or talks to the host.
+`make_train_step` binds everything static before jit. A step whose loss is not finite in any
 head leaves the state untouched and reports it, so the host can stop (or skip, per config) before a
 bad state reaches a checkpoint. `eval_step` and `evaluate` sum per-head metrics over masked eval
 batches. Nothing here imports TensorFlow or clu or touches files: `dsop_jax.benchmark` runs these
@@ -46,32 +48,24 @@ def head_metrics(*, heads: Mapping[str, jax.Array], labels: jax.Array, terms: Ma
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array,
-               teacher_variables: Any = None, *, model: Any, tx: optax.GradientTransformation,
-               loss_weights: Mapping[str, float], label_smoothing: float = 0.0,
-               frozen: Sequence[str] = (),
-               learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
-               hessian: bool = False, teacher: Any = None, temperature: float = 4.0,
-               soft_weight: float = 0.5) -> Tuple[TrainState, Dict[str, jax.Array]]:
-  """One optimiser step on Eq. 1.
+               loss_args: Any = None, *, loss_and_grads: Callable[..., Tuple[Any, ...]],
+               tx: optax.GradientTransformation, frozen_batch_stats: Sequence[str] = (),
+               learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None
+               ) -> Tuple[TrainState, Dict[str, jax.Array]]:
+  """One optimiser step. Build it with `make_train_step`, which binds everything static.
 
   Args:
     state: the training state.
     batch: {'image': (B, H, W, 3), 'label': (B,)}.
     rng: base key; the step's dropout key is derived from it and the step, so resuming replays it.
-    teacher_variables: the distillation teacher's variables, when `teacher` is given.
-    model: the (possibly branch-less) DSoP model to apply.
-    tx: the optimiser.
-    loss_weights: alpha/beta of every head the model outputs.
-    label_smoothing: label smoothing of every head.
-    frozen: top-level variable subtrees (e.g. 'backbone' in two-phase training, or every branch after
-      early removal) whose parameters and BN statistics are kept as they are.
+    loss_args: the arrays the objective reads besides the model's variables (the distillation
+      teacher's variables), or None.
+    loss_and_grads: `losses.with_gradients` of the objective.
+    tx: the optimiser (`optim.freeze` holds subtrees still).
+    frozen_batch_stats: top-level BatchNorm-statistics subtrees kept as they are (the backbone in
+      two-phase training, which runs in training mode under the branches); subtrees the model did
+      not update (branches after early removal) are kept too.
     learning_rate_fn: reported in the metrics when given.
-    hessian: also compute a Hessian-vector product H z (forward-over-reverse, in the same pass as
-      the gradient) with a Rademacher z drawn from (rng, step), and give the optimiser its
-      Hutchinson diagonal estimate (AdaHessian, `optim.needs_hessian`).
-    teacher: a plain network whose logits on the batch (eval mode, computed inside this step)
-      are distilled into the main head with `losses.distillation_loss` (the Table II baselines);
-      the model must then have no branches. `temperature` and `soft_weight` are its T and w.
 
   Returns:
     (new state, metrics): 'loss', per-head '<head>/loss|top1|top5', 'nonfinite' (1.0 when the step
@@ -79,43 +73,16 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
     (1.0 when the new parameters, BN statistics or optimiser state were), and 'learning_rate'.
   """
   dropout_rng = jax.random.fold_in(rng, state.step)
-
-  def loss_fn(params):
-    outputs, updates = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
-        mutable=['batch_stats'], rngs={'dropout': dropout_rng})
-    if teacher is None:
-      total, terms = losses.dsop_loss(outputs=outputs, labels=batch['label'],
-                                      weights=loss_weights, label_smoothing=label_smoothing)
-    else:
-      teacher_logits, _ = teacher.apply(teacher_variables, batch['image'], train=False)
-      total, parts = losses.distillation_loss(
-          student_logits=outputs['logits'], teacher_logits=teacher_logits, labels=batch['label'],
-          temperature=temperature, soft_weight=soft_weight)
-      terms = {'logits': parts['hard'], 'distill_soft': parts['soft']}
-    return total, (outputs, updates['batch_stats'], terms)
-
-  if hessian:
-    def grads_and_aux(params):
-      (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      return grads, (total, aux)
-    probe = optim.rademacher_like(state.params, jax.random.fold_in(dropout_rng, 1))
-    grads, hessian_z, (total, (outputs, new_stats, terms)) = jax.jvp(
-        grads_and_aux, (state.params,), (probe,), has_aux=True)
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params,
-                                       hessian_diagonal=optim.hutchinson_diagonal(hessian_z))
-  else:
-    (total, (outputs, new_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  total, (outputs, new_stats, terms), grads, extra_args = loss_and_grads(
+      state.params, state.batch_stats, batch, dropout_rng, loss_args)
+  updates, new_opt_state = tx.update(grads, state.opt_state, state.params, **extra_args)
   new_params = optax.apply_updates(state.params, updates)
-  keep = lambda new, old: {k: (old[k] if k in frozen or k not in new else new[k]) for k in old}
-  new_params = keep(new_params, state.params)
-  new_stats = keep(new_stats, state.batch_stats)
-  finite = jnp.logical_and(jnp.all(jnp.stack([jnp.isfinite(t) for t in terms.values()])),
-                           jnp.isfinite(optax.tree.norm(grads)))
-  if hessian:  # A non-finite H z would poison AdaHessian's second moment for good.
-    finite = jnp.logical_and(finite, jnp.isfinite(optax.tree.norm(hessian_z)))
+  new_stats = {k: (old if k in frozen_batch_stats or k not in new_stats else new_stats[k])
+               for k, old in state.batch_stats.items()}
+  # Every loss term, the gradient, and the optimiser's extra arguments must be finite (a
+  # non-finite H z would poison AdaHessian's second moment for good).
+  finite = jnp.all(jnp.stack([jnp.isfinite(t) for t in terms.values()] + [
+      jnp.isfinite(optax.tree.norm(tree)) for tree in (grads, *extra_args.values())]))
   new_state = TrainState(step=state.step + 1, params=new_params, batch_stats=new_stats,
                          opt_state=new_opt_state)
   # A finite loss and gradient can still give a non-finite state (float32 overflow in the BN
@@ -134,6 +101,27 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
   if learning_rate_fn is not None:
     metrics['learning_rate'] = learning_rate_fn(state.step)
   return new_state, metrics
+
+
+def make_train_step(objective: losses.Objective, tx: optax.GradientTransformation, *,
+                    hessian: bool = False, frozen: Sequence[str] = (),
+                    learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None
+                    ) -> Callable[..., Tuple[TrainState, Dict[str, jax.Array]]]:
+  """`train_step(state, batch, rng[, loss_args]) -> (state, metrics)` on `objective` (built in
+  losses.py) with everything static bound, ready to jit.
+
+  Args:
+    objective: `losses.dsop_objective` or `losses.distillation_objective`.
+    tx: the optimiser.
+    hessian: give the optimiser a Hessian-diagonal estimate (AdaHessian, `optim.needs_hessian`).
+    frozen: top-level variable subtrees (e.g. 'backbone' in two-phase training, or every branch
+      after early removal) whose parameters and BN statistics are kept as they are: `optim.freeze`
+      holds their parameters and optimiser state.
+    learning_rate_fn: reported in the metrics when given.
+  """
+  return functools.partial(train_step, loss_and_grads=losses.with_gradients(objective, hessian),
+                           tx=optim.freeze(tx, frozen), frozen_batch_stats=tuple(frozen),
+                           learning_rate_fn=learning_rate_fn)
 
 
 def _all_finite(tree: Any) -> jax.Array:

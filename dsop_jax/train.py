@@ -13,7 +13,6 @@ Training policies (`config.train.policy`):
 """
 
 import ctypes
-import functools
 import os
 import time
 from typing import Any, Dict, Mapping, Optional, Sequence
@@ -29,6 +28,7 @@ from dsop_jax import checkpointing
 from dsop_jax import dsop
 from dsop_jax import export
 from dsop_jax import input_pipeline
+from dsop_jax import losses
 from dsop_jax import models
 from dsop_jax import optim
 from dsop_jax import runs
@@ -285,18 +285,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
     state = _load_backbone(state, config, mesh)
   runs.write_config(config, workdir, resumed_at=last_saved)
 
-  step_fn = functools.partial(
-      steps.train_step, tx=tx, label_smoothing=config.loss.label_smoothing, learning_rate_fn=lr_fn,
-      hessian=optim.needs_hessian(config), teacher=teacher,
-      **({} if teacher is None else dict(temperature=distill.temperature,
-                                          soft_weight=distill.soft_weight)))
-  jit_step = lambda **kw: jax.jit(functools.partial(step_fn, **kw), donate_argnums=(0,))
-  full_step = jit_step(model=model, loss_weights=weights,
-                       frozen=(dsop.BACKBONE,) if t.policy == 'two_phase' else ())
+  def jit_step(module: Any, loss_weights: Dict[str, float], frozen: Sequence[str]) -> Any:
+    if teacher is None:
+      objective = losses.dsop_objective(module, loss_weights, config.loss.label_smoothing)
+    else:  # A branch-less student (checked): the main head's distillation loss.
+      objective = losses.distillation_objective(module, teacher, distill.temperature,
+                                                distill.soft_weight)
+    return jax.jit(steps.make_train_step(objective, tx, hessian=optim.needs_hessian(config),
+                                         frozen=frozen, learning_rate_fn=lr_fn),
+                   donate_argnums=(0,))
+
+  full_step = jit_step(model, weights, (dsop.BACKBONE,) if t.policy == 'two_phase' else ())
   main_only_step = None
   if removal_step is not None:  # Branches detached: the backbone alone, branch variables frozen.
-    main_only_step = jit_step(model=model.clone(branches=()), loss_weights={'logits': weights['logits']},
-                              frozen=tuple(branch_names))
+    main_only_step = jit_step(model.clone(branches=()), {'logits': weights['logits']},
+                              tuple(branch_names))
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)

@@ -22,7 +22,7 @@ LAYERS = [
     {'covpool', 'layers', 'stages', 'config_files'},
 ]
 SAME_LAYER = {('gsop', 'branches'), ('dsop', 'branches'), ('cifar_backbones', 'resnet'),
-              ('efficientnet', 'resnet'), ('branches', 'covpool')}
+              ('efficientnet', 'resnet'), ('branches', 'covpool'), ('losses', 'optim')}
 # Imported where used because they need TensorFlow, which accelerator hosts may not have (the
 # benchmark's `input` part only).
 OPTIONAL = {('benchmark', 'input_pipeline')}

@@ -220,8 +220,8 @@ def test_deep_config_trains_on_one_block_per_stage_and_branch(name, variant):
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.normal(size=(4, size, size, 3)), jnp.float32),
            'label': jnp.asarray([0, 1, 2, 3], jnp.int32), 'mask': jnp.asarray([1, 1, 1, 0], bool)}
-  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
-                                   loss_weights=models.loss_weights(config)))
+  step = jax.jit(steps.make_train_step(
+      losses.dsop_objective(model, models.loss_weights(config)), tx))
   heads = models.head_names(config.model)
   new_state = state
   for _ in range(2):

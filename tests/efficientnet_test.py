@@ -14,6 +14,7 @@ from dsop_jax import dsop
 from dsop_jax import efficientnet
 from dsop_jax import gsop
 from dsop_jax import layers
+from dsop_jax import losses as dsop_losses
 from dsop_jax import models
 from dsop_jax import optim
 from dsop_jax import steps
@@ -122,7 +123,7 @@ def test_tiny_efficientnet_dsop_trains_with_the_configs_rmsprop():
   batch = {'image': jnp.asarray(rng.normal(size=(16, 32, 32, 3)), jnp.float32),
            'label': jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
            'mask': jnp.ones(16, bool)}
-  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, loss_weights=weights))
+  step = jax.jit(steps.make_train_step(dsop_losses.dsop_objective(model, weights), tx))
   losses = []
   for _ in range(12):
     state, metrics = step(state, batch, jax.random.PRNGKey(1))

@@ -2,7 +2,6 @@
 PyTorch-style coupled weight decay by hand, RAdam, AdaHessian (a hand-computed update, the
 Hutchinson estimate, a tiny model trained through the train step), and validation messages."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -206,6 +205,36 @@ def test_hutchinson_estimate_is_unbiased_and_averages_conv_kernels_over_taps():
   np.testing.assert_array_equal(averaged['bias'], jnp.ones(4))
 
 
+def test_freeze_holds_parameters_and_their_optimiser_state_and_keeps_the_state_structure():
+  """optim.freeze: the frozen subtrees get zero updates and their momentum (SGD) or moments and
+  Hessian moment (AdaHessian, with its extra argument) stay as they were, while the other subtrees
+  and the counters move on; the state has the optimiser's own structure, frozen or not."""
+  params = {'backbone': {'w': jnp.ones(3)}, 'a_pds2': {'w': jnp.full(2, 2.0)}}
+  grads = {'backbone': {'w': jnp.full(3, 0.5)}, 'a_pds2': {'w': jnp.full(2, -1.0)}}
+  for tx, extra in ((optax.sgd(0.1, momentum=0.9), {}),
+                    (optim.adahessian(0.1, weight_decay=1e-2), {'hessian_diagonal': grads})):
+    state = tx.init(params)
+    _, state = tx.update(grads, state, params, **extra)  # Momentum to hold.
+    frozen = optim.freeze(tx, ['a_pds2'])
+    assert jax.tree_util.tree_structure(frozen.init(params)) == jax.tree_util.tree_structure(state)
+    updates, held = frozen.update(grads, state, params, **extra)
+    free_updates, moved = tx.update(grads, state, params, **extra)
+    np.testing.assert_array_equal(updates['a_pds2']['w'], np.zeros(2))
+    np.testing.assert_array_equal(updates['backbone']['w'], free_updates['backbone']['w'])
+    for (path, a), b, c in zip(jax.tree_util.tree_leaves_with_path(held),
+                               jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(moved)):
+      name = jax.tree_util.keystr(path)
+      if 'a_pds2' in name:  # Held: the state before this update.
+        np.testing.assert_array_equal(a, b, err_msg=name)
+      else:  # The backbone's moments and every counter: as without freezing.
+        np.testing.assert_array_equal(a, c, err_msg=name)
+        assert 'backbone' in name or not np.array_equal(a, b), name
+    nothing = optim.freeze(tx, [])
+    for a, b in zip(jax.tree_util.tree_leaves(nothing.update(grads, state, params, **extra)),
+                    jax.tree_util.tree_leaves((free_updates, moved))):
+      np.testing.assert_array_equal(a, b)
+
+
 def test_adahessian_trains_a_tiny_dsop_model_in_the_train_step():
   backbone = conftest.TinyPreAct(stage_sizes=(1, 1, 1))
   layout = conftest.branches_config(blocks=(0, 0, 0), pattern='[1]', channels=(4, 8, 8),
@@ -222,8 +251,7 @@ def test_adahessian_trains_a_tiny_dsop_model_in_the_train_step():
                            opt_state=tx.init(variables['params']))
   heads = model.apply(variables, batch['image'], train=False)
   weights = {'logits': 1.0, **{name: 0.3 for name in heads['aux_logits']}}
-  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, loss_weights=weights,
-                                   hessian=True))
+  step = jax.jit(steps.make_train_step(losses_lib.dsop_objective(model, weights), tx, hessian=True))
   # The step's curvature is a real Hessian-vector product: after one step AdaHessian's second
   # moment holds (1 - b2) * |H z|^2 for the step's probe z, computed here independently.
   def loss(params):

@@ -22,6 +22,7 @@ from dsop_jax import dsop
 from dsop_jax import efficientnet
 from dsop_jax import input_pipeline
 from dsop_jax import layers
+from dsop_jax import losses
 from dsop_jax import models
 from dsop_jax import optim
 from dsop_jax import sharding
@@ -222,8 +223,8 @@ def _bn_model(group_size):
 
 def _bn_step(group_size, state, batch):
   """One real train step of `_bn_model(group_size)` from `state`, jitted over a 1-device mesh."""
-  step = jax.jit(functools.partial(steps.train_step, model=_bn_model(group_size), tx=optax.sgd(0.1),
-                                   loss_weights={'logits': 1.0, 'a_pds2': 1.0, 'a_pds5': 1.0}))
+  step = jax.jit(steps.make_train_step(losses.dsop_objective(
+      _bn_model(group_size), {'logits': 1.0, 'a_pds2': 1.0, 'a_pds5': 1.0}), optax.sgd(0.1)))
   with jax.set_mesh(sharding.create_mesh()):
     return step(state, batch, jax.random.PRNGKey(1))[0]
 

@@ -1,7 +1,6 @@
 """End-to-end training: real digits, mocked TFDS imagenet2012/cifar10, resume, export, data
 parallelism on 8 simulated devices, non-finite losses, and bad input stopping before compilation."""
 
-import functools
 import json
 import os
 import random
@@ -218,8 +217,8 @@ def test_overflowing_branch_is_rejected_and_named_by_the_step(caplog):
   # non-finite (the main head stays finite here), and they are the ones named.
   batch = {'image': jnp.full((4, 32, 32, 3), 1e30).at[:, :16].set(-1e30),
            'label': jnp.arange(4, dtype=jnp.int32)}
-  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
-                                   loss_weights=models.loss_weights(config)))
+  step = jax.jit(steps.make_train_step(
+      losses.dsop_objective(model, models.loss_weights(config)), tx))
   new_state, metrics = step(state, batch, jax.random.PRNGKey(1))
   assert float(metrics['nonfinite']) == 1.0 and int(new_state.step) == 1
   for a, b in zip(_leaves((new_state.params, new_state.batch_stats, new_state.opt_state)),
@@ -249,8 +248,7 @@ def test_a_finite_loss_with_a_non_finite_new_state_is_rejected():
   state = models.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
   batch = {'image': jnp.full((4, 32, 32, 3), 1e18, jnp.float32).at[0].set(-1e18),
            'label': jnp.arange(4) % 5, 'mask': jnp.ones(4, bool)}
-  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
-                                   loss_weights={'logits': 1.0}))
+  step = jax.jit(steps.make_train_step(losses.dsop_objective(model, {'logits': 1.0}), tx))
   new_state, metrics = step(state, batch, jax.random.PRNGKey(1))
   assert np.isfinite(float(metrics['loss']))
   assert float(metrics['nonfinite']) == float(metrics['nonfinite_state']) == 1.0
@@ -338,6 +336,12 @@ def test_early_removal_freezes_branches_after_the_removal_step(tmp_path):
     same = all(np.array_equal(a, b) for a, b in zip(_leaves(final.params[name]),
                                                      _leaves(at_removal.params[name])))
     assert same == (name != 'backbone'), name
+  # The branches' optimiser state (SGD momentum) is held too (optim.freeze), the backbone's moves.
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(final.opt_state),
+                          jax.tree_util.tree_leaves(at_removal.opt_state)):
+    name = jax.tree_util.keystr(path)
+    if "'backbone'" in name or "'a_pds" in name:  # Not the schedule's step counter.
+      assert np.array_equal(a, b) == ("'backbone'" not in name), name
   assert set(_metrics(tmp_path)[-1]['train']) == {'logits'}  # Only the main head after removal.
 
 
@@ -500,9 +504,8 @@ def test_knowledge_distillation_from_a_teacher_inside_the_step(tmp_path):
   tx = optax.sgd(0.1)
   state = steps.init_state(model, tx, config, sharding.create_mesh())
   batch = next(input_pipeline.eval_batches(config, local_batch_size=64))
-  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
-                                   loss_weights={'logits': 1.0}, teacher=teacher,
-                                   temperature=2.0, soft_weight=0.7))
+  step = jax.jit(steps.make_train_step(
+      losses.distillation_objective(model, teacher, temperature=2.0, soft_weight=0.7), tx))
   _, metrics = step(state, batch, jax.random.PRNGKey(0), teacher_variables)
   student_logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
                                batch['image'], train=True, mutable=['batch_stats'])[0]['logits']
