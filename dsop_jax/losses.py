@@ -100,18 +100,25 @@ def distillation_loss(*, student_logits: jax.Array, teacher_logits: jax.Array, l
   return (1 - soft_weight) * terms['hard'] + soft_weight * terms['soft'], terms
 
 
+def _apply_training(model: Any, params: Any, batch_stats: Any, batch: Mapping[str, jax.Array],
+                    dropout_rng: jax.Array) -> Tuple[Dict[str, Any], Any]:
+  """(outputs, updated BN statistics) of `model` on the batch's images in training mode."""
+  outputs, updates = model.apply(
+      {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
+      mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+  return outputs, updates['batch_stats']
+
+
 def dsop_objective(model: Any, loss_weights: Mapping[str, float],
                    label_smoothing: float = 0.0) -> Objective:
   """Eq. 1 on every head of `model` (alpha/beta_i in `loss_weights`), in training mode."""
 
   def objective(params, batch_stats, batch, dropout_rng, loss_args=None):
     del loss_args
-    outputs, updates = model.apply(
-        {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
-        mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+    outputs, new_stats = _apply_training(model, params, batch_stats, batch, dropout_rng)
     total, terms = dsop_loss(outputs=outputs, labels=batch['label'], weights=loss_weights,
                              label_smoothing=label_smoothing)
-    return total, (outputs, updates['batch_stats'], terms)
+    return total, (outputs, new_stats, terms)
 
   return objective
 
@@ -122,15 +129,12 @@ def distillation_objective(model: Any, teacher: Any, temperature: float,
   are computed on the same batch; the teacher's variables are the objective's `loss_args`."""
 
   def objective(params, batch_stats, batch, dropout_rng, loss_args):
-    outputs, updates = model.apply(
-        {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
-        mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+    outputs, new_stats = _apply_training(model, params, batch_stats, batch, dropout_rng)
     teacher_logits, _ = teacher.apply(loss_args, batch['image'], train=False)
     total, parts = distillation_loss(
         student_logits=outputs['logits'], teacher_logits=teacher_logits, labels=batch['label'],
         temperature=temperature, soft_weight=soft_weight)
-    return total, (outputs, updates['batch_stats'], {'logits': parts['hard'],
-                                                      'distill_soft': parts['soft']})
+    return total, (outputs, new_stats, {'logits': parts['hard'], 'distill_soft': parts['soft']})
 
   return objective
 
@@ -144,18 +148,16 @@ def with_gradients(objective: Objective, hessian: bool = False) -> Callable[...,
   the extra argument `hessian_diagonal` of AdaHessian's update (`optim.needs_hessian`).
   """
 
-  def plain(params, batch_stats, batch, dropout_rng, loss_args):
-    (total, aux), grads = jax.value_and_grad(objective, has_aux=True)(
-        params, batch_stats, batch, dropout_rng, loss_args)
-    return total, aux, grads, {}
-
-  def with_hessian(params, batch_stats, batch, dropout_rng, loss_args):
+  def compute(params, batch_stats, batch, dropout_rng, loss_args):
     def grads_and_aux(p):
       (total, aux), grads = jax.value_and_grad(objective, has_aux=True)(
           p, batch_stats, batch, dropout_rng, loss_args)
       return grads, (total, aux)
+    if not hessian:
+      grads, (total, aux) = grads_and_aux(params)
+      return total, aux, grads, {}
     probe = optim.rademacher_like(params, jax.random.fold_in(dropout_rng, 1))
     grads, hessian_z, (total, aux) = jax.jvp(grads_and_aux, (params,), (probe,), has_aux=True)
     return total, aux, grads, {'hessian_diagonal': optim.hutchinson_diagonal(hessian_z)}
 
-  return with_hessian if hessian else plain
+  return compute

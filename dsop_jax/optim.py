@@ -167,19 +167,19 @@ def freeze(tx: optax.GradientTransformation, frozen: Sequence[str]
   give each choice of frozen subtrees a state of its own)."""
   tx = optax.with_extra_args_support(tx)
   frozen = frozenset(frozen)
-  # A state leaf belongs to the parameter subtree of the first dict key on its path (its NamedTuple
-  # fields and tuple positions come before it).
+  if not frozen:
+    return tx
+  # An update or state leaf belongs to the parameter subtree of the first dict key on its path
+  # (a state's NamedTuple fields and tuple positions come before it).
   is_frozen = lambda path: next(  # noqa: E731
       (key.key in frozen for key in path if isinstance(key, jax.tree_util.DictKey)), False)
 
   def update_fn(updates, state, params=None, **extra_args):
     new_updates, new_state = tx.update(updates, state, params, **extra_args)
-    if not frozen:
-      return new_updates, new_state
+    zero = lambda path, u: jnp.zeros_like(u) if is_frozen(path) else u  # noqa: E731
     hold = lambda path, new, old: old if is_frozen(path) else new  # noqa: E731
-    new_updates = {k: (jax.tree_util.tree_map(jnp.zeros_like, u) if k in frozen else u)
-                   for k, u in new_updates.items()}
-    return new_updates, jax.tree_util.tree_map_with_path(hold, new_state, state)
+    return (jax.tree_util.tree_map_with_path(zero, new_updates),
+            jax.tree_util.tree_map_with_path(hold, new_state, state))
 
   return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 

@@ -39,8 +39,10 @@ def test_config_builds_and_runs_forward(name):
   config = importlib.import_module(f'configs.{name}').get_config()
   size = 32 if config.data.image_size == 224 else 8
   x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  abstract_init = lambda model: jax.eval_shape(  # noqa: E731
+      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
   model = models.create(config.model)
-  abstract = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+  abstract = abstract_init(model)
   out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), abstract, x)
   heads = losses.head_logits(out)
   assert sorted(heads) == sorted(models.head_names(config.model))
@@ -53,7 +55,7 @@ def test_config_builds_and_runs_forward(name):
 
   config = _one_block_per_stage_and_branch(config)
   model = models.create(config.model)
-  abstract = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+  abstract = abstract_init(model)
   rng = np.random.default_rng(1)
   variables = jax.tree_util.tree_map(
       lambda a: jnp.asarray(rng.standard_normal(a.shape, np.float32) * 0.02, a.dtype), abstract)
