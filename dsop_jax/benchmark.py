@@ -145,6 +145,8 @@ def _benchmark_config(config: ml_collections.ConfigDict, opts: Options) -> ml_co
   if opts.image_size:
     config.data.image_size = opts.image_size
   models.validate_model_config(config.model)
+  models.validate_loss_config(config)
+  optim.validate_optim_config(config)
   return config
 
 

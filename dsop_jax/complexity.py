@@ -79,7 +79,8 @@ def _pooled_dim(spec: branches_lib.BranchSpec, in_channels: int) -> int:
 
 
 def report(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """Parameters and GFLOPs (MACs per image / 1e9) of the training and the detached test graph.
+  """Parameters and GFLOPs (MACs per image / 1e9) of the training and the detached test graph of a
+  validated config.
 
   Returns:
     {'model', 'image_size', 'params_train', 'params_test', 'gflops_train', 'gflops_test',
@@ -150,6 +151,7 @@ def format_table(rep: Dict[str, Any]) -> str:
 def main(argv: Any) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  models.validate_model_config(flags.FLAGS.config.model)
   rep = report(flags.FLAGS.config)
   print(json.dumps(rep) if flags.FLAGS.json else format_table(rep))
 

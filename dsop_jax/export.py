@@ -153,6 +153,7 @@ def load(output_dir: str) -> Tuple[Any, dict]:
     raise ValueError(f'{output_dir!r} is not a dsop_jax export (no model_config.json).')
   with open(config_path) as f:
     model_config = ml_collections.ConfigDict(json.load(f))
+  models.validate_model_config(model_config)
   module = models.create_backbone(model_config)
   size = 32
   abstract = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x, train=False),

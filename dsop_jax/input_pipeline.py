@@ -52,14 +52,15 @@ class DatasetInfo:
   augment: str  # 'imagenet', 'cifar' or 'digits'.
   mean: Tuple[float, float, float]
   std: Tuple[float, float, float]
+  fixed_size: int = 0  # The only config.data.image_size its pipeline makes, or 0 for any (>= 32).
 
 
 DATASETS: Dict[str, DatasetInfo] = {
     'imagenet2012': DatasetInfo(1000, 'train', 'validation', 'imagenet', _IMAGENET_MEAN,
                                 _IMAGENET_STD),
-    'cifar10': DatasetInfo(10, 'train', 'test', 'cifar', _CIFAR10_MEAN, _CIFAR10_STD),
-    'cifar100': DatasetInfo(100, 'train', 'test', 'cifar', _CIFAR100_MEAN, _CIFAR100_STD),
-    'digits': DatasetInfo(10, 'train', 'test', 'digits', (0.0,) * 3, (1.0,) * 3),  # Set below.
+    'cifar10': DatasetInfo(10, 'train', 'test', 'cifar', _CIFAR10_MEAN, _CIFAR10_STD, 32),
+    'cifar100': DatasetInfo(100, 'train', 'test', 'cifar', _CIFAR100_MEAN, _CIFAR100_STD, 32),
+    'digits': DatasetInfo(10, 'train', 'test', 'digits', (0.0,) * 3, (1.0,) * 3, 32),  # See below.
     'fashion_mnist': DatasetInfo(10, 'train', 'test', 'cifar', (0.0,) * 3, (1.0,) * 3),  # Below.
 }
 DIGITS_TEST_SIZE = 360
@@ -185,12 +186,8 @@ def _grey_stats(dataset: str, data_dir: str, size: int, fit: str
 
 
 def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+  """Splits, class count, augmentation and normalisation of a validated config's dataset."""
   name = config.data.dataset
-  if name not in DATASETS:
-    raise ValueError(f'config.data.dataset = {name!r} is invalid: allowed: {", ".join(DATASETS)}.')
-  if config.data.process_split not in PROCESS_SPLITS:
-    raise ValueError(f'config.data.process_split = {config.data.process_split!r} is invalid: '
-                     f'allowed: {", ".join(PROCESS_SPLITS)}.')
   info = DATASETS[name]
   if name in ARRAY_DATASETS:  # Normalised by the grey mean and deviation of the whole train split.
     mean, std = _grey_stats(name, os.path.abspath(config.data.data_dir), config.data.image_size,
@@ -199,9 +196,25 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   return info
 
 
-def check_data_fields(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming config.data.fit / train_subset / data_dir when one is invalid."""
+def validate_data_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first invalid field of `config.data` (of a valid config.model),
+  an unprepared TFDS dataset included, before anything reads the data."""
   d = config.data
+  if d.dataset not in DATASETS:
+    raise ValueError(f'config.data.dataset = {d.dataset!r} is invalid: allowed: '
+                     f'{", ".join(DATASETS)}.')
+  if d.process_split not in PROCESS_SPLITS:
+    raise ValueError(f'config.data.process_split = {d.process_split!r} is invalid: allowed: '
+                     f'{", ".join(PROCESS_SPLITS)}.')
+  if not isinstance(d.shuffle_buffer, int) or d.shuffle_buffer < 1:
+    raise ValueError(f'config.data.shuffle_buffer = {d.shuffle_buffer!r} is invalid: must be an '
+                     'integer >= 1.')
+  if not isinstance(d.image_size, int) or d.image_size < 32:
+    raise ValueError(f'config.data.image_size = {d.image_size!r} is invalid: must be an integer '
+                     '>= 32.')
+  if not isinstance(d.get('inception_crop', False), bool):
+    raise ValueError(f'config.data.inception_crop = {d.inception_crop!r} is invalid: allowed: '
+                     'True, False.')
   if d.get('fit', 'pad') not in FITS:
     raise ValueError(f'config.data.fit = {d.fit!r} is invalid: allowed: {", ".join(FITS)}.')
   subset = d.get('train_subset', 0)
@@ -219,11 +232,18 @@ def check_data_fields(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'config.data.data_dir = {d.data_dir!r} is invalid for fashion_mnist: it '
                        f'has no {", ".join(missing)} (nor .gz); give the directory of the four '
                        f'IDX files ({FASHION_MNIST_HOW}).')
+  info = DATASETS[d.dataset]
+  if config.model.num_classes != info.num_classes:
+    raise ValueError(f'config.model.num_classes = {config.model.num_classes} is invalid: '
+                     f'{d.dataset} has {info.num_classes} classes.')
+  if info.fixed_size and d.image_size != info.fixed_size:
+    raise ValueError(f'config.data.image_size = {d.image_size} is invalid: {d.dataset} images '
+                     f'are {info.fixed_size}x{info.fixed_size}.')
+  _check_prepared(config)
 
 
-def check_prepared(config: ml_collections.ConfigDict) -> None:
+def _check_prepared(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming config.data.dataset / data_dir when a TFDS dataset is not prepared."""
-  check_data_fields(config)
   info = dataset_info(config)
   if config.data.dataset in ARRAY_DATASETS:
     total = len(_full_arrays(config)[info.train_split][1])

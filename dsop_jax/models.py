@@ -7,6 +7,10 @@
   or None for the first-order network.
 - `loss_weights(config)`: alpha and beta_i of Eq. 1 for every head, keyed like the model outputs.
 
+The builders take a validated config: `validate_model_config` (config.model) and
+`validate_loss_config` (config.loss) raise ValueError naming the field; each command line that
+builds a model calls them once, before anything is built.
+
 `config.model.head.pool` 'isqrt_cov' or 'mpn_cov' builds the second-order network (Table II,
 Table XI; `gsop.py`); the supervised side branches of its PSDR count among the branches (named
 gsop_psdr<i>, weighted like the main head) and are detached like them.
@@ -78,8 +82,7 @@ def parse_pattern(pattern: str) -> List[int]:
 
 
 def create_backbone(model_config: ml_collections.ConfigDict) -> Any:
-  """The plain first-order network of the config (what is deployed after detaching)."""
-  validate_model_config(model_config)
+  """The plain first-order network of a validated config (what is deployed after detaching)."""
   return _backbone(model_config)
 
 
@@ -182,8 +185,8 @@ def layout_branches(stage_list: Sequence[stages.StageSpec], cfg: ml_collections.
 
 
 def create(model_config: ml_collections.ConfigDict) -> dsop.DSoPNet:
-  """The DSoP-Net training model: backbone under 'backbone', each branch under its own name."""
-  validate_model_config(model_config)
+  """The DSoP-Net training model of a validated config: backbone under 'backbone', each branch under
+  its own name."""
   return dsop.DSoPNet(backbone=_backbone(model_config), branches=tuple(branch_specs(model_config)),
                       num_classes=model_config.num_classes, dtype=DTYPES[model_config.dtype],
                       bn_group_size=model_config.get('bn_group_size', 0))
@@ -204,19 +207,25 @@ def _branch_heads(model_config: ml_collections.ConfigDict
 
 
 def loss_weights(config: ml_collections.ConfigDict) -> Dict[str, float]:
-  """alpha for 'logits' and beta of the branch's stage for every auxiliary head (Eq. 1)."""
-  validate_model_config(config.model)
+  """alpha for 'logits' and beta of the branch's stage for every auxiliary head (Eq. 1), of a
+  validated config."""
+  weights = {'logits': float(config.loss.alpha)}
+  for spec, names in _branch_heads(config.model):
+    weight = config.loss.alpha if spec.weight == 'alpha' else config.loss.betas[spec.stage_index]
+    weights.update({name: float(weight) for name in names})
+  return weights
+
+
+def validate_loss_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first invalid field of `config.loss` (of a valid config.model)."""
   num_stages = len(_stage_specs(config.model))
   betas = tuple(config.loss.betas)
   if len(betas) != num_stages or any(b < 0 for b in betas):
     _fail('loss.betas', betas, f'need {num_stages} non-negative weights, one per stage')
   if config.loss.alpha < 0:
     _fail('loss.alpha', config.loss.alpha, 'must be >= 0')
-  weights = {'logits': float(config.loss.alpha)}
-  for spec, names in _branch_heads(config.model):
-    weight = config.loss.alpha if spec.weight == 'alpha' else betas[spec.stage_index]
-    weights.update({name: float(weight) for name in names})
-  return weights
+  if not 0.0 <= config.loss.label_smoothing < 1.0:
+    _fail('loss.label_smoothing', config.loss.label_smoothing, 'must lie in [0, 1)')
 
 
 def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
@@ -265,6 +274,8 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
     _fail('model.branches.reduction', b.reduction,
           f'need {num_stages} entries, one per stage of {m.name}, each one of '
           f'{", ".join(branches_lib.REDUCTIONS)}')
+  if not isinstance(b.psdr_aux, bool):
+    _fail('model.branches.psdr_aux', b.psdr_aux, 'allowed: True, False')
   _validate_pooling('model.branches', b)
   _validate_head(m)
 

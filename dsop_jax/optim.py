@@ -51,6 +51,8 @@ def validate_optim_config(config: ml_collections.ConfigDict) -> None:
     _fail('optim.learning_rate', o.learning_rate, 'must be > 0')
   if not 0 <= o.momentum < 1:
     _fail('optim.momentum', o.momentum, 'must lie in [0, 1)')
+  if not isinstance(o.nesterov, bool):
+    _fail('optim.nesterov', o.nesterov, 'allowed: True, False')
   if o.weight_decay < 0:
     _fail('optim.weight_decay', o.weight_decay, 'must be >= 0')
   if o.warmup_epochs < 0:
@@ -200,8 +202,8 @@ def radam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
                      num_steps: int) -> optax.GradientTransformation:
   """SGD (momentum, optional Nesterov) or RMSProp with coupled weight decay, or RAdam or
-  AdaHessian with decoupled weight decay, as their official code runs them, on the schedule."""
-  validate_optim_config(config)
+  AdaHessian with decoupled weight decay, as their official code runs them, on the schedule (of a
+  config that passed `validate_optim_config`)."""
   o = config.optim
   lr = learning_rate_schedule(config, steps_per_epoch, num_steps)
   if o.name == 'adahessian':  # Decay / initial rate, as AdaHessian's training script does.

@@ -40,9 +40,10 @@ POLICIES = ('one_phase', 'early_removal', 'two_phase')
 
 
 def _validate(config: ml_collections.ConfigDict) -> None:
-  """Every check that can fail, before anything is compiled."""
+  """Every check that can fail, before anything is compiled: each section once, by its owner
+  (config.train, config.eval and config.distill here)."""
   models.validate_model_config(config.model)
-  models.loss_weights(config)
+  models.validate_loss_config(config)
   optim.validate_optim_config(config)
   t = config.train
   if t.policy not in POLICIES:
@@ -64,21 +65,6 @@ def _validate(config: ml_collections.ConfigDict) -> None:
                      'must be > 0.')
   if not isinstance(t.seed, int) or t.seed < 0:
     raise ValueError(f'config.train.seed = {t.seed!r} is invalid: must be an integer >= 0.')
-  if not 0.0 <= config.loss.label_smoothing < 1.0:
-    raise ValueError(f'config.loss.label_smoothing = {config.loss.label_smoothing!r} is invalid: '
-                     'must lie in [0, 1).')
-  d = config.data
-  if not isinstance(d.shuffle_buffer, int) or d.shuffle_buffer < 1:
-    raise ValueError(f'config.data.shuffle_buffer = {d.shuffle_buffer!r} is invalid: must be an '
-                     'integer >= 1.')
-  if not isinstance(d.image_size, int) or d.image_size < 32:
-    raise ValueError(f'config.data.image_size = {d.image_size!r} is invalid: must be an integer '
-                     '>= 32.')
-  for field, value in (('data.inception_crop', d.get('inception_crop', False)),
-                       ('optim.nesterov', config.optim.nesterov),
-                       ('model.branches.psdr_aux', config.model.branches.psdr_aux)):
-    if not isinstance(value, bool):
-      raise ValueError(f'config.{field} = {value!r} is invalid: allowed: True, False.')
   distill = config.get('distill')
   if distill is not None and distill.teacher:
     if not os.path.isdir(distill.teacher):
@@ -105,18 +91,9 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   if 0 < group < t.batch_size and t.batch_size % group:
     raise ValueError(f'config.model.bn_group_size = {group} is invalid: it must divide '
                      f'config.train.batch_size ({t.batch_size}), or be 0 (the whole batch).')
-  input_pipeline.check_data_fields(config)
+  input_pipeline.validate_data_config(config)
   runs.allowed_resume_changes(config)
-  info = input_pipeline.dataset_info(config)
-  if config.model.num_classes != info.num_classes:
-    raise ValueError(f'config.model.num_classes = {config.model.num_classes} is invalid: '
-                     f'{config.data.dataset} has {info.num_classes} classes.')
-  if (info.augment != 'imagenet' and config.data.dataset != 'fashion_mnist'
-      and config.data.image_size != 32):
-    raise ValueError(f'config.data.image_size = {config.data.image_size} is invalid: '
-                     f'{config.data.dataset} images are 32x32.')
-  input_pipeline.check_prepared(config)
-  examples = input_pipeline.num_examples(config, info.train_split)
+  examples = input_pipeline.num_examples(config, input_pipeline.dataset_info(config).train_split)
   if t.batch_size > examples:
     raise ValueError(f'config.train.batch_size = {t.batch_size} is invalid: the training split of '
                      f'{config.data.dataset} has {examples} examples, so an epoch would have no '
@@ -371,7 +348,9 @@ def _log_eval(writer: Any, workdir: str, step: int, steps_per_epoch: int,
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         export_dir: Optional[str] = None) -> Dict[str, Dict[str, float]]:
   """Evaluates WORKDIR's latest checkpoint (every head) or an export (main head) on the eval split."""
-  input_pipeline.check_prepared(config)
+  if not export_dir:
+    models.validate_model_config(config.model)
+  input_pipeline.validate_data_config(config)
   mesh = sharding.create_mesh()
   if export_dir:
     module, variables = export.load(export_dir)

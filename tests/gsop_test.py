@@ -162,13 +162,13 @@ def test_invalid_head_fields_are_named():
     bad = imagenet_r18.get_config('isqrt_cov')
     setattr(bad.model.head, field, value)
     with pytest.raises(ValueError, match=f'config.model.head.{field} = .* is invalid: .*{allowed}'):
-      models.create(bad.model)
+      models.validate_model_config(bad.model)
   assert models.head_spec(config.model).pool == 'isqrt_cov'
   from configs import cifar_resnet20  # pylint: disable=g-import-not-at-top
   cifar = cifar_resnet20.get_config('cifar10')
   cifar.model.head = config.model.head
   with pytest.raises(ValueError, match='built on the ImageNet networks .* not on resnet20'):
-    models.create(cifar.model)
+    models.validate_model_config(cifar.model)
   del cifar.model['head']  # Configs from before the field existed: the first-order network.
   assert models.head_spec(cifar.model) is None
 

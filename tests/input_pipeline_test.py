@@ -83,7 +83,7 @@ def test_process_example_split_gives_the_single_process_global_batches():
   config.data.process_split = 'hosts'
   with pytest.raises(ValueError, match="config.data.process_split = 'hosts' is invalid: allowed: "
                                        'examples, files'):
-    next(ip.train_batches(config, local_batch_size=32, start_step=0, seed=3))
+    ip.validate_data_config(config)
 
 
 @pytest.mark.parametrize('inception', [False, True])
@@ -92,7 +92,7 @@ def test_imagenet_mock_pipeline(inception):
   config.data.image_size = 64
   config.data.inception_crop = inception
   with tfds.testing.mock_data(num_examples=64, data_dir=METADATA):
-    ip.check_prepared(config)
+    ip.validate_data_config(config)
     batches = _take(ip.train_batches(config, local_batch_size=8, start_step=0, seed=0), 3)
     resumed = _take(ip.train_batches(config, local_batch_size=8, start_step=2, seed=0), 1)
     evals = list(ip.eval_batches(config, local_batch_size=24))
@@ -106,7 +106,7 @@ def test_dataset_name_is_validated():
   config = quickstart.get_config()
   config.data.dataset = 'svhn'
   with pytest.raises(ValueError, match="config.data.dataset = 'svhn' is invalid: allowed: "):
-    ip.dataset_info(config)
+    ip.validate_data_config(config)
 
 
 def _records_with_damage(bad, png):
@@ -169,7 +169,7 @@ def fashion_config(data_dir, **data):
 def test_fashion_mnist_from_idx_files_padded_or_resized(tmp_path):
   directory = train_helpers.write_fashion_mnist(tmp_path / 'fmnist')
   config = fashion_config(directory)
-  ip.check_prepared(config)
+  ip.validate_data_config(config)
   assert ip.num_examples(config, 'train') == 40 and ip.num_examples(config, 'test') == 12
   info = ip.dataset_info(config)
   assert info.num_classes == 10 and info.augment == 'cifar' and len(set(info.mean)) == 1
@@ -212,12 +212,12 @@ def test_train_subset_is_fixed_over_seeds_and_only_for_in_memory_datasets(tmp_pa
     bad = fashion_config(config.data.data_dir, train_subset=16)
     bad.data.update(change)
     with pytest.raises(ValueError, match=message):
-      ip.check_prepared(bad)
+      ip.validate_data_config(bad)
   cifar = cifar_resnet20.get_config('cifar10')
   cifar.data.train_subset = 100
   with pytest.raises(ValueError, match=r"train_subset = 100 is invalid for config.data.dataset = "
                                        r"'cifar10': .* in-memory datasets \(digits, fashion_mnist\)"):
-    ip.check_prepared(cifar)
+    ip.validate_data_config(cifar)
 
 
 def test_damaged_idx_files_are_named(tmp_path):

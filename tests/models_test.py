@@ -55,7 +55,7 @@ def _invalid(mutate, field, config=None):
   config = config or imagenet_base.get_config()
   mutate(config)
   with pytest.raises(ValueError, match=re.escape(f'config.{field} = ')):
-    models.create(config.model)
+    models.validate_model_config(config.model)
 
 
 @pytest.mark.parametrize('field, mutate', [
@@ -107,36 +107,36 @@ def test_invalid_stage_sizes_are_named(sizes):
   with pytest.raises(ValueError, match=re.escape(
       f'config.model.stage_sizes = {sizes!r} is invalid: need 4 positive integers, one per stage '
       'of resnet50 (its own: (3, 4, 6, 3)), or () for those.')):
-    models.create(config.model)
+    models.validate_model_config(config.model)
 
 
 def test_pattern_length_must_match_stage_blocks():
   config = cifar_base.get_config()
   config.model.branches.pattern = '[0,0,3]x5'
   with pytest.raises(ValueError, match=r'expands to 15 entries but stage1 of preact_resnet110 has 18'):
-    models.create(config.model)
+    models.validate_model_config(config.model)
 
 
 def test_bad_pattern_syntax_and_blocks_plus_pattern():
   config = cifar_base.get_config()
   config.model.branches.pattern = '0,0,3'
   with pytest.raises(ValueError, match=r"config.model.branches.pattern = '0,0,3' is invalid"):
-    models.create(config.model)
+    models.validate_model_config(config.model)
   config = imagenet_base.get_config()
   config.model.branches.pattern = '[0,2]'
   with pytest.raises(ValueError, match='set either branches.blocks or branches.pattern'):
-    models.create(config.model)
+    models.validate_model_config(config.model)
 
 
 def test_invalid_loss_weights_are_named():
   config = cifar_base.get_config()
   config.loss.betas = (0.1, 0.2)
   with pytest.raises(ValueError, match=re.escape('config.loss.betas = (0.1, 0.2) is invalid')):
-    models.loss_weights(config)
+    models.validate_loss_config(config)
   config = cifar_base.get_config()
   config.loss.alpha = -1.0
   with pytest.raises(ValueError, match=re.escape('config.loss.alpha = -1.0 is invalid')):
-    models.loss_weights(config)
+    models.validate_loss_config(config)
 
 
 def test_unknown_dataset_argument_is_named():

@@ -151,7 +151,7 @@ def test_invalid_fields_are_named(field, value, message):
     config.optim.name, config.optim.schedule = 'rmsprop', 'exponential'
   config.optim[field] = value
   with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
-    optim.create_optimizer(config, steps_per_epoch=10, num_steps=100)
+    optim.validate_optim_config(config)
 
 
 def _quadratic():
@@ -284,4 +284,4 @@ def test_adahessian_config_builds_and_is_validated():
   assert bool(jnp.all(updates < 0))
   config.optim.hessian_power = 1.5
   with pytest.raises(ValueError, match=r'config.optim.hessian_power = 1.5 is invalid: must lie '):
-    optim.create_optimizer(config, steps_per_epoch=10, num_steps=100)
+    optim.validate_optim_config(config)

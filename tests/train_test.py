@@ -15,6 +15,7 @@ import absl
 import clu
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -29,6 +30,7 @@ from dsop_jax import export
 from dsop_jax import input_pipeline
 from dsop_jax import losses
 from dsop_jax import models
+from dsop_jax import optim
 from dsop_jax import runs
 from dsop_jax import sharding
 from dsop_jax import steps
@@ -135,11 +137,21 @@ def test_mocked_tfds_train_and_evaluate(tmp_path, name):
     assert evaluated['logits'] == pytest.approx(record['eval']['logits'], rel=1e-5)
 
 
-def test_fashion_mnist_trains_from_its_idx_files_on_a_subset(tmp_path):
+def test_fashion_mnist_trains_from_its_idx_files_on_a_subset(tmp_path, monkeypatch):
   config = train_helpers.tiny_digits_config(num_epochs=1.0)  # 128 of 150 images: 2 steps.
   config.data.update(dataset='fashion_mnist', train_subset=128, shuffle_buffer=128,
                      data_dir=train_helpers.write_fashion_mnist(tmp_path / 'idx', 150, 30))
+  calls = []  # Each section of the config is validated once per start, by the module owning it.
+  for module, name in ((models, 'validate_model_config'), (models, 'validate_loss_config'),
+                       (optim, 'validate_optim_config'),
+                       (input_pipeline, 'validate_data_config')):
+    def spy(*args, _name=name, _real=getattr(module, name)):
+      calls.append(_name)
+      return _real(*args)
+    monkeypatch.setattr(module, name, spy)
   state = train.train_and_evaluate(config, str(tmp_path / 'work'))
+  assert sorted(calls) == ['validate_data_config', 'validate_loss_config',
+                           'validate_model_config', 'validate_optim_config']
   assert int(state.step) == 2
   (record,) = _metrics(tmp_path / 'work')
   assert set(record['eval']) == set(models.head_names(config.model))
@@ -264,6 +276,11 @@ def _config_error(config, match, tmp_path):
   assert not os.path.exists(tmp_path / 'checkpoints')  # Stopped before building anything.
 
 
+def _untyped(parent, section, **fields):
+  """parent.section with `fields` set whatever their type (as a config.json can hold them)."""
+  setattr(parent, section, ml_collections.ConfigDict({**parent[section].to_dict(), **fields}))
+
+
 @pytest.mark.parametrize('mutate, match', [
     (lambda c: setattr(c.model, 'name', 'resnet19'), r'config.model.name = .resnet19. is invalid'),
     (lambda c: setattr(c.model.branches, 'pattern', '[0,1]'), r'config.model.branches.pattern'),
@@ -290,6 +307,13 @@ def _config_error(config, match, tmp_path):
      r'config.train.num_epochs = inf is invalid: must be a finite number > 0'),
     (lambda c: setattr(c.train, 'max_consecutive_skips', 0),
      r'config.train.max_consecutive_skips = 0 is invalid'),
+    # Configs read from JSON escape ConfigDict's type checks.
+    (lambda c: _untyped(c, 'optim', nesterov=1),
+     r'config.optim.nesterov = 1 is invalid: allowed: True, False'),
+    (lambda c: _untyped(c.model, 'branches', psdr_aux='yes'),
+     r"config.model.branches.psdr_aux = 'yes' is invalid: allowed: True, False"),
+    (lambda c: _untyped(c, 'data', inception_crop=0),
+     r'config.data.inception_crop = 0 is invalid: allowed: True, False'),
 ])
 def test_bad_config_stops_before_compilation(tmp_path, mutate, match):
   config = train_helpers.tiny_digits_config()
