@@ -120,6 +120,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every_steps = 100  # Training-metric summaries.
   config.train.checkpoint_every_steps = 2000  # Periodic checkpoints (plus one at the end).
   config.train.keep_checkpoints = 3  # Checkpoints kept in WORKDIR/checkpoints.
+  # Training steps whose gradients are averaged into one optimiser update (1 = none): the batch per
+  # update is accumulate_steps * batch_size, while BatchNorm sees batches of batch_size.
+  config.train.accumulate_steps = 1
   # Fields a resume may change although they change what the steps see or the schedule
   # (comma-separated, e.g. 'train.batch_size,data.fit'; see runs.continuity_fields).
   config.train.allow_resume_changes = ''
@@ -134,6 +137,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.decay_epochs = (30, 60)  # Step schedule: epochs where the rate is multiplied ...
   config.optim.decay_factor = 0.1  # ... by this factor.
   config.optim.warmup_epochs = 0.0  # Linear warm-up from 0.
+  config.optim.clip_grad_norm = 0.0  # Clip the gradient's global norm to this (0 = no clipping).
+  # Linear scaling rule: learning_rate * (batch per update) / lr_reference_batch (0 = unscaled).
+  config.optim.lr_reference_batch = 0
   # AdaHessian: added to the denominator; RMSProp: inside the square root (RAdam: 1e-8, as its code).
   config.optim.eps = 1e-4
   config.optim.hessian_power = 1.0  # AdaHessian: k in m_hat / (sqrt(v_hat)^k + eps).

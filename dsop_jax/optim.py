@@ -23,6 +23,12 @@
   ResNeXt: 0.1 at 150 and 225), optionally after a linear warm-up; 'cosine' with linear warm-up;
   'exponential': multiplied by `decay_factor` every `decay_every_epochs` (EfficientNet: 0.97 every
   2.4 epochs), counted from step 0 as the step schedule is, after a linear warm-up.
+- Off unless configured (the paper uses none): `clip_grad_norm` clips the loss's gradient by its
+  global norm before weight decay is added; `lr_reference_batch` scales the base rate by the batch
+  per update over it (lr = base * batch / 256); `config.train.accumulate_steps` = k averages the
+  gradients of k training steps into one update (`optax.MultiSteps`), so a batch of k * batch_size
+  fits the memory of batch_size. BatchNorm statistics are still those of each step's batch (as
+  training with the smaller batch would have them), and the schedule counts updates.
 """
 
 from typing import Any, NamedTuple, Sequence
@@ -60,6 +66,16 @@ def validate_optim_config(config: ml_collections.ConfigDict) -> None:
   epochs = tuple(o.decay_epochs)
   if any(e <= 0 for e in epochs) or list(epochs) != sorted(set(epochs)):
     _fail('optim.decay_epochs', epochs, 'must be strictly increasing positive epochs')
+  if not o.get('clip_grad_norm', 0.0) >= 0:
+    _fail('optim.clip_grad_norm', o.clip_grad_norm, 'must be >= 0 (0 = no clipping)')
+  reference = o.get('lr_reference_batch', 0)
+  if not isinstance(reference, int) or isinstance(reference, bool) or reference < 0:
+    _fail('optim.lr_reference_batch', reference, 'must be an integer >= 0 (0 = no scaling)')
+  k = config.train.get('accumulate_steps', 1)
+  if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+    _fail('train.accumulate_steps', k, 'must be an integer >= 1 (1 = no accumulation)')
+  if k > 1 and o.name == 'adahessian':
+    _fail('train.accumulate_steps', k, "AdaHessian's Hessian estimate is per batch: use 1 with it")
   if not 0 < o.decay_factor <= 1:
     _fail('optim.decay_factor', o.decay_factor, 'must lie in (0, 1]')
   if o.schedule == 'exponential' and not o.get('decay_every_epochs', 0) > 0:
@@ -76,24 +92,50 @@ def validate_optim_config(config: ml_collections.ConfigDict) -> None:
       _fail('optim.eps', o.eps, 'must be > 0')
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
-                           num_steps: int) -> optax.Schedule:
-  """The per-step learning rate of `config.optim`."""
+def accumulate_steps(config: ml_collections.ConfigDict) -> int:
+  """Training steps (batches of config.train.batch_size) per optimiser update."""
+  return config.train.get('accumulate_steps', 1)
+
+
+def base_learning_rate(config: ml_collections.ConfigDict) -> float:
+  """config.optim.learning_rate, times (batch per update) / config.optim.lr_reference_batch when
+  that is set (the linear scaling rule: lr = base * batch / 256)."""
   o = config.optim
+  reference = o.get('lr_reference_batch', 0)
+  if not reference:
+    return o.learning_rate
+  return o.learning_rate * config.train.batch_size * accumulate_steps(config) / reference
+
+
+def _update_schedule(config: ml_collections.ConfigDict, steps_per_epoch: float,
+                     num_updates: int) -> optax.Schedule:
+  """The learning rate of each optimiser update."""
+  o = config.optim
+  peak = base_learning_rate(config)
   warmup = int(round(o.warmup_epochs * steps_per_epoch))
   if o.schedule == 'cosine':
-    return optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, warmup, max(num_steps, warmup + 1))
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(num_updates, warmup + 1))
   if o.schedule == 'exponential':
     schedule = optax.exponential_decay(
-        o.learning_rate, max(1, int(round(o.decay_every_epochs * steps_per_epoch))),
+        peak, max(1, int(round(o.decay_every_epochs * steps_per_epoch))),
         o.decay_factor, staircase=True)
   else:
     boundaries = {int(round(e * steps_per_epoch)): o.decay_factor for e in o.decay_epochs}
-    schedule = optax.piecewise_constant_schedule(o.learning_rate, boundaries)
+    schedule = optax.piecewise_constant_schedule(peak, boundaries)
   if not warmup:
     return schedule
-  ramp = optax.linear_schedule(0.0, o.learning_rate, warmup)
+  ramp = optax.linear_schedule(0.0, peak, warmup)
   return optax.join_schedules([ramp, lambda step: schedule(step + warmup)], [warmup])
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                           num_steps: int) -> optax.Schedule:
+  """The learning rate at each training step of `config.optim` (with gradient accumulation, the
+  rate of the update the step contributes to); `steps_per_epoch` and `num_steps` count training
+  steps."""
+  k = accumulate_steps(config)
+  schedule = _update_schedule(config, steps_per_epoch / k, num_steps // k)
+  return schedule if k == 1 else lambda step: schedule(step // k)
 
 
 class ScaleByAdaHessianState(NamedTuple):
@@ -205,15 +247,22 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
   AdaHessian with decoupled weight decay, as their official code runs them, on the schedule (of a
   config that passed `validate_optim_config`)."""
   o = config.optim
-  lr = learning_rate_schedule(config, steps_per_epoch, num_steps)
+  k = accumulate_steps(config)
+  lr = _update_schedule(config, steps_per_epoch / k, num_steps // k)
   if o.name == 'adahessian':  # Decay / initial rate, as AdaHessian's training script does.
-    return adahessian(lr, eps=o.eps, weight_decay=o.weight_decay / o.learning_rate,
-                      hessian_power=o.hessian_power)
-  if o.name == 'radam':
-    return radam(lr, weight_decay=o.weight_decay)
-  if o.name == 'sgd':
-    opt = optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov)
+    tx = adahessian(lr, eps=o.eps, weight_decay=o.weight_decay / base_learning_rate(config),
+                    hessian_power=o.hessian_power)
+  elif o.name == 'radam':
+    tx = radam(lr, weight_decay=o.weight_decay)
   else:
-    opt = optax.rmsprop(lr, decay=o.rms_decay, eps=o.eps, initial_scale=1.0, eps_in_sqrt=True,
-                        momentum=o.momentum or None)
-  return optax.chain(optax.add_decayed_weights(o.weight_decay), opt)
+    if o.name == 'sgd':
+      opt = optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov)
+    else:
+      opt = optax.rmsprop(lr, decay=o.rms_decay, eps=o.eps, initial_scale=1.0, eps_in_sqrt=True,
+                          momentum=o.momentum or None)
+    tx = optax.chain(optax.add_decayed_weights(o.weight_decay), opt)
+  if o.get('clip_grad_norm', 0.0) > 0:  # The loss's gradient, before weight decay is added.
+    tx = optax.chain(optax.clip_by_global_norm(o.clip_grad_norm), tx)
+  if k > 1:  # Averages k gradients, then updates once; the other k-1 steps leave the parameters.
+    tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
+  return tx

@@ -160,6 +160,10 @@ def _structure_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     fields = {k: v for k, v in fields.items()
               if not k.startswith('config.model.head.') or k == 'config.model.head.pool'}
   fields['config.optim.name'] = config.optim.get('name')
+  # Clipping and accumulation add to the optimiser's state (whatever their values); absent from
+  # configs written before they existed, as off.
+  fields['config.optim.clip_grad_norm > 0'] = config.optim.get('clip_grad_norm', 0.0) > 0
+  fields['config.train.accumulate_steps > 1'] = config.train.get('accumulate_steps', 1) > 1
   return fields
 
 
@@ -168,16 +172,22 @@ def _structure_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 _LEGACY_DATA_FIELDS = {'config.data.train_subset': 0, 'config.data.fit': 'pad'}
 _SCHEDULE_FIELDS = ('learning_rate', 'schedule', 'decay_epochs', 'decay_factor', 'warmup_epochs',
                     'decay_every_epochs')
+_LEGACY_SCHEDULE_FIELDS = {'config.optim.lr_reference_batch': 0, 'config.train.accumulate_steps': 1}
 
 
 def continuity_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The fields a resumed run must share with the run that wrote its checkpoints, beyond the
-  state's structure: what each step sees (global batch, seed, every data field but data_dir, which
-  says where the data lies, not what it is) and the learning-rate schedule (with a cosine schedule,
-  num_epochs shapes it too). Changing one mid-run breaks the epoch accounting and exact resume."""
-  fields = {**_LEGACY_DATA_FIELDS, **_flatten(config.data.to_dict(), 'config.data')}
+  state's structure: what each step sees (global batch, steps per update, seed, every data field
+  but data_dir, which says where the data lies, not what it is) and the learning-rate schedule
+  (with a cosine schedule, num_epochs shapes it too). Changing one mid-run breaks the epoch accounting and exact resume."""
+  fields = {**_LEGACY_DATA_FIELDS, **_LEGACY_SCHEDULE_FIELDS,
+            **_flatten(config.data.to_dict(), 'config.data')}
   fields.pop('config.data.data_dir', None)
   fields['config.train.batch_size'] = config.train.batch_size
+  if 'accumulate_steps' in config.train:
+    fields['config.train.accumulate_steps'] = config.train.accumulate_steps
+  if 'lr_reference_batch' in config.optim:
+    fields['config.optim.lr_reference_batch'] = config.optim.lr_reference_batch
   fields['config.train.seed'] = config.train.seed
   for k in _SCHEDULE_FIELDS:
     if k in config.optim:

@@ -236,7 +236,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
   t = config.train
   local_batch = sharding.local_batch_size(t.batch_size)
   steps_per_epoch = input_pipeline.steps_per_epoch(config, t.batch_size)
-  num_steps = int(round(t.num_epochs * steps_per_epoch))
+  per_update = optim.accumulate_steps(config)  # A whole number of updates.
+  num_steps = per_update * max(1, int(round(t.num_epochs * steps_per_epoch / per_update)))
   eval_every = max(1, int(round(t.eval_every_epochs * steps_per_epoch)))
   removal_step = (int(round(t.remove_branches_at_epoch * steps_per_epoch))
                   if t.policy == 'early_removal' else None)

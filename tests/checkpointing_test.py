@@ -149,12 +149,21 @@ def test_resuming_with_another_model_or_optimiser_is_refused_naming_the_fields(t
   runs.check_resume_config(config, workdir)  # Same config: accepted.
   config.train.num_epochs = 5.0  # Training longer is allowed.
   runs.check_resume_config(config, workdir)
+  legacy = json.loads(config.to_json_best_effort())  # Written before clipping and accumulation.
+  del legacy['optim']['clip_grad_norm'], legacy['train']['accumulate_steps']
+  del legacy['optim']['lr_reference_batch']
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(legacy, f)
+  runs.check_resume_config(config, workdir)  # They were off.
   config.model.branches.pattern = '[2]'
-  config.optim.name = 'radam'
+  config.optim.update(name='radam', clip_grad_norm=1.0)
+  config.train.accumulate_steps = 2
   with pytest.raises(ValueError) as error:
     runs.check_resume_config(config, workdir)
   assert ("config.model.branches.pattern = '[2]' (checkpoints: '[1]'); "
-          "config.optim.name = 'radam' (checkpoints: 'sgd')") in str(error.value)
+          "config.optim.clip_grad_norm > 0 = True (checkpoints: False); "
+          "config.optim.name = 'radam' (checkpoints: 'sgd'); "
+          "config.train.accumulate_steps > 1 = True (checkpoints: False)") in str(error.value)
   # train_and_evaluate checks before it restores (or compiles) anything.
   with pytest.raises(ValueError, match='holds checkpoints of another model or optimiser'):
     train.train_and_evaluate(config, workdir)

@@ -144,6 +144,8 @@ def test_rmsprop_matches_tensorflow_style_updates_by_hand():
      "with schedule 'exponential'"),
     ('rms_decay', 1.0, 'config.optim.rms_decay = 1.0 is invalid'),
     ('eps', 0.0, 'config.optim.eps = 0.0 is invalid'),
+    ('clip_grad_norm', -1.0, 'config.optim.clip_grad_norm = -1.0 is invalid: must be >= 0'),
+    ('lr_reference_batch', -256, 'config.optim.lr_reference_batch = -256 is invalid'),
 ])
 def test_invalid_fields_are_named(field, value, message):
   config = imagenet_r50.get_config()
@@ -152,6 +154,41 @@ def test_invalid_fields_are_named(field, value, message):
   config.optim[field] = value
   with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
     optim.validate_optim_config(config)
+
+
+def test_accumulation_is_one_update_of_the_mean_gradient_with_clipping_and_scaled_rate():
+  """k = 2 accumulated steps of batch 256 update once, like one step of batch 512 on the mean of
+  their gradients, at the rate of the update count scaled by 512 / lr_reference_batch; clipping
+  applies to that mean before weight decay is added."""
+  config = imagenet_r50.get_config()  # SGD, momentum 0.9, decay 1e-4, batch 256.
+  config.optim.update(warmup_epochs=1.0, lr_reference_batch=128, clip_grad_norm=1.0)
+  config.train.batch_size = 512
+  whole = optim.create_optimizer(config, steps_per_epoch=2, num_steps=100)
+  lr = optim.learning_rate_schedule(config, steps_per_epoch=2, num_steps=100)
+  assert [float(lr(s)) for s in (0, 1, 2)] == pytest.approx([0.0, 0.2, 0.4])  # Peak 0.1 * 4.
+  config.train.update(batch_size=256, accumulate_steps=2)
+  accumulated = optim.create_optimizer(config, steps_per_epoch=4, num_steps=200)
+  lr = optim.learning_rate_schedule(config, steps_per_epoch=4, num_steps=200)
+  assert [float(lr(s)) for s in (0, 1, 2, 3, 4)] == pytest.approx([0.0, 0.0, 0.2, 0.2, 0.4])
+  w = jnp.asarray([1.0, -2.0, 0.5])
+  grads = [jnp.asarray(g) for g in ([3.0, 0.0, 4.0], [-1.0, 2.0, 0.0], [0.5, 0.5, 0.5],
+                                    [0.1, -0.3, 0.2])]
+  a, b = w, w
+  state_a, state_b = whole.init(w), accumulated.init(w)
+  for i in range(2):
+    u, state_a = whole.update((grads[2 * i] + grads[2 * i + 1]) / 2, state_a, a)
+    a = a + u
+    u, state_b = accumulated.update(grads[2 * i], state_b, b)
+    np.testing.assert_array_equal(u, jnp.zeros_like(w))  # The first of the two: no update.
+    u, state_b = accumulated.update(grads[2 * i + 1], state_b, b)
+    b = b + u
+    np.testing.assert_allclose(b, a, rtol=1e-6)
+  # By hand (PyTorch SGD): the first mean gradient (1, 1, 2) has norm sqrt(6) > 1 and is clipped to
+  # norm 1, then applied at rate 0 (warm-up); the second, norm 0.47, is not clipped.
+  first, second = (grads[0] + grads[1]) / 2, (grads[2] + grads[3]) / 2
+  v1 = first / np.sqrt(6.0) + 1e-4 * w
+  v2 = 0.9 * v1 + second + 1e-4 * w
+  np.testing.assert_allclose(a, w - 0.2 * v2, rtol=1e-6)
 
 
 def _quadratic():

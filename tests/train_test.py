@@ -149,10 +149,14 @@ def test_fashion_mnist_trains_from_its_idx_files_on_a_subset(tmp_path, monkeypat
       calls.append(_name)
       return _real(*args)
     monkeypatch.setattr(module, name, spy)
+  # Two steps of 64 accumulated into one update of 128, its gradient clipped.
+  config.train.accumulate_steps = 2
+  config.optim.clip_grad_norm = 1.0
   state = train.train_and_evaluate(config, str(tmp_path / 'work'))
   assert sorted(calls) == ['validate_data_config', 'validate_loss_config',
                            'validate_model_config', 'validate_optim_config']
   assert int(state.step) == 2
+  assert (int(state.opt_state.gradient_step), int(state.opt_state.mini_step)) == (1, 0)
   (record,) = _metrics(tmp_path / 'work')
   assert set(record['eval']) == set(models.head_names(config.model))
   assert all(np.isfinite(m['loss']) for m in record['eval'].values())
