@@ -12,7 +12,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LAYERS = [
     {'main', 'benchmark'},
     {'train', 'complexity'},
-    {'export', 'plot'},
+    {'export', 'plot', 'gradients'},
     {'runs'},
     {'steps'},
     {'checkpointing', 'input_pipeline'},

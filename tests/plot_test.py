@@ -7,9 +7,14 @@ import subprocess
 import sys
 
 from matplotlib import image as mpl_image
+import jax
 import numpy as np
 import pytest
 
+from dsop_jax import gradients
+from dsop_jax import input_pipeline
+from dsop_jax import losses
+from dsop_jax import models
 from dsop_jax import plot
 from dsop_jax import runs as runs_lib
 from dsop_jax import train
@@ -183,3 +188,35 @@ def test_bad_arguments_name_the_flag(tmp_path, runs):
   table = plot.render(runs, str(tmp_path / 'out' / 'curves.svg'), labels=['DSoP', 'plain'])
   assert os.path.getsize(tmp_path / 'out' / 'curves.svg') > 0
   assert '| DSoP | a_pds3_1 |' in table and '| plain | main (first-order) |' in table
+
+
+def test_head_gradients_add_up_to_eq1s_and_follow_eq2(runs):
+  """The per-head backbone gradients of the trained DSoP run sum to the gradient of the whole
+  Eq. 1 loss, and a branch sends nothing into the stages after it (Eq. 2)."""
+  config = runs_lib.workdir_config(runs[0])
+  model, weights = models.create(config.model), models.loss_weights(config)
+  variables = runs_lib.restore_variables(config, runs[0])
+  batch = next(input_pipeline.train_batches(config, local_batch_size=32, start_step=0, seed=0))
+  rng = jax.random.PRNGKey(3)
+  per_head = gradients.head_gradients(model, weights, variables, [batch], rng)
+  objective = losses.dsop_objective(model, weights)
+  whole = jax.jit(jax.grad(lambda p: objective(p, variables['batch_stats'], batch,
+                                               jax.random.fold_in(rng, 0))[0]))(variables['params'])
+  summed = jax.tree_util.tree_map(lambda *g: sum(g), *per_head.values())
+  for a, b in zip(jax.tree_util.tree_leaves(summed), jax.tree_util.tree_leaves(whole['backbone'])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # Leaves of about 1e-2.
+
+  result = gradients.measure(config, runs[0], num_batches=1, batch_size=32)
+  assert result['parts'] == ['conv_init', 'stage1', 'stage2', 'stage3', 'bn_final', 'head']
+  heads = result['heads']
+  after = {'a_pds1_1': ('stage2', 'stage3', 'bn_final', 'head'),
+           'a_pds2_1': ('stage3', 'bn_final', 'head'), 'a_pds3_1': ('bn_final', 'head')}
+  for head, parts in after.items():
+    assert heads[head]['weight'] == weights[head]
+    for p in result['parts']:
+      assert (heads[head]['norm'][p] == 0) == (p in parts), (head, p)
+      assert (heads[head]['cosine_with_main'][p] is None) == (p in parts), (head, p)
+  assert all(n > 0 for n in heads['logits']['norm'].values())
+  assert heads['logits']['cosine_with_main']['stage1'] == pytest.approx(1.0)
+  table = gradients.format_table(result)
+  assert 'a_pds1_1' in table and table.count('stage3') == 2
