@@ -123,6 +123,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Training steps whose gradients are averaged into one optimiser update (1 = none): the batch per
   # update is accumulate_steps * batch_size, while BatchNorm sees batches of batch_size.
   config.train.accumulate_steps = 1
+  # (first, last): a jax.profiler trace of steps first..last-1 in WORKDIR/profile (TensorBoard's
+  # profile plugin, Perfetto); () = none.
+  config.train.profile_steps = ()
   # Fields a resume may change although they change what the steps see or the schedule
   # (comma-separated, e.g. 'train.batch_size,data.fit'; see runs.continuity_fields).
   config.train.allow_resume_changes = ''

@@ -15,7 +15,7 @@ Training policies (`config.train.policy`):
 import ctypes
 import os
 import time
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
 from clu import metric_writers
@@ -63,6 +63,11 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   if not t.eval_every_epochs > 0:
     raise ValueError(f'config.train.eval_every_epochs = {t.eval_every_epochs!r} is invalid: '
                      'must be > 0.')
+  window = tuple(t.get('profile_steps', ()))
+  if window and (len(window) != 2 or not all(isinstance(n, int) for n in window)
+                 or not 0 <= window[0] < window[1]):
+    raise ValueError(f'config.train.profile_steps = {window!r} is invalid: give (first, last) '
+                     'with 0 <= first < last (steps first..last-1 are traced), or () for none.')
   if not isinstance(t.seed, int) or t.seed < 0:
     raise ValueError(f'config.train.seed = {t.seed!r} is invalid: must be an integer >= 0.')
   distill = config.get('distill')
@@ -299,11 +304,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
   start_step = int(state.step)
   logging.info('Training %s for %d steps (%d per epoch) from step %d on %d device(s).',
                config.model.name, num_steps, steps_per_epoch, start_step, jax.device_count())
-  with checkpointing.PreemptionWatch() as preemption:
+  profiler = _Profiler(tuple(t.get('profile_steps', ())), os.path.join(workdir, 'profile'))
+  with checkpointing.PreemptionWatch() as preemption, profiler:
     for step in range(start_step, num_steps):
       fn = main_only_step if removal_step is not None and step >= removal_step else full_step
+      profiler.before(step)
       state, metrics = fn(state, sharding.shard_batch(next(train_iter), mesh), base_rng,
                           teacher_variables)
+      profiler.after(step, state)
       history.append(metrics)
       progress(step + 1)
       done = step + 1 == num_steps
@@ -333,6 +341,34 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
   writer.flush()
   checkpointer.close()
   return state
+
+
+class _Profiler:
+  """A jax.profiler trace of training steps [first, last) (config.train.profile_steps) in LOGDIR,
+  for TensorBoard's profile plugin or Perfetto; a resumed run traces what is left of the window."""
+
+  def __init__(self, steps_window: Tuple[int, ...], logdir: str):
+    self.first, self.last = steps_window if steps_window else (-1, -1)
+    self.logdir, self.active = logdir, False
+
+  def before(self, step: int) -> None:
+    if not self.active and self.first <= step < self.last:
+      jax.profiler.start_trace(self.logdir)
+      self.active = True
+
+  def after(self, step: int, state: Any) -> None:
+    if self.active and step + 1 >= self.last:
+      jax.block_until_ready(state)
+      self.__exit__()
+      logging.info('Profile of steps %d-%d written to %s', self.first, self.last - 1, self.logdir)
+
+  def __enter__(self) -> '_Profiler':
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
 
 
 def _log_eval(writer: Any, workdir: str, step: int, steps_per_epoch: int,

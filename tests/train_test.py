@@ -1,6 +1,7 @@
 """End-to-end training: real digits, mocked TFDS imagenet2012/cifar10, resume, export, data
 parallelism on 8 simulated devices, non-finite losses, and bad input stopping before compilation."""
 
+import glob
 import json
 import os
 import random
@@ -149,10 +150,11 @@ def test_fashion_mnist_trains_from_its_idx_files_on_a_subset(tmp_path, monkeypat
       calls.append(_name)
       return _real(*args)
     monkeypatch.setattr(module, name, spy)
-  # Two steps of 64 accumulated into one update of 128, its gradient clipped.
-  config.train.accumulate_steps = 2
+  # Two steps of 64 accumulated into one update of 128, its gradient clipped; the second profiled.
+  config.train.update(accumulate_steps=2, profile_steps=(1, 2))
   config.optim.clip_grad_norm = 1.0
   state = train.train_and_evaluate(config, str(tmp_path / 'work'))
+  assert glob.glob(str(tmp_path / 'work/profile/plugins/profile/*/*.xplane.pb'))
   assert sorted(calls) == ['validate_data_config', 'validate_loss_config',
                            'validate_model_config', 'validate_optim_config']
   assert int(state.step) == 2
@@ -309,6 +311,8 @@ def _untyped(parent, section, **fields):
      r'config.train.num_epochs = 0.01 is invalid: it gives 0 training steps at 22 steps per epoch'),
     (lambda c: setattr(c.train, 'num_epochs', float('inf')),
      r'config.train.num_epochs = inf is invalid: must be a finite number > 0'),
+    (lambda c: setattr(c.train, 'profile_steps', (5, 5)),
+     r'config.train.profile_steps = \(5, 5\) is invalid: give \(first, last\)'),
     (lambda c: setattr(c.train, 'max_consecutive_skips', 0),
      r'config.train.max_consecutive_skips = 0 is invalid'),
     # Configs read from JSON escape ConfigDict's type checks.
