@@ -43,6 +43,10 @@ def state_checksum(state: Any) -> str:
   return digest.hexdigest()
 
 
+def _ranking(metrics: Mapping[str, float]) -> float:
+  return metrics[BEST_METRIC]
+
+
 def _not_orbax_info(record: std_logging.LogRecord) -> bool:
   # `record.levelno` is a Python level (INFO = 20); absl's constants are its own (WARNING = -1).
   return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
@@ -55,27 +59,59 @@ def quiet_orbax_info_logs() -> None:
     handler.addFilter(_not_orbax_info)
 
 
-class Checkpointer:
-  """Periodic/final saves of the training state under WORKDIR/checkpoints, keeping the last N."""
+BEST_METRIC = 'top1'  # What a checkpoint's evaluation is ranked by: the main head's top-1.
 
-  def __init__(self, workdir: str, max_to_keep: int = 3, read_only: bool = False):
+
+class Checkpointer:
+  """Periodic/final saves of the training state under WORKDIR/checkpoints, keeping the last N, and
+  with `keep_best` also the one whose evaluation had the best main-head top-1."""
+
+  def __init__(self, workdir: str, max_to_keep: int = 3, read_only: bool = False,
+               keep_best: bool = False):
     """`read_only`: for readers (evaluation, export, plot): nothing in WORKDIR is created, moved
     or deleted; an unreadable latest checkpoint is skipped but left where it is."""
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self.read_only = read_only
+    # The last N, and the best evaluated one; a checkpoint saved with an evaluation (`save`'s
+    # `top1`) records it beside the state, so the choice survives restarts.
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(max_to_keep),
+        ocp.checkpoint_managers.BestN(get_metric_fn=_ranking, n=int(keep_best),
+                                      keep_checkpoints_without_metrics=False)])
     self.manager = ocp.CheckpointManager(
         self.directory, item_names=('state', 'meta'),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+        options=ocp.CheckpointManagerOptions(best_fn=_ranking, preservation_policy=policy,
+                                             create=not read_only,
                                              enable_async_checkpointing=False))
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
-    """Saves (blocking) and logs; every process must call it (the save is collective)."""
+  def best_step(self) -> int:
+    """The step whose checkpoint was saved with the best main-head top-1 (the latest of equals).
+
+    Raises:
+      ValueError: no checkpoint was saved with an evaluation.
+    """
+    scored = [(self.manager.metrics(step), step) for step in self.manager.all_steps()]
+    scored = [(_ranking(metrics), step) for metrics, step in scored if metrics]
+    if not scored:
+      raise ValueError(f'No checkpoint in {self.directory} was saved with an evaluation (steps '
+                       f'{self.manager.all_steps()}); train with config.train.keep_best=True to '
+                       'keep the best one.')
+    return max(scored)[1]
+
+  def steps(self) -> Sequence[int]:
+    return self.manager.all_steps()
+
+  def save(self, step: int, state: Any, meta: Mapping[str, Any],
+           top1: Optional[float] = None) -> None:
+    """Saves (blocking) and logs; every process must call it (the save is collective). `top1`:
+    the main head's eval top-1 at this step, when it was evaluated."""
     meta = {**meta, CHECKSUM: state_checksum(state)}
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    meta=ocp.args.JsonSave(meta)), force=True)
+                                                    meta=ocp.args.JsonSave(meta)), force=True,
+                      metrics=None if top1 is None else {BEST_METRIC: float(top1)})
     self.manager.wait_until_finished()
     logging.info('Saved checkpoint at step %d in %s', step, self.directory)
 

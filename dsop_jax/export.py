@@ -72,8 +72,10 @@ def check_same_structure(reference: Any, candidate: Any, what: str = 'variables'
                      f'{[(k, ref[k], got[k]) for k in shapes[:10]]}.')
 
 
-def export(workdir: str, output_dir: str, *, overwrite: bool = False) -> str:
-  """Writes the detached first-order network of WORKDIR's latest checkpoint to OUTPUT_DIR.
+def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Optional[int] = None,
+           best: bool = False) -> str:
+  """Writes the detached first-order network of WORKDIR's latest checkpoint (or of `step`, or with
+  `best` of the one saved with the best main-head eval top-1) to OUTPUT_DIR.
 
   OUTPUT_DIR gets 'variables/' (an Orbax checkpoint of {'params', 'batch_stats'} of the plain
   network) and 'model_config.json' (the config.model it is built from). The export is written
@@ -82,8 +84,8 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False) -> str:
   between the two renames leaves it at OUTPUT_DIR.old-PID, which the next export puts back).
 
   Raises:
-    ValueError: WORKDIR has no config.json or no checkpoint, or OUTPUT_DIR already holds an export
-      and `overwrite` is False.
+    ValueError: WORKDIR has no config.json or no checkpoint (of `step`; evaluated, with `best`),
+      or OUTPUT_DIR already holds an export and `overwrite` is False.
   """
   config = runs.workdir_config(workdir)
   given, output_dir = output_dir, os.path.abspath(output_dir)
@@ -91,7 +93,7 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False) -> str:
   if os.path.exists(os.path.join(output_dir, 'model_config.json')) and not overwrite:
     raise ValueError(f'--output_dir={output_dir!r} already holds an export; pass --overwrite to '
                      'replace it.')
-  variables = runs.restore_variables(config, workdir)
+  variables = runs.restore_variables(config, workdir, step=step, best=best)
   detached = detach(variables, [s.name for s in models.branch_specs(config.model)])
   bad = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(detached)
          if not np.all(np.isfinite(np.asarray(x)))]
@@ -180,7 +182,8 @@ def _main(argv: Any) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   checkpointing.quiet_orbax_info_logs()
   workdir = flags.FLAGS.workdir
-  out = export(workdir, flags.FLAGS.output_dir, overwrite=flags.FLAGS.overwrite)
+  out = export(workdir, flags.FLAGS.output_dir, overwrite=flags.FLAGS.overwrite,
+               step=flags.FLAGS.step, best=flags.FLAGS.best)
   second = models.head_spec(runs.workdir_config(workdir).model) is not None
   print(f'Exported the detached {"second" if second else "first"}-order network to {out}')
 
@@ -191,7 +194,13 @@ def cli() -> None:
   flags.DEFINE_string('workdir', None, 'Training workdir (its latest checkpoint is exported).')
   flags.DEFINE_string('output_dir', None, 'Directory for the exported plain network.')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing export in --output_dir.')
+  flags.DEFINE_integer('step', None, 'Export the checkpoint of this step instead of the latest.')
+  flags.DEFINE_bool('best', False, 'Export the checkpoint saved with the best main-head eval top-1 '
+                    '(config.train.keep_best keeps it).')
   flags.mark_flags_as_required(['workdir', 'output_dir'])
+  flags.register_multi_flags_validator(
+      ['step', 'best'], lambda f: f['step'] is None or not f['best'],
+      message='--step and --best choose the checkpoint two ways: give one.')
   app.run(_main)
 
 

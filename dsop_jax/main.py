@@ -1,7 +1,8 @@
 """Entry point: `python -m dsop_jax.main --config=configs/<name>.py --workdir=DIR [--mode=eval]`.
 
 Training resumes from DIR when it holds a checkpoint. `--mode=eval` evaluates the latest checkpoint in
-DIR (every head), or with `--export_dir` an exported first-order network (main head only).
+DIR (every head; `--step=N` or `--best` for another), or with `--export_dir` an exported first-order
+network (main head only).
 Multi-host: pass `--distributed` (jax.distributed.initialize() reads the cluster environment: SLURM,
 Cloud TPU, ...), or give --coordinator_address/--num_processes/--process_id explicitly.
 """
@@ -21,6 +22,9 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summaries, metrics.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'Train (and evaluate) or evaluate.')
 _EXPORT_DIR = flags.DEFINE_string('export_dir', None, '--mode=eval: evaluate this export instead.')
+_STEP = flags.DEFINE_integer('step', None, '--mode=eval: the checkpoint of this step, not the latest.')
+_BEST = flags.DEFINE_bool('best', False, '--mode=eval: the checkpoint saved with the best main-head '
+                          'eval top-1 (config.train.keep_best keeps it).')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize().')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
@@ -43,7 +47,11 @@ def main(argv) -> None:
   if _MODE.value == 'train':
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   else:
-    result = train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, export_dir=_EXPORT_DIR.value)
+    if _EXPORT_DIR.value and (_STEP.value is not None or _BEST.value):
+      raise app.UsageError('--step and --best choose a checkpoint of --workdir; an --export_dir '
+                           'holds one network.')
+    result = train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, export_dir=_EXPORT_DIR.value,
+                                       step=_STEP.value, best=_BEST.value)
     print(json.dumps(result, indent=2))
 
 

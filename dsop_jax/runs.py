@@ -267,15 +267,30 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None
             k.split(' = ')[0][len('config.'):] for k in diff) + '.')
 
 
-def restore_variables(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """{'params', 'batch_stats'} of the training model from WORKDIR's latest readable checkpoint;
-  the workdir is only read (an unreadable newest checkpoint is skipped, not moved)."""
+def restore_variables(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None,
+                      best: bool = False) -> Dict[str, Any]:
+  """{'params', 'batch_stats'} of the training model from one of WORKDIR's checkpoints: `step`,
+  or with `best` the one saved with the best main-head eval top-1, or else the latest readable one
+  (an unreadable newest checkpoint is skipped, not moved); the workdir is only read.
+
+  Raises:
+    ValueError: `step` has no checkpoint (the message lists those there are), or `best` and no
+      checkpoint was saved with an evaluation.
+  """
+  if step is not None and best:
+    raise ValueError('Give a step or best, not both.')
   if os.path.exists(os.path.join(workdir, 'config.json')):  # Fields named, not a shape dump.
     check_same_structure(config, workdir)
   mesh = sharding.create_mesh()
   checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
   try:
-    state, _ = checkpointer.restore(steps.abstract_initial_state(config, mesh))
+    if best:
+      step = checkpointer.best_step()
+      logging.info('The best evaluated checkpoint of %s is step %d.', workdir, step)
+    if step is not None and step not in checkpointer.steps():
+      raise ValueError(f'{workdir!r} has no checkpoint of step {step}; it has steps '
+                       f'{list(checkpointer.steps())}.')
+    state, _ = checkpointer.restore(steps.abstract_initial_state(config, mesh), step=step)
   finally:
     checkpointer.close()
   return {'params': state.params, 'batch_stats': state.batch_stats}

@@ -57,6 +57,8 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   if t.policy == 'two_phase' and not t.backbone_checkpoint:
     raise ValueError("config.train.backbone_checkpoint = '' is invalid: two_phase training needs "
                      'an export directory or training workdir holding the trained backbone.')
+  if not isinstance(t.get('keep_best', False), bool):
+    raise ValueError(f'config.train.keep_best = {t.keep_best!r} is invalid: allowed: True, False.')
   for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     if not isinstance(t[field], int) or t[field] < 1:
       raise ValueError(f'config.train.{field} = {t[field]!r} is invalid: must be an integer >= 1.')
@@ -248,7 +250,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
                   if t.policy == 'early_removal' else None)
 
   os.makedirs(workdir, exist_ok=True)
-  checkpointer = checkpointing.Checkpointer(workdir, t.keep_checkpoints)
+  keep_best = t.get('keep_best', False)
+  checkpointer = checkpointing.Checkpointer(workdir, t.keep_checkpoints, keep_best=keep_best)
   last_saved = checkpointer.latest_step()
   if last_saved is not None:  # Before anything is compiled or restored.
     runs.check_resume_config(config, workdir)
@@ -295,9 +298,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
   eval_local = sharding.local_batch_size(config.eval.batch_size, 'eval.batch_size')
   heads_fn = steps.training_model_heads(model)
 
-  def save(step: int) -> None:
+  def save(step: int, top1: Optional[float]) -> None:
     nonlocal last_saved
-    checkpointer.save(step, state, {'step': step, 'epoch': step / steps_per_epoch})
+    checkpointer.save(step, state, {'step': step, 'epoch': step / steps_per_epoch}, top1)
     last_saved = step
 
   history, window_start, rejected_in_a_row = [], int(state.step), 0
@@ -316,15 +319,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
       progress(step + 1)
       done = step + 1 == num_steps
       preempted = preemption.reached(step + 1)
-      save_now = (step + 1) % t.checkpoint_every_steps == 0 or done or preempted
-      if (step + 1) % t.log_every_steps == 0 or save_now or (step + 1) % eval_every == 0:
+      evaluate_now = (step + 1) % eval_every == 0 or done
+      save_now = ((step + 1) % t.checkpoint_every_steps == 0 or done or preempted
+                  or (keep_best and evaluate_now))
+      if (step + 1) % t.log_every_steps == 0 or save_now or evaluate_now:
         rejected_in_a_row = _check_finite(history, window_start, t.on_nonfinite, last_saved,
                                           rejected_in_a_row, t.get('max_consecutive_skips'))
         train_summary = _summarise(history)
         writer.write_scalars(step + 1, {**{f'train/{k}': v for k, v in train_summary.items()},
                                         **host_memory(), **_skipped_records(skipped)})
         history, window_start = [], step + 1
-      if (step + 1) % eval_every == 0 or done:
+      eval_metrics = None
+      if evaluate_now:
         eval_metrics = steps.evaluate(
             {'params': state.params, 'batch_stats': state.batch_stats}, heads_fn,
             input_pipeline.eval_batches(config, local_batch_size=eval_local,
@@ -333,7 +339,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
                                         skipped=skipped['eval']), mesh)
         _log_eval(writer, workdir, step + 1, steps_per_epoch, eval_metrics, train_summary)
       if save_now:
-        save(step + 1)
+        save(step + 1, None if eval_metrics is None else eval_metrics['logits']['top1'])
       if preempted:
         logging.warning('Preempted (SIGTERM) at step %d; checkpoint saved. Rerun the same command '
                         'to resume.', step + 1)
@@ -383,8 +389,10 @@ def _log_eval(writer: Any, workdir: str, step: int, steps_per_epoch: int,
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        export_dir: Optional[str] = None) -> Dict[str, Dict[str, float]]:
-  """Evaluates WORKDIR's latest checkpoint (every head) or an export (main head) on the eval split."""
+                        export_dir: Optional[str] = None, step: Optional[int] = None,
+                        best: bool = False) -> Dict[str, Dict[str, float]]:
+  """Evaluates WORKDIR's latest checkpoint (or `step`'s, or with `best` the best evaluated one;
+  every head) or an export (main head) on the eval split."""
   if not export_dir:
     models.validate_model_config(config.model)
   input_pipeline.validate_data_config(config)
@@ -393,7 +401,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     module, variables = export.load(export_dir)
     heads_fn = steps.plain_model_heads(module)
   else:
-    variables = runs.restore_variables(config, workdir)
+    variables = runs.restore_variables(config, workdir, step=step, best=best)
     heads_fn = steps.training_model_heads(models.create(config.model))
   variables = jax.device_put(variables, sharding.replicated(mesh))
   batches = input_pipeline.eval_batches(

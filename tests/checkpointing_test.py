@@ -254,3 +254,25 @@ def test_export_of_a_workdir_without_config_or_checkpoint_or_with_a_damaged_conf
     with pytest.raises(ValueError, match=r'work/config.json is not a valid config file \(.*\): it '
                                          r'was damaged or edited by hand. Restore it'):
       reader()
+
+
+def test_the_best_evaluated_checkpoint_is_kept_beside_the_last_ones(tmp_path):
+  """keep_best: the last N and the checkpoint saved with the best main-head top-1, which a new
+  Checkpointer (a restarted run, a reader) still finds; without it only the last N are kept."""
+  top1 = {2: 0.5, 4: 0.9, 6: 0.7}  # Evaluated steps; the others are periodic saves.
+  for keep_best, kept in ((True, [4, 6, 7]), (False, [6, 7])):
+    workdir = str(tmp_path / str(keep_best))
+    checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=2, keep_best=keep_best)
+    with pytest.raises(ValueError, match=r'No checkpoint in .* was saved with an evaluation .*'
+                                         r'config.train.keep_best=True'):
+      checkpointer.best_step()
+    for step in range(1, 7):
+      checkpointer.save(step, {'w': np.full(3, step, np.float32)}, {'step': step}, top1.get(step))
+    checkpointer.close()
+    restarted = checkpointing.Checkpointer(workdir, max_to_keep=2, keep_best=keep_best)
+    restarted.save(7, {'w': np.full(3, 7, np.float32)}, {'step': 7})
+    assert restarted.steps() == kept
+    assert restarted.best_step() == (4 if keep_best else 6)  # The best of those kept.
+    state, meta = checkpointing.Checkpointer(workdir, read_only=True).restore(
+        {'w': np.zeros(3, np.float32)}, step=restarted.best_step())
+    assert meta['step'] == restarted.best_step() and state['w'][0] == restarted.best_step()

@@ -11,6 +11,8 @@ import jax
 import numpy as np
 import pytest
 
+from dsop_jax import checkpointing
+from dsop_jax import export
 from dsop_jax import gradients
 from dsop_jax import input_pipeline
 from dsop_jax import losses
@@ -30,7 +32,9 @@ def runs(tmp_path_factory):
   base = tmp_path_factory.mktemp('runs')
   workdirs = []
   for name, pattern in (('dsop', '[1]'), ('plain', '')):
-    config = train_helpers.tiny_digits_config(checkpoint_every_steps=6)
+    # The DSoP run keeps its last checkpoint and its best evaluated one (evaluations at 2, 4, 6).
+    config = train_helpers.tiny_digits_config(checkpoint_every_steps=6, keep_checkpoints=1,
+                                              keep_best=name == 'dsop')
     config.train.eval_every_epochs = 2 / 22  # 22 steps per epoch.
     config.model.branches.pattern = pattern
     train.train_and_evaluate(config, str(base / name))
@@ -220,3 +224,21 @@ def test_head_gradients_add_up_to_eq1s_and_follow_eq2(runs):
   assert heads['logits']['cosine_with_main']['stage1'] == pytest.approx(1.0)
   table = gradients.format_table(result)
   assert 'a_pds1_1' in table and table.count('stage3') == 2
+
+
+def test_keep_best_keeps_and_exports_the_best_evaluated_step(runs, tmp_path):
+  top1 = {r['step']: r['eval']['logits']['top1'] for r in _records(runs[0])}
+  best = max((v, step) for step, v in top1.items())[1]  # The latest of equals.
+  assert sorted(top1) == [2, 4, 6]
+  assert checkpointing.Checkpointer(runs[0], read_only=True).steps() == sorted({best, 6})
+  assert checkpointing.Checkpointer(runs[1], read_only=True).steps() == [6]
+  config = runs_lib.workdir_config(runs[0])
+  out = export.export(runs[0], str(tmp_path / 'best'), best=True)
+  _, exported = export.load(out)
+  at_best = export.detach(runs_lib.restore_variables(config, runs[0], step=best))
+  for a, b in zip(jax.tree_util.tree_leaves(exported), jax.tree_util.tree_leaves(at_best)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match=r"has no checkpoint of step 5; it has steps \["):
+    runs_lib.restore_variables(config, runs[0], step=5)
+  # Without keep_best the final checkpoint, evaluated too, is the best one there is.
+  assert checkpointing.Checkpointer(runs[1], read_only=True).best_step() == 6

@@ -92,7 +92,7 @@ def test_digits_train_evaluate_resume_and_export(tmp_path):
     export.export(str(tmp_path / 'full'), out)
   # The command line, replacing the export (its refusal without --overwrite is the one above).
   cli = [sys.executable, '-m', 'dsop_jax.export', f'--workdir={tmp_path / "full"}',
-         f'--output_dir={out}', '--overwrite']
+         f'--output_dir={out}', '--overwrite', '--step=11']
   done = subprocess.run(cli, cwd=os.path.dirname(HERE), capture_output=True, text=True, check=True)
   assert f'Exported the detached first-order network to {out}' in done.stdout
   evaluated = train.evaluate_checkpoint(config, str(tmp_path / 'full'), export_dir=out)
