@@ -12,7 +12,7 @@ side branches of its PSDR are detached like DSoP branches.
 import json
 import os
 import shutil
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -23,8 +23,12 @@ import orbax.checkpoint as ocp
 
 from dsop_jax import checkpointing
 from dsop_jax import dsop
+from dsop_jax import input_pipeline
 from dsop_jax import models
 from dsop_jax import runs
+
+FORMATS = ('orbax', 'stablehlo')
+STABLEHLO_FILE = 'model.stablehlo'
 
 
 def detach(variables: Mapping[str, Any], branch_names: Optional[Iterable[str]] = None
@@ -73,12 +77,17 @@ def check_same_structure(reference: Any, candidate: Any, what: str = 'variables'
 
 
 def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Optional[int] = None,
-           best: bool = False) -> str:
+           best: bool = False, formats: Sequence[str] = ('orbax',)) -> str:
   """Writes the detached first-order network of WORKDIR's latest checkpoint (or of `step`, or with
   `best` of the one saved with the best main-head eval top-1) to OUTPUT_DIR.
 
   OUTPUT_DIR gets 'variables/' (an Orbax checkpoint of {'params', 'batch_stats'} of the plain
-  network) and 'model_config.json' (the config.model it is built from). The export is written
+  network), 'model_config.json' (the config.model it is built from), 'preprocessing.json' (how
+  images must be prepared: `input_pipeline.preprocessing`, with the class names when known) and
+  'model_card.json' (architecture, parameters, XLA's FLOPs per image, the training config, the
+  step and its main-head eval top-1). `formats` may add 'stablehlo': 'model.stablehlo', the
+  inference network as a serialised `jax.export` module with its weights inside and a symbolic
+  batch size, which `jax.export.deserialize(data).call(images)` runs without dsop_jax or flax. The export is written
   whole in a sibling directory first and then renamed into place; an export it replaces is renamed
   aside before and deleted after, so at every moment one complete export exists (a run killed
   between the two renames leaves it at OUTPUT_DIR.old-PID, which the next export puts back).
@@ -87,13 +96,17 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
     ValueError: WORKDIR has no config.json or no checkpoint (of `step`; evaluated, with `best`),
       or OUTPUT_DIR already holds an export and `overwrite` is False.
   """
+  unknown = sorted(set(formats) - set(FORMATS))
+  if unknown:
+    raise ValueError(f'--format={",".join(formats)} is invalid: {", ".join(unknown)} unknown; '
+                     f'allowed: {", ".join(FORMATS)}.')
   config = runs.workdir_config(workdir)
   given, output_dir = output_dir, os.path.abspath(output_dir)
   _recover_replaced_export(output_dir)
   if os.path.exists(os.path.join(output_dir, 'model_config.json')) and not overwrite:
     raise ValueError(f'--output_dir={output_dir!r} already holds an export; pass --overwrite to '
                      'replace it.')
-  variables = runs.restore_variables(config, workdir, step=step, best=best)
+  variables, step = runs.restore_variables_and_step(config, workdir, step=step, best=best)
   detached = detach(variables, [s.name for s in models.branch_specs(config.model)])
   bad = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(detached)
          if not np.all(np.isfinite(np.asarray(x)))]
@@ -106,6 +119,20 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
     checkpointer.save(os.path.join(staging, 'variables'), detached)
   with open(os.path.join(staging, 'model_config.json'), 'w') as f:
     f.write(config.model.to_json_best_effort(indent=2))
+  module = models.create_backbone(config.model)
+  size = config.data.image_size
+  forward = jax.jit(lambda x: module.apply(detached, x, train=False)[0])
+  recipe = {**input_pipeline.preprocessing(config),
+            'class_names': input_pipeline.class_names(config)}
+  _write_json(os.path.join(staging, 'preprocessing.json'), recipe)
+  _write_json(os.path.join(staging, 'model_card.json'),
+              _model_card(config, workdir, step, detached, forward, size))
+  if 'stablehlo' in formats:
+    batch = jax.export.symbolic_shape('batch')[0]
+    exported = jax.export.export(forward)(
+        jax.ShapeDtypeStruct((batch, size, size, 3), jax.numpy.float32))
+    with open(os.path.join(staging, STABLEHLO_FILE), 'wb') as f:
+      f.write(exported.serialize())
   if os.path.exists(output_dir):
     replaced = f'{output_dir}.old-{os.getpid()}'
     os.rename(output_dir, replaced)
@@ -114,6 +141,29 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
   else:
     os.rename(staging, output_dir)
   return given
+
+
+def _write_json(path: str, value: Any) -> None:
+  with open(path, 'w') as f:
+    json.dump(value, f, indent=2)
+
+
+def _model_card(config: ml_collections.ConfigDict, workdir: str, step: int,
+                variables: Mapping[str, Any], forward: Any, size: int) -> Dict[str, Any]:
+  """The essentials of what was exported: network, size, cost, and where it came from."""
+  cost = forward.lower(jax.ShapeDtypeStruct((1, size, size, 3), jax.numpy.float32)).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # One dict, or one per device.
+  evaluation = runs.evaluation_at(workdir, step)
+  head = config.model.get('head')
+  return {
+      'architecture': config.model.name, 'num_classes': config.model.num_classes,
+      'last_stride': config.model.get('last_stride'),
+      'head': 'gap' if head is None else head.pool,
+      'params': models.count_params(variables['params']),
+      'xla_gflops_per_image': float(cost.get('flops', 0.0)) / 1e9,
+      'dataset': config.data.dataset, 'step': step,
+      'main_head_eval_top1': None if evaluation is None else evaluation['eval']['logits']['top1'],
+      'training_config': config.to_dict()}
 
 
 def _recover_replaced_export(output_dir: str) -> None:
@@ -183,7 +233,7 @@ def _main(argv: Any) -> None:
   checkpointing.quiet_orbax_info_logs()
   workdir = flags.FLAGS.workdir
   out = export(workdir, flags.FLAGS.output_dir, overwrite=flags.FLAGS.overwrite,
-               step=flags.FLAGS.step, best=flags.FLAGS.best)
+               step=flags.FLAGS.step, best=flags.FLAGS.best, formats=flags.FLAGS.format)
   second = models.head_spec(runs.workdir_config(workdir).model) is not None
   print(f'Exported the detached {"second" if second else "first"}-order network to {out}')
 
@@ -194,6 +244,8 @@ def cli() -> None:
   flags.DEFINE_string('workdir', None, 'Training workdir (its latest checkpoint is exported).')
   flags.DEFINE_string('output_dir', None, 'Directory for the exported plain network.')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing export in --output_dir.')
+  flags.DEFINE_list('format', ['orbax'], 'What to write besides the Orbax variables, '
+                    'preprocessing.json and model_card.json (always written): orbax, stablehlo.')
   flags.DEFINE_integer('step', None, 'Export the checkpoint of this step instead of the latest.')
   flags.DEFINE_bool('best', False, 'Export the checkpoint saved with the best main-head eval top-1 '
                     '(config.train.keep_best keeps it).')

@@ -25,7 +25,7 @@ import functools
 import gzip
 import math
 import os
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import ml_collections
 import numpy as np
@@ -410,6 +410,78 @@ def preprocess(example: Dict[str, tf.Tensor], seed: tf.Tensor, *, info: DatasetI
                            flip=info.augment == 'cifar')
   image = tf.ensure_shape(_normalise(image, info), (image_size, image_size, 3))
   return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
+
+
+_CIFAR10_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
+                  'truck')
+
+
+def class_names(config: ml_collections.ConfigDict) -> Optional[List[str]]:
+  """The names of the classes in label order, when known: the digits, CIFAR-10, Fashion-MNIST,
+  ImageNet's WordNet IDs, and any TFDS dataset whose prepared metadata names them; else None."""
+  name = config.data.dataset
+  if name == 'digits':
+    return [str(i) for i in range(10)]
+  if name == 'cifar10':
+    return list(_CIFAR10_NAMES)
+  data_dir = config.data.data_dir if name != 'fashion_mnist' else None
+  try:
+    names = list(tfds.builder(name, data_dir=data_dir or None).info.features['label'].names)
+  except Exception:  # pylint: disable=broad-except  (unknown or unreadable metadata: no names)
+    return None
+  return None if names == [str(i) for i in range(len(names))] else names
+
+
+def preprocessing(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """How an image must be prepared for the trained network, as the evaluation prepares it: a JSON
+  object that `prepare_image` (and anyone without dsop_jax) follows."""
+  info, size = dataset_info(config), config.data.image_size
+  recipe: Dict[str, Any] = {
+      'input_size': [size, size], 'layout': 'NHWC', 'channel_order': 'RGB', 'dtype': 'float32',
+      'value_range': [0, 255], 'mean': list(info.mean), 'std': list(info.std),
+      'normalise': '(pixel - mean) / std per channel, pixels in [0, 255]'}
+  if info.augment == 'imagenet':
+    recipe['resize'] = {'rule': 'shorter_side_then_center_crop',
+                        'shorter_side': round(size * 256 / 224), 'crop': [size, size],
+                        'method': 'bilinear, antialiased'}
+  elif config.data.dataset == 'fashion_mnist':
+    fit = config.data.get('fit', 'pad')
+    recipe['grey'] = True
+    recipe['resize'] = {'rule': 'grey_28_then_' + fit, 'source_size': [28, 28],
+                        'method': 'bilinear, antialiased'}
+  else:
+    recipe['grey'] = config.data.dataset == 'digits'
+    recipe['resize'] = {'rule': 'resize', 'method': 'bilinear, antialiased'}
+  if recipe.get('grey'):
+    recipe['channels'] = 'one grey channel repeated three times'
+  return recipe
+
+
+def prepare_image(image: np.ndarray, recipe: Mapping[str, Any]) -> np.ndarray:
+  """An H x W x 3 uint8 RGB image -> the network's float32 input, following `recipe`
+  (`preprocessing`), with the evaluation pipeline's operations."""
+  size = recipe['input_size'][0]
+  resize = recipe['resize']
+  if recipe.get('grey'):  # ITU-R 601 luma, which leaves a grey image's value as it is.
+    image = np.round(np.asarray(image, np.float64) @ np.array([0.299, 0.587, 0.114]))
+    image = np.clip(image, 0, 255).astype(np.uint8)[..., None]
+  x = tf.convert_to_tensor(image, tf.uint8)
+  if resize['rule'] == 'shorter_side_then_center_crop':
+    x = _resize_shorter(x, resize['shorter_side'])
+    shape = tf.shape(x)
+    top, left = (shape[0] - size) // 2, (shape[1] - size) // 2
+    x = x[top:top + size, left:left + size]
+  elif resize['rule'].startswith('grey_28_then_'):
+    source = tf.image.resize(x, resize['source_size'], method='bilinear', antialias=True)
+    grey = np.clip(np.round(source.numpy()[..., 0]), 0, 255).astype(np.uint8)
+    x = tf.convert_to_tensor(_fit(grey[None], size, resize['rule'].rsplit('_', 1)[1])[0][..., None])
+  elif tuple(x.shape[:2]) != (size, size):
+    x = tf.image.resize(x, (size, size), method='bilinear', antialias=True)
+  x = tf.cast(x, tf.float32)
+  if x.shape[-1] == 1:
+    x = tf.tile(x, (1, 1, 3))
+  x = (x - tf.constant(recipe['mean'], tf.float32)) / tf.constant(recipe['std'], tf.float32)
+  return x.numpy()
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict, global_batch_size: int) -> int:

@@ -84,11 +84,31 @@ def write_config(config: ml_collections.ConfigDict, workdir: str,
   os.replace(path + '.tmp', path)
 
 
+METRICS_FILE = 'metrics.jsonl'
+
+
+def evaluation_at(workdir: str, step: int) -> Optional[Dict[str, Any]]:
+  """The record of WORKDIR/metrics.jsonl for `step` (the last one written for it), or None; lines
+  that are not JSON objects are passed over."""
+  found = None
+  path = os.path.join(workdir, METRICS_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:
+          continue
+        if isinstance(record, dict) and record.get('step') == step:
+          found = record
+  return found
+
+
 def append_metrics(workdir: str, record: Mapping[str, Any]) -> None:
   """Appends one evaluation record to WORKDIR/metrics.jsonl (process 0 only), after repairing a
   torn last line (`repair_metrics`), so a record never lands on the end of a broken one."""
   if jax.process_index() == 0:
-    path = os.path.join(workdir, 'metrics.jsonl')
+    path = os.path.join(workdir, METRICS_FILE)
     repair_metrics(path)
     with open(path, 'a') as f:
       f.write(json.dumps(record) + '\n')
@@ -269,7 +289,14 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None
 
 def restore_variables(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None,
                       best: bool = False) -> Dict[str, Any]:
-  """{'params', 'batch_stats'} of the training model from one of WORKDIR's checkpoints: `step`,
+  """The variables of `restore_variables_and_step`."""
+  return restore_variables_and_step(config, workdir, step, best)[0]
+
+
+def restore_variables_and_step(config: ml_collections.ConfigDict, workdir: str,
+                               step: Optional[int] = None, best: bool = False
+                               ) -> Tuple[Dict[str, Any], int]:
+  """({'params', 'batch_stats'}, step) of the training model from one of WORKDIR's checkpoints: `step`,
   or with `best` the one saved with the best main-head eval top-1, or else the latest readable one
   (an unreadable newest checkpoint is skipped, not moved); the workdir is only read.
 
@@ -293,4 +320,4 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str, step: Opt
     state, _ = checkpointer.restore(steps.abstract_initial_state(config, mesh), step=step)
   finally:
     checkpointer.close()
-  return {'params': state.params, 'batch_stats': state.batch_stats}
+  return {'params': state.params, 'batch_stats': state.batch_stats}, int(state.step)

@@ -11,7 +11,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Each module may import only modules of a lower layer; its own layer's modules where listed.
 LAYERS = [
     {'main', 'benchmark'},
-    {'train', 'complexity'},
+    {'train', 'complexity', 'predict'},
     {'export', 'plot', 'gradients'},
     {'runs'},
     {'steps'},

@@ -10,6 +10,7 @@ from matplotlib import image as mpl_image
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from dsop_jax import checkpointing
 from dsop_jax import export
@@ -18,6 +19,7 @@ from dsop_jax import input_pipeline
 from dsop_jax import losses
 from dsop_jax import models
 from dsop_jax import plot
+from dsop_jax import predict
 from dsop_jax import runs as runs_lib
 from dsop_jax import train
 from tests import train_helpers
@@ -242,3 +244,73 @@ def test_keep_best_keeps_and_exports_the_best_evaluated_step(runs, tmp_path):
     runs_lib.restore_variables(config, runs[0], step=5)
   # Without keep_best the final checkpoint, evaluated too, is the best one there is.
   assert checkpointing.Checkpointer(runs[1], read_only=True).best_step() == 6
+
+
+_STABLEHLO_ALONE = """
+import sys
+import numpy as np
+from jax import export
+with open(sys.argv[1], 'rb') as f:
+  exported = export.deserialize(bytearray(f.read()))
+np.save(sys.argv[3], np.asarray(exported.call(np.load(sys.argv[2]))))
+assert not [m for m in sys.modules if m.split('.')[0] in ('dsop_jax', 'flax')], sorted(sys.modules)
+"""
+
+
+def test_export_formats_and_predict_on_images(runs, tmp_path, capsys, monkeypatch):
+  """The export's preprocessing.json and model card; its StableHLO module run by a process that
+  imports neither dsop_jax nor flax; predict on PNG files (and damaged ones) from both forms, with
+  the evaluation's input and the trained main head's probabilities."""
+  out = export.export(runs[0], str(tmp_path / 'export'), formats=['orbax', 'stablehlo'])
+  with open(os.path.join(out, 'preprocessing.json')) as f:
+    recipe = json.load(f)
+  assert recipe['input_size'] == [32, 32] and recipe['grey'] and recipe['channel_order'] == 'RGB'
+  assert recipe['class_names'] == [str(i) for i in range(10)]
+  with open(os.path.join(out, 'model_card.json')) as f:
+    card = json.load(f)
+  module, variables = export.load(out)
+  assert card['params'] == models.count_params(variables['params']) and card['step'] == 6
+  assert card['main_head_eval_top1'] == _records(runs[0])[-1]['eval']['logits']['top1']
+  assert card['architecture'] == 'preact_resnet20' and card['xla_gflops_per_image'] > 0
+
+  config = runs_lib.workdir_config(runs[0])
+  batch = next(input_pipeline.eval_batches(config, local_batch_size=120))
+  images = batch['image'][:3]
+  logits = np.asarray(jax.jit(lambda x: module.apply(variables, x, train=False)[0])(images))
+  np.save(tmp_path / 'images.npy', images)
+  subprocess.run([sys.executable, '-c', _STABLEHLO_ALONE, os.path.join(out, 'model.stablehlo'),
+                  str(tmp_path / 'images.npy'), str(tmp_path / 'logits.npy')], check=True,
+                 cwd=str(tmp_path))
+  np.testing.assert_allclose(np.load(tmp_path / 'logits.npy'), logits, rtol=1e-4, atol=1e-5)
+
+  # The first three test images as PNG files, a truncated PNG and a text file named like one.
+  raw = input_pipeline._full_arrays(config)['test'][0][:3]
+  folder = tmp_path / 'photos'
+  folder.mkdir()
+  for i, image in enumerate(raw):
+    (folder / f'{i}.png').write_bytes(tf.io.encode_png(image).numpy())
+  (folder / 'cut.png').write_bytes((folder / '0.png').read_bytes()[:60])
+  (folder / 'notes.png').write_text('not an image')
+  for i, image in enumerate(raw):  # The evaluation's own input.
+    np.testing.assert_allclose(input_pipeline.prepare_image(image, recipe), images[i], atol=1e-6)
+  expected = np.exp(logits - logits.max(-1, keepdims=True))
+  expected /= expected.sum(-1, keepdims=True)
+  for fmt in ('orbax', 'stablehlo'):
+    results, errors = predict.predict(out, predict.image_paths([str(folder)]), 3, fmt)
+    assert [os.path.basename(r['path']) for r in results] == ['0.png', '1.png', '2.png']
+    assert len(errors) == 2 and 'cut.png: not a readable image' in errors[0]
+    assert 'notes.png: not a readable image' in errors[1]
+    for result, probabilities in zip(results, expected):
+      top = np.argsort(-probabilities)[:3]
+      assert [t['index'] for t in result['top']] == list(top)
+      assert [t['class'] for t in result['top']] == [str(i) for i in top]
+      np.testing.assert_allclose([t['probability'] for t in result['top']], probabilities[top],
+                                 rtol=1e-4)
+  # The command line: a line per image, the damaged files named, exit code 1.
+  monkeypatch.setattr(sys, 'argv', ['predict', f'--export_dir={out}', '--format=stablehlo',
+                                    '--top_k=2', str(folder)])
+  with pytest.raises(SystemExit) as done:
+    predict.cli()
+  assert done.value.code == 1
+  printed = capsys.readouterr()
+  assert printed.out.count('.png: ') == 3 and 'cut.png: not a readable image' in printed.err
