@@ -143,6 +143,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.decay_epochs = (30, 60)  # Step schedule: epochs where the rate is multiplied ...
   config.optim.decay_factor = 0.1  # ... by this factor.
   config.optim.warmup_epochs = 0.0  # Linear warm-up from 0.
+  # Exponential moving average of the parameters and BN statistics, moved by 1 - ema_decay each
+  # step (e.g. 0.9998), evaluated as the 'ema' head and exportable (--ema); 0 = none.
+  config.optim.ema_decay = 0.0
   config.optim.clip_grad_norm = 0.0  # Clip the gradient's global norm to this (0 = no clipping).
   # Linear scaling rule: learning_rate * (batch per update) / lr_reference_batch (0 = unscaled).
   config.optim.lr_reference_batch = 0

@@ -77,9 +77,10 @@ def check_same_structure(reference: Any, candidate: Any, what: str = 'variables'
 
 
 def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Optional[int] = None,
-           best: bool = False, formats: Sequence[str] = ('orbax',)) -> str:
+           best: bool = False, formats: Sequence[str] = ('orbax',), ema: bool = False) -> str:
   """Writes the detached first-order network of WORKDIR's latest checkpoint (or of `step`, or with
-  `best` of the one saved with the best main-head eval top-1) to OUTPUT_DIR.
+  `best` of the one saved with the best main-head eval top-1) to OUTPUT_DIR; with `ema`, the
+  checkpoint's moving average of the variables (config.optim.ema_decay) instead of the variables.
 
   OUTPUT_DIR gets 'variables/' (an Orbax checkpoint of {'params', 'batch_stats'} of the plain
   network), 'model_config.json' (the config.model it is built from), 'preprocessing.json' (how
@@ -106,7 +107,7 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
   if os.path.exists(os.path.join(output_dir, 'model_config.json')) and not overwrite:
     raise ValueError(f'--output_dir={output_dir!r} already holds an export; pass --overwrite to '
                      'replace it.')
-  variables, step = runs.restore_variables_and_step(config, workdir, step=step, best=best)
+  variables, step = runs.restore_variables_and_step(config, workdir, step=step, best=best, ema=ema)
   detached = detach(variables, [s.name for s in models.branch_specs(config.model)])
   bad = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(detached)
          if not np.all(np.isfinite(np.asarray(x)))]
@@ -126,7 +127,8 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
             'class_names': input_pipeline.class_names(config)}
   _write_json(os.path.join(staging, 'preprocessing.json'), recipe)
   _write_json(os.path.join(staging, 'model_card.json'),
-              _model_card(config, workdir, step, detached, forward, size))
+              {**_model_card(config, workdir, step, detached, forward, size),
+               'weights': 'moving average' if ema else 'trained'})
   if 'stablehlo' in formats:
     batch = jax.export.symbolic_shape('batch')[0]
     exported = jax.export.export(forward)(
@@ -233,7 +235,8 @@ def _main(argv: Any) -> None:
   checkpointing.quiet_orbax_info_logs()
   workdir = flags.FLAGS.workdir
   out = export(workdir, flags.FLAGS.output_dir, overwrite=flags.FLAGS.overwrite,
-               step=flags.FLAGS.step, best=flags.FLAGS.best, formats=flags.FLAGS.format)
+               step=flags.FLAGS.step, best=flags.FLAGS.best, formats=flags.FLAGS.format,
+               ema=flags.FLAGS.ema)
   second = models.head_spec(runs.workdir_config(workdir).model) is not None
   print(f'Exported the detached {"second" if second else "first"}-order network to {out}')
 
@@ -246,6 +249,8 @@ def cli() -> None:
   flags.DEFINE_bool('overwrite', False, 'Replace an existing export in --output_dir.')
   flags.DEFINE_list('format', ['orbax'], 'What to write besides the Orbax variables, '
                     'preprocessing.json and model_card.json (always written): orbax, stablehlo.')
+  flags.DEFINE_bool('ema', False, 'Export the moving average of the weights '
+                    '(config.optim.ema_decay) instead of the weights.')
   flags.DEFINE_integer('step', None, 'Export the checkpoint of this step instead of the latest.')
   flags.DEFINE_bool('best', False, 'Export the checkpoint saved with the best main-head eval top-1 '
                     '(config.train.keep_best keeps it).')

@@ -66,6 +66,8 @@ def validate_optim_config(config: ml_collections.ConfigDict) -> None:
   epochs = tuple(o.decay_epochs)
   if any(e <= 0 for e in epochs) or list(epochs) != sorted(set(epochs)):
     _fail('optim.decay_epochs', epochs, 'must be strictly increasing positive epochs')
+  if not 0.0 <= o.get('ema_decay', 0.0) < 1.0:
+    _fail('optim.ema_decay', o.ema_decay, 'must lie in [0, 1) (0 = no moving average)')
   if not o.get('clip_grad_norm', 0.0) >= 0:
     _fail('optim.clip_grad_norm', o.clip_grad_norm, 'must be >= 0 (0 = no clipping)')
   reference = o.get('lr_reference_batch', 0)

@@ -180,10 +180,11 @@ def _structure_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     fields = {k: v for k, v in fields.items()
               if not k.startswith('config.model.head.') or k == 'config.model.head.pool'}
   fields['config.optim.name'] = config.optim.get('name')
-  # Clipping and accumulation add to the optimiser's state (whatever their values); absent from
+  # Clipping, accumulation and the moving average add to the training state (whatever their values); absent from
   # configs written before they existed, as off.
   fields['config.optim.clip_grad_norm > 0'] = config.optim.get('clip_grad_norm', 0.0) > 0
   fields['config.train.accumulate_steps > 1'] = config.train.get('accumulate_steps', 1) > 1
+  fields['config.optim.ema_decay > 0'] = config.optim.get('ema_decay', 0.0) > 0
   return fields
 
 
@@ -288,17 +289,18 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None
 
 
 def restore_variables(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None,
-                      best: bool = False) -> Dict[str, Any]:
+                      best: bool = False, ema: bool = False) -> Dict[str, Any]:
   """The variables of `restore_variables_and_step`."""
-  return restore_variables_and_step(config, workdir, step, best)[0]
+  return restore_variables_and_step(config, workdir, step, best, ema)[0]
 
 
 def restore_variables_and_step(config: ml_collections.ConfigDict, workdir: str,
-                               step: Optional[int] = None, best: bool = False
+                               step: Optional[int] = None, best: bool = False, ema: bool = False
                                ) -> Tuple[Dict[str, Any], int]:
   """({'params', 'batch_stats'}, step) of the training model from one of WORKDIR's checkpoints: `step`,
   or with `best` the one saved with the best main-head eval top-1, or else the latest readable one
-  (an unreadable newest checkpoint is skipped, not moved); the workdir is only read.
+  (an unreadable newest checkpoint is skipped, not moved), its moving average of the variables
+  instead with `ema`; the workdir is only read.
 
   Raises:
     ValueError: `step` has no checkpoint (the message lists those there are), or `best` and no
@@ -306,6 +308,9 @@ def restore_variables_and_step(config: ml_collections.ConfigDict, workdir: str,
   """
   if step is not None and best:
     raise ValueError('Give a step or best, not both.')
+  if ema and not steps.uses_ema(config):
+    raise ValueError(f'{workdir!r} was trained without a moving average of its weights '
+                     '(config.optim.ema_decay = 0): there is no EMA to read.')
   if os.path.exists(os.path.join(workdir, 'config.json')):  # Fields named, not a shape dump.
     check_same_structure(config, workdir)
   mesh = sharding.create_mesh()
@@ -320,4 +325,6 @@ def restore_variables_and_step(config: ml_collections.ConfigDict, workdir: str,
     state, _ = checkpointer.restore(steps.abstract_initial_state(config, mesh), step=step)
   finally:
     checkpointer.close()
+  if ema:
+    return state.ema, int(state.step)
   return {'params': state.params, 'batch_stats': state.batch_stats}, int(state.step)

@@ -34,6 +34,14 @@ class TrainState:
   opt_state: Any
 
 
+@flax.struct.dataclass
+class EMATrainState(TrainState):
+  """A TrainState that also holds an exponential moving average of the variables,
+  {'params', 'batch_stats'} (config.optim.ema_decay > 0); a subclass, so the checkpoints of runs
+  without it keep TrainState's structure."""
+  ema: Any = None
+
+
 def head_metrics(*, heads: Mapping[str, jax.Array], labels: jax.Array, terms: Mapping[str, jax.Array]
                  ) -> Dict[str, jax.Array]:
   """Per-head loss, top-1 and top-5 accuracy of a batch (means)."""
@@ -50,8 +58,8 @@ def head_metrics(*, heads: Mapping[str, jax.Array], labels: jax.Array, terms: Ma
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array,
                loss_args: Any = None, *, loss_and_grads: Callable[..., Tuple[Any, ...]],
                tx: optax.GradientTransformation, frozen_batch_stats: Sequence[str] = (),
-               learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None
-               ) -> Tuple[TrainState, Dict[str, jax.Array]]:
+               learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
+               ema_decay: float = 0.0) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One optimiser step. Build it with `make_train_step`, which binds everything static.
 
   Args:
@@ -66,6 +74,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
       two-phase training, which runs in training mode under the branches); subtrees the model did
       not update (branches after early removal) are kept too.
     learning_rate_fn: reported in the metrics when given.
+    ema_decay: an EMATrainState's average moves to the new variables by 1 - ema_decay each step
+      (params and BN statistics alike; a rejected step leaves it as it was).
 
   Returns:
     (new state, metrics): 'loss', per-head '<head>/loss|top1|top5', 'nonfinite' (1.0 when the step
@@ -83,8 +93,12 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
   # non-finite H z would poison AdaHessian's second moment for good).
   finite = jnp.all(jnp.stack([jnp.isfinite(t) for t in terms.values()] + [
       jnp.isfinite(optax.tree.norm(tree)) for tree in (grads, *extra_args.values())]))
-  new_state = TrainState(step=state.step + 1, params=new_params, batch_stats=new_stats,
-                         opt_state=new_opt_state)
+  new_state = state.replace(step=state.step + 1, params=new_params, batch_stats=new_stats,
+                            opt_state=new_opt_state)
+  if isinstance(state, EMATrainState):
+    new_state = new_state.replace(ema=jax.tree_util.tree_map(
+        lambda average, new: ema_decay * average + (1.0 - ema_decay) * new, state.ema,
+        {'params': new_params, 'batch_stats': new_stats}))
   # A finite loss and gradient can still give a non-finite state (float32 overflow in the BN
   # statistics of huge activations, or in an update): the new state must be finite as well.
   state_finite = _all_finite((new_params, new_stats, new_opt_state))
@@ -105,7 +119,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
 
 def make_train_step(objective: losses.Objective, tx: optax.GradientTransformation, *,
                     hessian: bool = False, frozen: Sequence[str] = (),
-                    learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None
+                    learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
+                    ema_decay: float = 0.0
                     ) -> Callable[..., Tuple[TrainState, Dict[str, jax.Array]]]:
   """`train_step(state, batch, rng[, loss_args]) -> (state, metrics)` on `objective` (built in
   losses.py) with everything static bound, ready to jit.
@@ -118,10 +133,11 @@ def make_train_step(objective: losses.Objective, tx: optax.GradientTransformatio
       after early removal) whose parameters and BN statistics are kept as they are: `optim.freeze`
       holds their parameters and optimiser state.
     learning_rate_fn: reported in the metrics when given.
+    ema_decay: the decay of an EMATrainState's moving average (`train_step`).
   """
   return functools.partial(train_step, loss_and_grads=losses.with_gradients(objective, hessian),
                            tx=optim.freeze(tx, frozen), frozen_batch_stats=tuple(frozen),
-                           learning_rate_fn=learning_rate_fn)
+                           learning_rate_fn=learning_rate_fn, ema_decay=ema_decay)
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -153,6 +169,11 @@ def training_model_heads(model: Any) -> Callable[[Any, jax.Array], Mapping[str, 
   return lambda variables, x: losses.head_logits(model.apply(variables, x, train=False))
 
 
+def main_head(model: Any) -> Callable[[Any, jax.Array], Mapping[str, jax.Array]]:
+  """The training model's main head only, {'logits': ...}."""
+  return lambda variables, x: {'logits': model.apply(variables, x, train=False)['logits']}
+
+
 def plain_model_heads(model: Any) -> Callable[[Any, jax.Array], Mapping[str, jax.Array]]:
   return lambda variables, x: {'logits': model.apply(variables, x, train=False)[0]}
 
@@ -180,24 +201,32 @@ def evaluate(variables: Any, heads_fn: Callable[..., Mapping[str, jax.Array]],
   return result
 
 
-def state_init_fn(model: Any, tx: optax.GradientTransformation, image_size: int
-                   ) -> Callable[[jax.Array], TrainState]:
-  """rng -> a fresh TrainState (variables initialised on a 1-image batch); jit it with
-  `models.jit_init`."""
+def state_init_fn(model: Any, tx: optax.GradientTransformation, image_size: int,
+                  ema: bool = False) -> Callable[[jax.Array], TrainState]:
+  """rng -> a fresh TrainState (variables initialised on a 1-image batch), an EMATrainState whose
+  average starts at them with `ema`; jit it with `models.jit_init`."""
 
   def init(rng):
     variables = model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                      batch_stats=variables.get('batch_stats', {}),
-                      opt_state=tx.init(variables['params']))
+    params, stats = variables['params'], variables.get('batch_stats', {})
+    fields = dict(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
+                  opt_state=tx.init(params))
+    if not ema:
+      return TrainState(**fields)
+    return EMATrainState(**fields, ema={'params': params, 'batch_stats': stats})
 
   return init
+
+
+def uses_ema(config: ml_collections.ConfigDict) -> bool:
+  """Whether the training state keeps a moving average of the variables (config.optim.ema_decay)."""
+  return config.optim.get('ema_decay', 0.0) > 0
 
 
 def init_state(model: Any, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
                mesh: Any) -> TrainState:
   """A fresh TrainState of `model` (seed config.train.seed), replicated over the mesh."""
-  init = state_init_fn(model, tx, config.data.image_size)
+  init = state_init_fn(model, tx, config.data.image_size, uses_ema(config))
   return models.jit_init(init, out_shardings=sharding.replicated(mesh))(
       jax.random.PRNGKey(config.train.seed))
 
@@ -205,7 +234,7 @@ def init_state(model: Any, tx: optax.GradientTransformation, config: ml_collecti
 def abstract_initial_state(config: ml_collections.ConfigDict, mesh: Any) -> TrainState:
   """Shapes and shardings of a fresh training state of `config` (nothing is computed)."""
   tx = optim.create_optimizer(config, steps_per_epoch=1, num_steps=1)
-  init = state_init_fn(models.create(config.model), tx, config.data.image_size)
+  init = state_init_fn(models.create(config.model), tx, config.data.image_size, uses_ema(config))
   replicated = sharding.replicated(mesh)
   return jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),

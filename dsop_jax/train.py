@@ -278,7 +278,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
       objective = losses.distillation_objective(module, teacher, distill.temperature,
                                                 distill.soft_weight)
     return jax.jit(steps.make_train_step(objective, tx, hessian=optim.needs_hessian(config),
-                                         frozen=frozen, learning_rate_fn=lr_fn),
+                                         frozen=frozen, learning_rate_fn=lr_fn,
+                                         ema_decay=config.optim.get('ema_decay', 0.0)),
                    donate_argnums=(0,))
 
   full_step = jit_step(model, weights, (dsop.BACKBONE,) if t.policy == 'two_phase' else ())
@@ -297,6 +298,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
       skipped=skipped['train'])
   eval_local = sharding.local_batch_size(config.eval.batch_size, 'eval.batch_size')
   heads_fn = steps.training_model_heads(model)
+  ema_heads_fn = steps.main_head(model) if steps.uses_ema(config) else None
 
   def save(step: int, top1: Optional[float]) -> None:
     nonlocal last_saved
@@ -331,12 +333,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
         history, window_start = [], step + 1
       eval_metrics = None
       if evaluate_now:
+        eval_batches = lambda counter: input_pipeline.eval_batches(  # noqa: E731
+            config, local_batch_size=eval_local, process_index=jax.process_index(),
+            process_count=jax.process_count(), skipped=counter)
         eval_metrics = steps.evaluate(
             {'params': state.params, 'batch_stats': state.batch_stats}, heads_fn,
-            input_pipeline.eval_batches(config, local_batch_size=eval_local,
-                                        process_index=jax.process_index(),
-                                        process_count=jax.process_count(),
-                                        skipped=skipped['eval']), mesh)
+            eval_batches(skipped['eval']), mesh)
+        if ema_heads_fn is not None:  # The moving average's main head, as a head of its own.
+          eval_metrics['ema'] = steps.evaluate(state.ema, ema_heads_fn, eval_batches(None),
+                                               mesh)['logits']
         _log_eval(writer, workdir, step + 1, steps_per_epoch, eval_metrics, train_summary)
       if save_now:
         save(step + 1, None if eval_metrics is None else eval_metrics['logits']['top1'])

@@ -150,17 +150,29 @@ def test_fashion_mnist_trains_from_its_idx_files_on_a_subset(tmp_path, monkeypat
       calls.append(_name)
       return _real(*args)
     monkeypatch.setattr(module, name, spy)
-  # Two steps of 64 accumulated into one update of 128, its gradient clipped; the second profiled.
+  # Two steps of 64 accumulated into one update of 128, its gradient clipped; the second profiled;
+  # a moving average of the weights.
   config.train.update(accumulate_steps=2, profile_steps=(1, 2))
-  config.optim.clip_grad_norm = 1.0
+  config.optim.update(clip_grad_norm=1.0, ema_decay=0.75)
   state = train.train_and_evaluate(config, str(tmp_path / 'work'))
   assert glob.glob(str(tmp_path / 'work/profile/plugins/profile/*/*.xplane.pb'))
   assert sorted(calls) == ['validate_data_config', 'validate_loss_config',
                            'validate_model_config', 'validate_optim_config']
   assert int(state.step) == 2
   assert (int(state.opt_state.gradient_step), int(state.opt_state.mini_step)) == (1, 0)
+  # The parameters moved once (the second step), so their average is 0.75 * initial + 0.25 * new.
+  model = models.create(config.model)
+  tx = optim.create_optimizer(config, steps_per_epoch=2, num_steps=2)
+  initial = models.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
+  for average, start, new in zip(*(jax.tree_util.tree_leaves(t) for t in (
+      state.ema['params'], initial.params, state.params))):
+    np.testing.assert_allclose(average, 0.75 * start + 0.25 * new, rtol=1e-5, atol=1e-7)
+  out = export.export(str(tmp_path / 'work'), str(tmp_path / 'ema_export'), ema=True)
+  for a, b in zip(jax.tree_util.tree_leaves(export.load(out)[1]),
+                  jax.tree_util.tree_leaves(export.detach(state.ema))):
+    np.testing.assert_array_equal(a, b)
   (record,) = _metrics(tmp_path / 'work')
-  assert set(record['eval']) == set(models.head_names(config.model))
+  assert set(record['eval']) == set(models.head_names(config.model)) | {'ema'}
   assert all(np.isfinite(m['loss']) for m in record['eval'].values())
   assert runs.workdir_config(str(tmp_path / 'work')).data.train_subset == 128
 
