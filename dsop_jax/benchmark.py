@@ -41,7 +41,7 @@ import numpy as np
 from dsop_jax import branches as branches_lib
 from dsop_jax import complexity
 from dsop_jax import covpool
-from dsop_jax import export
+from dsop_jax import dsop
 from dsop_jax import losses
 from dsop_jax import models
 from dsop_jax import optim
@@ -209,7 +209,7 @@ def inference_benchmark(config: ml_collections.ConfigDict, opts: Options) -> Dic
                                          example)
   backbone = models.create_backbone(config.model)
   variables = {
-      'detached': export.detach(dsop_variables),
+      'detached': dsop.detach(dsop_variables),
       'plain': models.init_variables(backbone, jax.random.PRNGKey(1), example),
   }
   forward = jax.jit(lambda v, x: backbone.apply(v, x, train=False)[0])

@@ -7,7 +7,7 @@ it names; each branch is a top-level submodule carrying the paper's name ('a_pds
 and the main head's computation is the plain network's, operation for operation (Section III-A.3).
 """
 
-from typing import Any, Dict, Mapping, Sequence
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -48,3 +48,33 @@ class DSoPNet(nn.Module):
                                       name=spec.name)
       aux_logits.update(branch(features[spec.attach], train))
     return {'logits': logits, 'aux_logits': aux_logits}
+
+
+def detach(variables: Mapping[str, Any], branch_names: Optional[Iterable[str]] = None
+           ) -> dict:
+  """Drops every branch subtree and returns the plain backbone's variables.
+
+  Args:
+    variables: DSoP-Net variables, e.g. {'params': {'backbone': ..., 'a_pds2': ...},
+      'batch_stats': {...}}.
+    branch_names: if given, the exact set of branch keys expected besides 'backbone' in each
+      collection (e.g. from `models.branch_specs`); a mismatch raises instead of silently dropping.
+
+  Returns:
+    {collection: backbone subtree} for every collection.
+
+  Raises:
+    ValueError: a collection has no 'backbone' subtree, or holds keys other than the expected ones.
+  """
+  expected = None if branch_names is None else set(branch_names)
+  detached = {}
+  for collection, tree in variables.items():
+    if BACKBONE not in tree:
+      raise ValueError(f"variables[{collection!r}] has no {BACKBONE!r} subtree (keys: "
+                       f"{sorted(tree)}); these are not DSoP-Net training variables.")
+    others = set(tree) - {BACKBONE}
+    if expected is not None and not others <= expected:
+      raise ValueError(f'variables[{collection!r}] holds keys {sorted(others - expected)} that are '
+                       f'not branches of this model (expected branches: {sorted(expected)}).')
+    detached[collection] = tree[BACKBONE]
+  return detached

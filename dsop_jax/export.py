@@ -12,7 +12,7 @@ side branches of its PSDR are detached like DSoP branches.
 import json
 import os
 import shutil
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -31,34 +31,7 @@ FORMATS = ('orbax', 'stablehlo')
 STABLEHLO_FILE = 'model.stablehlo'
 
 
-def detach(variables: Mapping[str, Any], branch_names: Optional[Iterable[str]] = None
-           ) -> dict:
-  """Drops every branch subtree and returns the plain backbone's variables.
-
-  Args:
-    variables: DSoP-Net variables, e.g. {'params': {'backbone': ..., 'a_pds2': ...},
-      'batch_stats': {...}}.
-    branch_names: if given, the exact set of branch keys expected besides 'backbone' in each
-      collection (e.g. from `models.branch_specs`); a mismatch raises instead of silently dropping.
-
-  Returns:
-    {collection: backbone subtree} for every collection.
-
-  Raises:
-    ValueError: a collection has no 'backbone' subtree, or holds keys other than the expected ones.
-  """
-  expected = None if branch_names is None else set(branch_names)
-  detached = {}
-  for collection, tree in variables.items():
-    if dsop.BACKBONE not in tree:
-      raise ValueError(f"variables[{collection!r}] has no {dsop.BACKBONE!r} subtree (keys: "
-                       f"{sorted(tree)}); these are not DSoP-Net training variables.")
-    others = set(tree) - {dsop.BACKBONE}
-    if expected is not None and not others <= expected:
-      raise ValueError(f'variables[{collection!r}] holds keys {sorted(others - expected)} that are '
-                       f'not branches of this model (expected branches: {sorted(expected)}).')
-    detached[collection] = tree[dsop.BACKBONE]
-  return detached
+detach = dsop.detach  # Here too, beside the rest of the export path.
 
 
 def check_same_structure(reference: Any, candidate: Any, what: str = 'variables') -> None:

@@ -257,7 +257,7 @@ assert not [m for m in sys.modules if m.split('.')[0] in ('dsop_jax', 'flax')], 
 """
 
 
-def test_export_formats_and_predict_on_images(runs, tmp_path, capsys, monkeypatch):
+def test_export_formats_and_predict_on_images(runs, tmp_path, capsys):
   """The export's preprocessing.json and model card; its StableHLO module run by a process that
   imports neither dsop_jax nor flax; predict on PNG files (and damaged ones) from both forms, with
   the evaluation's input and the trained main head's probabilities."""
@@ -307,10 +307,7 @@ def test_export_formats_and_predict_on_images(runs, tmp_path, capsys, monkeypatc
       np.testing.assert_allclose([t['probability'] for t in result['top']], probabilities[top],
                                  rtol=1e-4)
   # The command line: a line per image, the damaged files named, exit code 1.
-  monkeypatch.setattr(sys, 'argv', ['predict', f'--export_dir={out}', '--format=stablehlo',
-                                    '--top_k=2', str(folder)])
-  with pytest.raises(SystemExit) as done:
-    predict.cli()
-  assert done.value.code == 1
+  assert train_helpers.run_cli(predict.cli, ['predict', f'--export_dir={out}', '--format=stablehlo',
+                                             '--top_k=2', str(folder)]) == 1
   printed = capsys.readouterr()
   assert printed.out.count('.png: ') == 3 and 'cut.png: not a readable image' in printed.err

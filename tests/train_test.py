@@ -56,7 +56,7 @@ def _leaves(tree):
   return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
 
 
-def test_digits_train_evaluate_resume_and_export(tmp_path):
+def test_digits_train_evaluate_resume_and_export(tmp_path, capsys):
   config = train_helpers.tiny_digits_config(num_epochs=0.5)  # 11 steps.
   full = train.train_and_evaluate(config, str(tmp_path / 'full'))
   assert int(full.step) == 11
@@ -91,10 +91,9 @@ def test_digits_train_evaluate_resume_and_export(tmp_path):
   with pytest.raises(ValueError, match='already holds an export; pass --overwrite'):
     export.export(str(tmp_path / 'full'), out)
   # The command line, replacing the export (its refusal without --overwrite is the one above).
-  cli = [sys.executable, '-m', 'dsop_jax.export', f'--workdir={tmp_path / "full"}',
-         f'--output_dir={out}', '--overwrite', '--step=11']
-  done = subprocess.run(cli, cwd=os.path.dirname(HERE), capture_output=True, text=True, check=True)
-  assert f'Exported the detached first-order network to {out}' in done.stdout
+  code = train_helpers.run_cli(export.cli, ['export', f'--workdir={tmp_path / "full"}',
+                                            f'--output_dir={out}', '--overwrite', '--step=11'])
+  assert not code and f'Exported the detached first-order network to {out}' in capsys.readouterr().out
   evaluated = train.evaluate_checkpoint(config, str(tmp_path / 'full'), export_dir=out)
   assert evaluated['logits'] == pytest.approx(records[0]['eval']['logits'], rel=1e-5)
 
