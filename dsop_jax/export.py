@@ -74,6 +74,7 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
   if unknown:
     raise ValueError(f'--format={",".join(formats)} is invalid: {", ".join(unknown)} unknown; '
                      f'allowed: {", ".join(FORMATS)}.')
+  runs.check_local_path(output_dir, '--output_dir')
   config = runs.workdir_config(workdir)
   given, output_dir = output_dir, os.path.abspath(output_dir)
   _recover_replaced_export(output_dir)

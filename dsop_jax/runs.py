@@ -143,6 +143,14 @@ def repair_metrics(path: str) -> None:
       f.write(b'\n')
 
 
+def check_local_path(path: str, flag: str) -> None:
+  """Refuses a remote URL (gs://..., s3://...): workdirs and exports are written through the local
+  filesystem, so one would land in a local directory named after its scheme."""
+  if '://' in str(path):
+    raise ValueError(f'{flag}={path!r} is invalid: remote URLs are not supported; give a local or '
+                     'shared-filesystem path (mount a bucket with gcsfuse, e.g. /mnt/bucket/run).')
+
+
 def workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a training workdir was trained with (its config.json)."""
   path = os.path.join(workdir, 'config.json')

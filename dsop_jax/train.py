@@ -223,6 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   "train": {...}}. The workdir is held by this run (`runs.workdir_lock`): a second training run on
   it is refused, naming this one.
   """
+  runs.check_local_path(workdir, '--workdir')
   _validate(config)
   with runs.workdir_lock(workdir):
     return _train_and_evaluate(config, workdir)

@@ -14,9 +14,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ('slurm.sbatch', {}, 'srun --kill-on-bad-exit=1 python -m dsop_jax.main --distributed '
                          '--config=configs/quickstart.py --workdir=/tmp/w --config.train.num_epochs=1'),
     ('tpu_pod.sh', {'TPU_NAME': 'pod', 'ZONE': 'z'},
-     'gcloud compute tpus tpu-vm ssh pod --zone=z --worker=all --command=cd ~/dsop_jax && python -m '
-     'dsop_jax.main --distributed --config=configs/quickstart.py --workdir=/tmp/w '
-     '--config.train.num_epochs=1'),
+     'gcloud compute tpus tpu-vm ssh pod --zone=z --worker=all --command=(test -d ~/dsop_jax || git '
+     'clone https://github.com/dsop-jax/dsop_jax ~/dsop_jax) && pip install -q -e ~/dsop_jax[tpu] && '
+     'cd ~/dsop_jax && python -m dsop_jax.main --distributed --config=configs/quickstart.py '
+     '--workdir=/tmp/w --config.train.num_epochs=1'),
 ])
 def test_dry_run_prints_the_training_command(script, env, expected):
   out = subprocess.run(['bash', os.path.join(ROOT, 'launch', script), 'configs/quickstart.py',

@@ -361,6 +361,16 @@ def test_a_workdir_is_trained_by_one_run_at_a_time(tmp_path):
     assert str(os.getpid()) in open(os.path.join(workdir, 'train.lock')).read()
 
 
+def test_remote_workdirs_are_refused_not_written_locally(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match=r"--workdir='gs://bucket/run' is invalid: remote URLs are "
+                                       r'not supported; .* gcsfuse'):
+    train.train_and_evaluate(train_helpers.tiny_digits_config(), 'gs://bucket/run')
+  with pytest.raises(ValueError, match=r"--output_dir='gs://bucket/export' is invalid"):
+    export.export(str(tmp_path), 'gs://bucket/export')
+  assert not os.listdir(tmp_path)
+
+
 def test_unprepared_dataset_is_named(tmp_path):
   config = cifar_resnet20.get_config('cifar10')
   config.data.data_dir = str(tmp_path / 'no_data_here')
