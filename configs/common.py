@@ -82,6 +82,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.alpha = 1.0  # Weight of the main first-order head (Eq. 1).
   config.loss.betas = ()  # Weights of the branches of each stage (Eq. 1), one per stage.
   config.loss.label_smoothing = 0.0  # Label smoothing of every head (the paper uses none).
+  # Mixup / CutMix of each training batch on the device, lam ~ Beta(alpha, alpha), every head scored
+  # against both label sets (losses.mix_batch); 0 = off (the paper uses neither). Both > 0: one or
+  # the other per batch, with equal probability.
+  config.loss.mixup_alpha = 0.0
+  config.loss.cutmix_alpha = 0.0
 
   # Knowledge distillation (the Table II baselines), off unless a teacher is given: an export
   # directory or training workdir of a plain network; the student must have no branches.

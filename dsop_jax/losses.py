@@ -11,7 +11,7 @@ fixed teacher); `with_gradients` turns one into the step's gradient computation,
 Hessian-vector product AdaHessian needs.
 """
 
-from typing import Any, Callable, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +40,45 @@ def head_logits(outputs: Mapping[str, Any]) -> Dict[str, jax.Array]:
   return {'logits': outputs['logits'], **outputs.get('aux_logits', {})}
 
 
+class Mix(NamedTuple):
+  """A mixed batch's second labels and the share of the first: every head's loss is
+  lam * CE(labels) + (1 - lam) * CE(partner_labels)."""
+  partner_labels: jax.Array
+  lam: jax.Array
+
+
+def mix_batch(batch: Mapping[str, jax.Array], rng: jax.Array, *, mixup_alpha: float,
+              cutmix_alpha: float) -> Tuple[Dict[str, jax.Array], Mix]:
+  """Mixup or CutMix of a batch with itself reversed (each image with its mirror in the batch, as
+  timm pairs them), lam ~ Beta(alpha, alpha); with both alphas > 0, CutMix or Mixup with equal
+  probability. CutMix pastes a box of the partner's pixels whose area is 1 - lam of the image
+  (lam is then the exact share of the image's own pixels, as the box is clipped at the borders)."""
+  images, labels = batch['image'], batch['label']
+  partner, partner_labels = jnp.flip(images, 0), jnp.flip(labels, 0)
+  choice_rng, mixup_rng, cutmix_rng, box_rng = jax.random.split(rng, 4)
+  use_cutmix = jnp.asarray(cutmix_alpha > 0)
+  if mixup_alpha > 0 and cutmix_alpha > 0:
+    use_cutmix = jax.random.bernoulli(choice_rng)
+  mixup_lam = jax.random.beta(mixup_rng, max(mixup_alpha, 1e-3), max(mixup_alpha, 1e-3))
+  cut_lam = jax.random.beta(cutmix_rng, max(cutmix_alpha, 1e-3), max(cutmix_alpha, 1e-3))
+  h, w = images.shape[1:3]
+  cut_h = jnp.round(h * jnp.sqrt(1.0 - cut_lam)).astype(jnp.int32)
+  cut_w = jnp.round(w * jnp.sqrt(1.0 - cut_lam)).astype(jnp.int32)
+  cy, cx = (jax.random.randint(k, (), 0, n) for k, n in zip(jax.random.split(box_rng), (h, w)))
+  rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+  box = ((rows >= cy - cut_h // 2) & (rows < cy - cut_h // 2 + cut_h)
+         & (cols >= cx - cut_w // 2) & (cols < cx - cut_w // 2 + cut_w))
+  box_lam = 1.0 - jnp.mean(box.astype(jnp.float32))
+  cut = jnp.where(box[None, :, :, None], partner, images)
+  mixed = mixup_lam * images + (1.0 - mixup_lam) * partner
+  lam = jnp.where(use_cutmix, box_lam, mixup_lam)
+  out = {**batch, 'image': jnp.where(use_cutmix, cut, mixed.astype(images.dtype))}
+  return out, Mix(partner_labels, lam)
+
+
 def dsop_loss(*, outputs: Mapping[str, Any], labels: jax.Array, weights: Mapping[str, float],
-              label_smoothing: float = 0.0) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+              label_smoothing: float = 0.0, mix: Optional[Mix] = None
+              ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   """Total DSoP-Net loss (Eq. 1) and its unweighted per-head terms.
 
   Args:
@@ -50,6 +87,8 @@ def dsop_loss(*, outputs: Mapping[str, Any], labels: jax.Array, weights: Mapping
     weights: alpha under 'logits' and beta_i under each auxiliary head name; must name exactly the
       heads present in `outputs` (a head with weight 0 is still reported but adds nothing).
     label_smoothing: label smoothing applied to every head.
+    mix: for a batch from `mix_batch`, every head scores
+      lam * CE(labels) + (1 - lam) * CE(partner labels).
 
   Returns:
     (total, terms) where terms maps each head name to its cross-entropy L or L_a^i.
@@ -59,8 +98,14 @@ def dsop_loss(*, outputs: Mapping[str, Any], labels: jax.Array, weights: Mapping
     raise ValueError(f'loss weights name heads {sorted(weights)} but the model outputs '
                      f'{sorted(heads)}; missing: {sorted(set(heads) - set(weights))}, '
                      f'unknown: {sorted(set(weights) - set(heads))}.')
-  terms = {name: cross_entropy(logits=logits, labels=labels, label_smoothing=label_smoothing)
-           for name, logits in heads.items()}
+  def criterion(logits):
+    loss = cross_entropy(logits=logits, labels=labels, label_smoothing=label_smoothing)
+    if mix is None:
+      return loss
+    return mix.lam * loss + (1.0 - mix.lam) * cross_entropy(
+        logits=logits, labels=mix.partner_labels, label_smoothing=label_smoothing)
+
+  terms = {name: criterion(logits) for name, logits in heads.items()}
   total = sum(weights[name] * term for name, term in terms.items())
   return total, terms
 
@@ -110,14 +155,20 @@ def _apply_training(model: Any, params: Any, batch_stats: Any, batch: Mapping[st
 
 
 def dsop_objective(model: Any, loss_weights: Mapping[str, float],
-                   label_smoothing: float = 0.0) -> Objective:
-  """Eq. 1 on every head of `model` (alpha/beta_i in `loss_weights`), in training mode."""
+                   label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
+                   cutmix_alpha: float = 0.0) -> Objective:
+  """Eq. 1 on every head of `model` (alpha/beta_i in `loss_weights`), in training mode; with a
+  Mixup or CutMix alpha > 0, on the batch mixed by `mix_batch` (its key from the dropout key)."""
 
   def objective(params, batch_stats, batch, dropout_rng, loss_args=None):
     del loss_args
+    mix = None
+    if mixup_alpha > 0 or cutmix_alpha > 0:
+      mix_rng, dropout_rng = jax.random.split(dropout_rng)
+      batch, mix = mix_batch(batch, mix_rng, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
     outputs, new_stats = _apply_training(model, params, batch_stats, batch, dropout_rng)
     total, terms = dsop_loss(outputs=outputs, labels=batch['label'], weights=loss_weights,
-                             label_smoothing=label_smoothing)
+                             label_smoothing=label_smoothing, mix=mix)
     return total, (outputs, new_stats, terms)
 
   return objective

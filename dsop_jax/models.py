@@ -226,6 +226,9 @@ def validate_loss_config(config: ml_collections.ConfigDict) -> None:
     _fail('loss.alpha', config.loss.alpha, 'must be >= 0')
   if not 0.0 <= config.loss.label_smoothing < 1.0:
     _fail('loss.label_smoothing', config.loss.label_smoothing, 'must lie in [0, 1)')
+  for field in ('mixup_alpha', 'cutmix_alpha'):
+    if not config.loss.get(field, 0.0) >= 0:
+      _fail(f'loss.{field}', config.loss[field], 'must be >= 0 (0 = off)')
 
 
 def validate_model_config(model_config: ml_collections.ConfigDict) -> None:

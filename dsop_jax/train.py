@@ -80,6 +80,9 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     if models.branch_specs(config.model):
       raise ValueError('config.distill.teacher is set but the model has branches: distillation '
                        'trains a plain student (add the :plain config option).')
+    if config.loss.get('mixup_alpha', 0.0) or config.loss.get('cutmix_alpha', 0.0):
+      raise ValueError('config.loss.mixup_alpha / cutmix_alpha are set with config.distill.teacher:'
+                       ' distillation trains on unmixed batches; set them to 0.')
     if not distill.temperature > 0:
       raise ValueError(f'config.distill.temperature = {distill.temperature!r} is invalid: must be '
                        '> 0.')
@@ -274,7 +277,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
 
   def jit_step(module: Any, loss_weights: Dict[str, float], frozen: Sequence[str]) -> Any:
     if teacher is None:
-      objective = losses.dsop_objective(module, loss_weights, config.loss.label_smoothing)
+      objective = losses.dsop_objective(module, loss_weights, config.loss.label_smoothing,
+                                        config.loss.get('mixup_alpha', 0.0),
+                                        config.loss.get('cutmix_alpha', 0.0))
     else:  # A branch-less student (checked): the main head's distillation loss.
       objective = losses.distillation_objective(module, teacher, distill.temperature,
                                                 distill.soft_weight)

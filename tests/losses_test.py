@@ -91,3 +91,35 @@ def test_distillation_loss_rejects_bad_settings(kwargs, message):
   with pytest.raises(ValueError, match=message):
     losses.distillation_loss(student_logits=logits, teacher_logits=logits,
                              labels=jnp.zeros(2, jnp.int32), **kwargs)
+
+
+@pytest.mark.parametrize('mixup, cutmix', [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_mixup_and_cutmix_mix_images_with_their_mirror_and_score_both_labels(mixup, cutmix):
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.normal(size=(6, 8, 8, 3)), jnp.float32)
+  labels = jnp.asarray([0, 1, 2, 3, 0, 1])
+  kinds = set()
+  mix_fn = jax.jit(lambda b, r: losses.mix_batch(b, r, mixup_alpha=mixup, cutmix_alpha=cutmix))
+  for seed in range(6):
+    mixed, mix = mix_fn({'image': images, 'label': labels}, jax.random.PRNGKey(seed))
+    lam, x, partner = float(mix.lam), np.asarray(mixed['image']), np.asarray(images)[::-1]
+    np.testing.assert_array_equal(mix.partner_labels, np.asarray(labels)[::-1])
+    np.testing.assert_array_equal(mixed['label'], labels)
+    own = np.all(x == np.asarray(images), axis=-1)
+    other = np.all(x == partner, axis=-1)
+    if np.all(own | other):  # CutMix: one box of the mirror's pixels, lam the own-pixel share.
+      kinds.add('cutmix')
+      assert lam == pytest.approx(float(np.mean(own[0])))
+      assert np.array_equal(other, np.broadcast_to(other[0], other.shape))
+    else:  # Mixup: every pixel lam of its own and 1 - lam of its mirror's.
+      kinds.add('mixup')
+      np.testing.assert_allclose(x, lam * np.asarray(images) + (1 - lam) * partner, atol=1e-5)
+    # Every head scores lam * CE(labels) + (1 - lam) * CE(mirrored labels).
+    outputs = _outputs(seed)
+    total, terms = losses.dsop_loss(outputs=outputs, labels=labels, weights={
+        'logits': 1.0, 'a_pds2': 0.5, 'a_pds3': 0.25}, mix=mix)
+    for name, logits in losses.head_logits(outputs).items():
+      expected = (lam * _np_ce(logits, np.asarray(labels))
+                  + (1 - lam) * _np_ce(logits, np.asarray(labels)[::-1]))
+      assert float(terms[name]) == pytest.approx(expected, rel=1e-5)
+  assert kinds == ({'mixup'} if not cutmix else {'cutmix'} if not mixup else {'mixup', 'cutmix'})

@@ -150,7 +150,8 @@ def test_fashion_mnist_trains_from_its_idx_files_on_a_subset(tmp_path, monkeypat
       return _real(*args)
     monkeypatch.setattr(module, name, spy)
   # Two steps of 64 accumulated into one update of 128, its gradient clipped; the second profiled;
-  # a moving average of the weights.
+  # a moving average of the weights; Mixup or CutMix on each batch.
+  config.loss.update(mixup_alpha=0.2, cutmix_alpha=1.0)
   config.train.update(accumulate_steps=2, profile_steps=(1, 2))
   config.optim.update(clip_grad_norm=1.0, ema_decay=0.75)
   state = train.train_and_evaluate(config, str(tmp_path / 'work'))
@@ -322,6 +323,7 @@ def _untyped(parent, section, **fields):
      r'config.train.num_epochs = 0.01 is invalid: it gives 0 training steps at 22 steps per epoch'),
     (lambda c: setattr(c.train, 'num_epochs', float('inf')),
      r'config.train.num_epochs = inf is invalid: must be a finite number > 0'),
+    (lambda c: setattr(c.loss, 'cutmix_alpha', -1.0), r'config.loss.cutmix_alpha = -1.0 is invalid'),
     (lambda c: setattr(c.train, 'profile_steps', (5, 5)),
      r'config.train.profile_steps = \(5, 5\) is invalid: give \(first, last\)'),
     (lambda c: setattr(c.train, 'max_consecutive_skips', 0),
@@ -580,6 +582,10 @@ def test_knowledge_distillation_from_a_teacher_inside_the_step(tmp_path):
   with_branches.distill.teacher = exported
   with pytest.raises(ValueError, match='distill.teacher is set but the model has branches'):
     train.train_and_evaluate(with_branches, str(tmp_path / 'refused'))
+  config.loss.mixup_alpha = 0.2
+  with pytest.raises(ValueError, match='mixup_alpha / cutmix_alpha are set with config.distill'):
+    train.train_and_evaluate(config, str(tmp_path / 'refused'))
+  config.loss.mixup_alpha = 0.0
   config.distill.teacher = str(tmp_path / 'nowhere')
   with pytest.raises(ValueError, match=r"config.distill.teacher = '.*nowhere' is invalid"):
     train.train_and_evaluate(config, str(tmp_path / 'refused'))
