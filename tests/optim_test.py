@@ -322,3 +322,35 @@ def test_adahessian_config_builds_and_is_validated():
   config.optim.hessian_power = 1.5
   with pytest.raises(ValueError, match=r'config.optim.hessian_power = 1.5 is invalid: must lie '):
     optim.validate_optim_config(config)
+
+
+def test_accumulated_train_steps_equal_one_step_of_the_whole_batch_without_batchnorm():
+  """Through the train step: k = 2 steps of batch 4 give the parameters (and momentum) of one step
+  of their batch of 8, for a BatchNorm-free model (a linear classifier)."""
+  config = imagenet_r50.get_config()
+  config.optim.update(lr_reference_batch=8, clip_grad_norm=0.5)
+  rng = np.random.default_rng(0)
+  batch = {'image': jnp.asarray(rng.normal(size=(8, 5)), jnp.float32),
+           'label': jnp.asarray(rng.integers(0, 3, 8))}
+
+  def objective(params, batch_stats, b, dropout_rng, loss_args=None):
+    del dropout_rng, loss_args
+    logits = b['image'] @ params['w'] + params['b']
+    loss = losses_lib.cross_entropy(logits=logits, labels=b['label'])
+    return loss, ({'logits': logits}, batch_stats, {'logits': loss})
+
+  params = {'w': jnp.asarray(rng.normal(size=(5, 3)), jnp.float32), 'b': jnp.zeros(3)}
+  final = {}
+  for k, size in ((1, 8), (2, 4)):
+    config.train.update(batch_size=size, accumulate_steps=k)
+    tx = optim.create_optimizer(config, steps_per_epoch=10, num_steps=100)
+    step = jax.jit(steps.make_train_step(objective, tx))
+    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
+                             opt_state=tx.init(params))
+    for _ in range(2):  # Two updates.
+      for i in range(k):
+        state, _ = step(state, {key: v[i * size:(i + 1) * size] for key, v in batch.items()},
+                        jax.random.PRNGKey(0))
+    final[k] = state.params
+  for a, b in zip(jax.tree_util.tree_leaves(final[1]), jax.tree_util.tree_leaves(final[2])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
