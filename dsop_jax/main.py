@@ -23,6 +23,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summ
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'Train (and evaluate) or evaluate.')
 _EXPORT_DIR = flags.DEFINE_string('export_dir', None, '--mode=eval: evaluate this export instead.')
 _STEP = flags.DEFINE_integer('step', None, '--mode=eval: the checkpoint of this step, not the latest.')
+_EMA = flags.DEFINE_bool('ema', False, '--mode=eval: the checkpoint\'s moving average of the weights '
+                         '(config.optim.ema_decay), main head.')
 _BEST = flags.DEFINE_bool('best', False, '--mode=eval: the checkpoint saved with the best main-head '
                           'eval top-1 (config.train.keep_best keeps it).')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize().')
@@ -47,11 +49,11 @@ def main(argv) -> None:
   if _MODE.value == 'train':
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   else:
-    if _EXPORT_DIR.value and (_STEP.value is not None or _BEST.value):
-      raise app.UsageError('--step and --best choose a checkpoint of --workdir; an --export_dir '
-                           'holds one network.')
+    if _EXPORT_DIR.value and (_STEP.value is not None or _BEST.value or _EMA.value):
+      raise app.UsageError('--step, --best and --ema choose what of --workdir to evaluate; an '
+                           '--export_dir holds one network.')
     result = train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, export_dir=_EXPORT_DIR.value,
-                                       step=_STEP.value, best=_BEST.value)
+                                       step=_STEP.value, best=_BEST.value, ema=_EMA.value)
     print(json.dumps(result, indent=2))
 
 

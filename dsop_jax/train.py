@@ -401,9 +401,10 @@ def _log_eval(writer: Any, workdir: str, step: int, steps_per_epoch: int,
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         export_dir: Optional[str] = None, step: Optional[int] = None,
-                        best: bool = False) -> Dict[str, Dict[str, float]]:
+                        best: bool = False, ema: bool = False) -> Dict[str, Dict[str, float]]:
   """Evaluates WORKDIR's latest checkpoint (or `step`'s, or with `best` the best evaluated one;
-  every head) or an export (main head) on the eval split."""
+  every head, or with `ema` its moving average's main head) or an export (main head) on the eval
+  split."""
   if not export_dir:
     models.validate_model_config(config.model)
   input_pipeline.validate_data_config(config)
@@ -412,8 +413,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     module, variables = export.load(export_dir)
     heads_fn = steps.plain_model_heads(module)
   else:
-    variables = runs.restore_variables(config, workdir, step=step, best=best)
-    heads_fn = steps.training_model_heads(models.create(config.model))
+    variables = runs.restore_variables(config, workdir, step=step, best=best, ema=ema)
+    model = models.create(config.model)
+    heads_fn = steps.main_head(model) if ema else steps.training_model_heads(model)
   variables = jax.device_put(variables, sharding.replicated(mesh))
   batches = input_pipeline.eval_batches(
       config, local_batch_size=sharding.local_batch_size(config.eval.batch_size, 'eval.batch_size'),

@@ -167,6 +167,9 @@ def test_fashion_mnist_trains_from_its_idx_files_on_a_subset(tmp_path, monkeypat
   for average, start, new in zip(*(jax.tree_util.tree_leaves(t) for t in (
       state.ema['params'], initial.params, state.params))):
     np.testing.assert_allclose(average, 0.75 * start + 0.25 * new, rtol=1e-5, atol=1e-7)
+  evaluated = train.evaluate_checkpoint(config, str(tmp_path / 'work'), ema=True)
+  assert evaluated['logits'] == pytest.approx(_metrics(tmp_path / 'work')[-1]['eval']['ema'],
+                                              rel=1e-5)
   out = export.export(str(tmp_path / 'work'), str(tmp_path / 'ema_export'), ema=True)
   for a, b in zip(jax.tree_util.tree_leaves(export.load(out)[1]),
                   jax.tree_util.tree_leaves(export.detach(state.ema))):
