@@ -61,7 +61,8 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
   'model_card.json' (architecture, parameters, XLA's FLOPs per image, the training config, the
   step and its main-head eval top-1). `formats` may add 'stablehlo': 'model.stablehlo', the
   inference network as a serialised `jax.export` module with its weights inside and a symbolic
-  batch size, which `jax.export.deserialize(data).call(images)` runs without dsop_jax or flax. The export is written
+  batch size, which `jax.export.deserialize(data).call(images)` runs without dsop_jax or flax.
+  The export is written
   whole in a sibling directory first and then renamed into place; an export it replaces is renamed
   aside before and deleted after, so at every moment one complete export exists (a run killed
   between the two renames leaves it at OUTPUT_DIR.old-PID, which the next export puts back).

@@ -84,7 +84,7 @@ def read_metrics(workdir: str) -> List[Dict[str, Any]]:
   Raises:
     ValueError: no metrics.jsonl, a malformed line before the last, or no evaluation at all.
   """
-  path = os.path.join(workdir, 'metrics.jsonl')
+  path = os.path.join(workdir, runs_lib.METRICS_FILE)
   if not os.path.exists(path):
     raise ValueError(f'--workdir={workdir!r} holds no metrics.jsonl: not a dsop_jax training '
                      'workdir, or no evaluation has finished yet.')

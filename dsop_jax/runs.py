@@ -23,6 +23,7 @@ import ml_collections
 
 from dsop_jax import checkpointing
 from dsop_jax import models
+from dsop_jax import optim
 from dsop_jax import sharding
 from dsop_jax import steps
 
@@ -188,11 +189,11 @@ def _structure_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     fields = {k: v for k, v in fields.items()
               if not k.startswith('config.model.head.') or k == 'config.model.head.pool'}
   fields['config.optim.name'] = config.optim.get('name')
-  # Clipping, accumulation and the moving average add to the training state (whatever their values); absent from
-  # configs written before they existed, as off.
+  # Clipping, accumulation and the moving average add to the training state (whatever their
+  # values); absent from configs written before they existed, as off.
   fields['config.optim.clip_grad_norm > 0'] = config.optim.get('clip_grad_norm', 0.0) > 0
-  fields['config.train.accumulate_steps > 1'] = config.train.get('accumulate_steps', 1) > 1
-  fields['config.optim.ema_decay > 0'] = config.optim.get('ema_decay', 0.0) > 0
+  fields['config.train.accumulate_steps > 1'] = optim.accumulate_steps(config) > 1
+  fields['config.optim.ema_decay > 0'] = steps.uses_ema(config)
   return fields
 
 
