@@ -44,7 +44,7 @@ METADATA = input_pipeline.MOCK_METADATA
 # The quickstart network on one block per stage with one 1-block branch, after the last stage, for
 # the `dsop_jax.main` subprocesses: what they test is the run, and the smallest DSoP-Net shows it.
 TINY_OVERRIDES = ['--config.model.stage_sizes=(1,1,1)', '--config.model.branches.pattern=',
-                  '--config.model.branches.blocks=(0,0,1)']
+                  '--config.model.branches.blocks=(0,0,1)', '--config.model.branches.channels=(8,8,8)']
 
 
 def _metrics(workdir):
