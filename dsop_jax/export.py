@@ -27,8 +27,9 @@ from dsop_jax import input_pipeline
 from dsop_jax import models
 from dsop_jax import runs
 
-FORMATS = ('orbax', 'stablehlo')
+FORMATS = ('orbax', 'stablehlo', 'onnx')
 STABLEHLO_FILE = 'model.stablehlo'
+ONNX_FILE = 'model.onnx'
 
 
 detach = dsop.detach  # Here too, beside the rest of the export path.
@@ -61,15 +62,19 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
   'model_card.json' (architecture, parameters, XLA's FLOPs per image, the training config, the
   step and its main-head eval top-1). `formats` may add 'stablehlo': 'model.stablehlo', the
   inference network as a serialised `jax.export` module with its weights inside and a symbolic
-  batch size, which `jax.export.deserialize(data).call(images)` runs without dsop_jax or flax.
-  The export is written
-  whole in a sibling directory first and then renamed into place; an export it replaces is renamed
-  aside before and deleted after, so at every moment one complete export exists (a run killed
-  between the two renames leaves it at OUTPUT_DIR.old-PID, which the next export puts back).
+  batch size, which `jax.export.deserialize(data).call(images)` runs without dsop_jax or flax;
+  and 'onnx': 'model.onnx' (`onnx_export.convert`: input 'images' [batch, H, W, 3] float32
+  prepared as preprocessing.json says, output 'logits') for onnxruntime and other ONNX runtimes,
+  for the networks whose every operation it translates (not the second-order head of Table XI).
+  The export is written whole in a sibling directory first and then renamed into place; an export
+  it replaces is renamed aside before and deleted after, so at every moment one complete export
+  exists (a run killed between the two renames leaves it at OUTPUT_DIR.old-PID, which the next
+  export puts back).
 
   Raises:
     ValueError: WORKDIR has no config.json or no checkpoint (of `step`; evaluated, with `best`),
-      or OUTPUT_DIR already holds an export and `overwrite` is False.
+      or OUTPUT_DIR already holds an export and `overwrite` is False, or the network has an
+      operation the ONNX converter does not translate (with 'onnx'; nothing is written).
   """
   unknown = sorted(set(formats) - set(FORMATS))
   if unknown:
@@ -89,15 +94,23 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
   if bad:  # A checkpoint written before the step checked its new state could hold them.
     raise ValueError(f'The latest checkpoint in {workdir!r} holds non-finite values in '
                      f'{len(bad)} variable(s), e.g. {bad[:3]}; nothing was exported.')
+  module = models.create_backbone(config.model)
+  size = config.data.image_size
+  forward = jax.jit(lambda x: module.apply(detached, x, train=False)[0])
+  onnx_model = None
+  if 'onnx' in formats:  # Before anything is written: a network it cannot translate is refused.
+    from dsop_jax import onnx_export  # pylint: disable=g-import-not-at-top  (optional package)
+    try:
+      onnx_model = onnx_export.convert(forward, (size, size, 3),
+                                       doc=f'{config.model.name}, detached by dsop_jax')
+    except NotImplementedError as e:
+      raise ValueError(f'--format=onnx is invalid for {config.model.name}: {e}') from e
   staging = f'{output_dir}.tmp-{os.getpid()}'
   shutil.rmtree(staging, ignore_errors=True)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(staging, 'variables'), detached)
   with open(os.path.join(staging, 'model_config.json'), 'w') as f:
     f.write(config.model.to_json_best_effort(indent=2))
-  module = models.create_backbone(config.model)
-  size = config.data.image_size
-  forward = jax.jit(lambda x: module.apply(detached, x, train=False)[0])
   recipe = {**input_pipeline.preprocessing(config),
             'class_names': input_pipeline.class_names(config)}
   _write_json(os.path.join(staging, 'preprocessing.json'), recipe)
@@ -110,6 +123,8 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
         jax.ShapeDtypeStruct((batch, size, size, 3), jax.numpy.float32))
     with open(os.path.join(staging, STABLEHLO_FILE), 'wb') as f:
       f.write(exported.serialize())
+  if onnx_model is not None:
+    onnx_export.save(onnx_model, os.path.join(staging, ONNX_FILE))
   if os.path.exists(output_dir):
     replaced = f'{output_dir}.old-{os.getpid()}'
     os.rename(output_dir, replaced)
@@ -223,7 +238,7 @@ def cli() -> None:
   flags.DEFINE_string('output_dir', None, 'Directory for the exported plain network.')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing export in --output_dir.')
   flags.DEFINE_list('format', ['orbax'], 'What to write besides the Orbax variables, '
-                    'preprocessing.json and model_card.json (always written): orbax, stablehlo.')
+                    'preprocessing.json and model_card.json (always written): orbax, stablehlo, onnx.')
   flags.DEFINE_bool('ema', False, 'Export the moving average of the weights '
                     '(config.optim.ema_decay) instead of the weights.')
   flags.DEFINE_integer('step', None, 'Export the checkpoint of this step instead of the latest.')

@@ -1,13 +1,14 @@
 """Top-k classes of images from an export, prepared exactly as its preprocessing.json says.
 
   python -m dsop_jax.predict --export_dir=OUT image1.jpg photos/ [--top_k=5] [--json]
-      [--format=orbax|stablehlo]
+      [--format=orbax|stablehlo|onnx]
 
 Directories are searched (not recursively) for JPEG, PNG, GIF and BMP files. Each image prints one
 line, `PATH: name 0.934, name 0.021, ...` (or with --json one object per image: path, top-k
 classes with probabilities). A file that cannot be read or decoded is reported by name on stderr
 and skipped; the exit code is 1 when any was, else 0. `--format=stablehlo` runs the export's
-model.stablehlo through `jax.export` (no flax model is built); the default runs its Orbax variables.
+model.stablehlo through `jax.export` (no flax model is built), `--format=onnx` its model.onnx
+through onnxruntime (installed apart); the default runs its Orbax variables.
 """
 
 import json
@@ -55,14 +56,19 @@ def read_image(path: str) -> np.ndarray:
 def load_network(export_dir: str, fmt: str = 'orbax') -> Tuple[Callable[[np.ndarray], Any],
                                                                 Dict[str, Any]]:
   """(images -> logits, preprocessing recipe) of an export, run from its Orbax variables or from
-  its StableHLO module."""
+  its StableHLO module or ONNX model."""
   with open(os.path.join(export_dir, 'preprocessing.json')) as f:
     recipe = json.load(f)
-  if fmt == 'stablehlo':
-    path = os.path.join(export_dir, export.STABLEHLO_FILE)
+  if fmt in ('stablehlo', 'onnx'):
+    path = os.path.join(export_dir, export.STABLEHLO_FILE if fmt == 'stablehlo' else export.ONNX_FILE)
     if not os.path.exists(path):
-      raise ValueError(f'{export_dir!r} has no {export.STABLEHLO_FILE}: export it with '
-                       '--format=orbax,stablehlo.')
+      raise ValueError(f'{export_dir!r} has no {os.path.basename(path)}: export it with '
+                       f'--format=orbax,{fmt}.')
+  if fmt == 'onnx':
+    import onnxruntime  # pylint: disable=g-import-not-at-top  (optional package)
+    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    return lambda x: session.run(None, {'images': np.asarray(x, np.float32)})[0], recipe
+  if fmt == 'stablehlo':
     with open(path, 'rb') as f:
       exported = jax.export.deserialize(bytearray(f.read()))
     return exported.call, recipe
@@ -118,7 +124,8 @@ def cli() -> None:
   flags.DEFINE_string('export_dir', None, 'An export directory (`python -m dsop_jax.export`).')
   flags.DEFINE_integer('top_k', 5, 'Classes shown per image.')
   flags.DEFINE_bool('json', False, 'One JSON object per image instead of a line of text.')
-  flags.DEFINE_enum('format', 'orbax', ['orbax', 'stablehlo'], 'Which form of the export to run.')
+  flags.DEFINE_enum('format', 'orbax', ['orbax', 'stablehlo', 'onnx'],
+                    'Which form of the export to run.')
   flags.mark_flags_as_required(['export_dir'])
   app.run(main)
 

@@ -9,6 +9,7 @@ import sys
 from matplotlib import image as mpl_image
 import jax
 import numpy as np
+import onnxruntime
 import pytest
 import tensorflow as tf
 
@@ -259,9 +260,10 @@ assert not [m for m in sys.modules if m.split('.')[0] in ('dsop_jax', 'flax')], 
 
 def test_export_formats_and_predict_on_images(runs, tmp_path, capsys):
   """The export's preprocessing.json and model card; its StableHLO module run by a process that
-  imports neither dsop_jax nor flax; predict on PNG files (and damaged ones) from both forms, with
-  the evaluation's input and the trained main head's probabilities."""
-  out = export.export(runs[0], str(tmp_path / 'export'), formats=['orbax', 'stablehlo'])
+  imports neither dsop_jax nor flax; its ONNX model run by onnxruntime; predict on PNG files (and
+  damaged ones) from the three forms, with the evaluation's input and the trained main head's
+  probabilities."""
+  out = export.export(runs[0], str(tmp_path / 'export'), formats=['orbax', 'stablehlo', 'onnx'])
   with open(os.path.join(out, 'preprocessing.json')) as f:
     recipe = json.load(f)
   assert recipe['input_size'] == [32, 32] and recipe['grey'] and recipe['channel_order'] == 'RGB'
@@ -282,6 +284,10 @@ def test_export_formats_and_predict_on_images(runs, tmp_path, capsys):
                   str(tmp_path / 'images.npy'), str(tmp_path / 'logits.npy')], check=True,
                  cwd=str(tmp_path))
   np.testing.assert_allclose(np.load(tmp_path / 'logits.npy'), logits, rtol=1e-4, atol=1e-5)
+  session = onnxruntime.InferenceSession(os.path.join(out, 'model.onnx'),
+                                         providers=['CPUExecutionProvider'])
+  np.testing.assert_allclose(session.run(None, {'images': np.asarray(images)})[0], logits,
+                             rtol=1e-4, atol=1e-5)
 
   # The first three test images as PNG files, a truncated PNG and a text file named like one.
   raw = input_pipeline._full_arrays(config)['test'][0][:3]
@@ -295,7 +301,7 @@ def test_export_formats_and_predict_on_images(runs, tmp_path, capsys):
     np.testing.assert_allclose(input_pipeline.prepare_image(image, recipe), images[i], atol=1e-6)
   expected = np.exp(logits - logits.max(-1, keepdims=True))
   expected /= expected.sum(-1, keepdims=True)
-  for fmt in ('orbax', 'stablehlo'):
+  for fmt in ('orbax', 'stablehlo', 'onnx'):
     results, errors = predict.predict(out, predict.image_paths([str(folder)]), 3, fmt)
     assert [os.path.basename(r['path']) for r in results] == ['0.png', '1.png', '2.png']
     assert len(errors) == 2 and 'cut.png: not a readable image' in errors[0]
