@@ -25,6 +25,7 @@ from dsop_jax import checkpointing
 from dsop_jax import dsop
 from dsop_jax import input_pipeline
 from dsop_jax import models
+from dsop_jax import onnx_export
 from dsop_jax import runs
 
 FORMATS = ('orbax', 'stablehlo', 'onnx')
@@ -99,7 +100,6 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
   forward = jax.jit(lambda x: module.apply(detached, x, train=False)[0])
   onnx_model = None
   if 'onnx' in formats:  # Before anything is written: a network it cannot translate is refused.
-    from dsop_jax import onnx_export  # pylint: disable=g-import-not-at-top  (optional package)
     try:
       onnx_model = onnx_export.convert(forward, (size, size, 3),
                                        doc=f'{config.model.name}, detached by dsop_jax')

@@ -19,7 +19,7 @@ LAYERS = [
     {'models'},
     {'dsop', 'gsop', 'efficientnet', 'cifar_backbones', 'losses', 'optim', 'sharding'},
     {'branches', 'resnet'},
-    {'covpool', 'layers', 'stages', 'config_files'},
+    {'covpool', 'layers', 'stages', 'config_files', 'onnx_export'},
 ]
 SAME_LAYER = {('gsop', 'branches'), ('dsop', 'branches'), ('cifar_backbones', 'resnet'),
               ('efficientnet', 'resnet'), ('branches', 'covpool'), ('losses', 'optim')}
