@@ -76,7 +76,7 @@ class _Graph:
     return self._batch_tensor
 
   def is_batch(self, dim: Any) -> bool:
-    return not isinstance(dim, (int, np.integer)) and dim == self.batch_symbol
+    return not _known(dim) and dim == self.batch_symbol
 
   def read(self, atom: Any) -> str:
     if isinstance(atom, jax_core.Literal):
@@ -84,8 +84,13 @@ class _Graph:
     return self.names[atom]
 
 
+def _known(dim: Any) -> bool:
+  """Whether a dimension is a number (not an expression of the symbolic batch size)."""
+  return isinstance(dim, (int, np.integer))
+
+
 def _static(dims: Sequence[Any], what: str) -> List[int]:
-  if not all(isinstance(d, (int, np.integer)) for d in dims):
+  if not all(_known(d) for d in dims):
     raise NotImplementedError(f'ONNX export: {what} {tuple(map(str, dims))} depends on the batch '
                               'size in a way this converter does not translate.')
   return [int(d) for d in dims]
@@ -159,13 +164,13 @@ def _einsum(g: _Graph, eqn: Any, lhs: str, rhs: str) -> str:
 
 def _shape_for_expand(g: _Graph, shape: Sequence[Any]) -> str:
   """A target shape for Expand: the batch size where the dimension is symbolic."""
-  if all(isinstance(d, (int, np.integer)) for d in shape):
+  if all(_known(d) for d in shape):
     return g.ints(shape)
   parts = []
   for d in shape:
     if g.is_batch(d):
       parts.append(g.batch())
-    elif isinstance(d, (int, np.integer)):
+    elif _known(d):
       parts.append(g.ints([d]))
     else:
       _static([d], 'a broadcast shape')
@@ -173,7 +178,7 @@ def _shape_for_expand(g: _Graph, shape: Sequence[Any]) -> str:
 
 
 def _reshape_target(g: _Graph, sizes: Sequence[Any]) -> str:
-  symbolic = [i for i, d in enumerate(sizes) if not isinstance(d, (int, np.integer))]
+  symbolic = [i for i, d in enumerate(sizes) if not _known(d)]
   if len(symbolic) > 1:
     _static(sizes, 'a reshape to')
   return g.ints([-1 if i in symbolic else int(d) for i, d in enumerate(sizes)])
@@ -246,7 +251,7 @@ def _equation(g: _Graph, eqn: Any, inputs: List[str]) -> List[str]:
         if len(sizes) > 1 else [g.node('Identity', inputs)]
   if name == 'slice':
     starts, limits = p['start_indices'], p['limit_indices']
-    ends = [_INT64_MAX if not isinstance(e, (int, np.integer)) else int(e) for e in limits]
+    ends = [_INT64_MAX if not _known(e) else int(e) for e in limits]
     steps = list(p['strides'] or [1] * len(starts))
     return [g.node('Slice', [inputs[0], g.ints(_static(starts, 'slice starts')), g.ints(ends),
                              g.ints(range(len(starts))), g.ints(steps)])]
