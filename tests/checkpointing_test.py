@@ -141,7 +141,7 @@ def test_a_reader_racing_the_trainers_clean_up_uses_the_newer_checkpoint(two_ste
 
 
 def test_resuming_with_another_model_or_optimiser_is_refused_naming_the_fields(tmp_path):
-  config = train_helpers.tiny_digits_config()
+  config = train_helpers.tiny_digits_config('every')
   workdir = str(tmp_path)
   os.makedirs(os.path.join(workdir, 'checkpoints', '3'))
   with open(os.path.join(workdir, 'config.json'), 'w') as f:

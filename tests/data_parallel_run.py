@@ -1,5 +1,6 @@
-"""Subprocess for train_test: trains the tiny digits config on however many CPU devices XLA_FLAGS
-gives this process and saves the final parameters and metrics to the given .npz path."""
+"""For train_test's data-parallel test: trains the tiny digits config on however many CPU devices
+this process has and saves the final parameters and metrics to the given .npz path. The test runs
+it as a subprocess with 8 devices (XLA_FLAGS) and calls `main` in its own one-device process."""
 
 import json
 import os

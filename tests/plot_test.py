@@ -34,12 +34,11 @@ def runs(tmp_path_factory):
   """A DSoP run and a plain run on the real digits: 6 steps, an evaluation every 2 steps."""
   base = tmp_path_factory.mktemp('runs')
   workdirs = []
-  for name, pattern in (('dsop', '[1]'), ('plain', '')):
+  for name, branches in (('dsop', 'every'), ('plain', 'none')):
     # The DSoP run keeps its last checkpoint and its best evaluated one (evaluations at 2, 4, 6).
-    config = train_helpers.tiny_digits_config(checkpoint_every_steps=6, keep_checkpoints=1,
+    config = train_helpers.tiny_digits_config(branches, checkpoint_every_steps=6, keep_checkpoints=1,
                                               keep_best=name == 'dsop')
     config.train.eval_every_epochs = 2 / 22  # 22 steps per epoch.
-    config.model.branches.pattern = pattern
     train.train_and_evaluate(config, str(base / name))
     workdirs.append(str(base / name))
   return workdirs
