@@ -131,7 +131,7 @@ def _timed_rounds(runners: Dict[str, Callable[[int], Any]], opts: Options) -> Di
 def _synthetic_batch(batch_size: int, image_size: int, num_classes: int, mesh: Any
                      ) -> Dict[str, jax.Array]:
   """A batch made on the devices, split over the data axis like real batches."""
-  image_rng, label_rng = jax.random.split(jax.random.PRNGKey(0))
+  image_rng, label_rng = jax.random.split(jax.random.key(0))
   make = jax.jit(lambda: {
       'image': jax.random.normal(image_rng, (batch_size, image_size, image_size, 3), jnp.float32),
       'label': jax.random.randint(label_rng, (batch_size,), 0, num_classes, jnp.int32)},
@@ -170,7 +170,7 @@ def train_benchmark(config: ml_collections.ConfigDict, opts: Options) -> Dict[st
               'dsop': (model, weights)}
   tx = optim.create_optimizer(config, steps_per_epoch=1000, num_steps=100_000)
   batch = _synthetic_batch(batch_size, size, config.model.num_classes, mesh)
-  rng = jax.random.PRNGKey(1)
+  rng = jax.random.key(1)
   peak = peak_tflops(jax.devices()[0].device_kind, opts.precision)
   runners, flops, states = {}, {}, {}
   for name, (module, loss_weights) in variants.items():
@@ -205,12 +205,12 @@ def inference_benchmark(config: ml_collections.ConfigDict, opts: Options) -> Dic
   size = config.data.image_size
   image = _synthetic_batch(opts.batch_size, size, config.model.num_classes, mesh)['image']
   example = jnp.zeros((1, size, size, 3), jnp.float32)
-  dsop_variables = models.init_variables(models.create(config.model), jax.random.PRNGKey(0),
+  dsop_variables = models.init_variables(models.create(config.model), jax.random.key(0),
                                          example)
   backbone = models.create_backbone(config.model)
   variables = {
       'detached': dsop.detach(dsop_variables),
-      'plain': models.init_variables(backbone, jax.random.PRNGKey(1), example),
+      'plain': models.init_variables(backbone, jax.random.key(1), example),
   }
   forward = jax.jit(lambda v, x: backbone.apply(v, x, train=False)[0])
   runners, flops = {}, {}
@@ -248,7 +248,7 @@ def pooling_benchmark(config: Optional[ml_collections.ConfigDict], opts: Options
   dtype = models.DTYPES[opts.precision]
   micro = []
   for h, w, c in POOL_SHAPES:
-    x = jax.random.normal(jax.random.PRNGKey(0), (opts.pool_batch, h, w, c), dtype)
+    x = jax.random.normal(jax.random.key(0), (opts.pool_batch, h, w, c), dtype)
     times = _timed_rounds({'isqrt_cov': _fwd_bwd_timer(covpool.isqrt_cov_pool, x),
                            'eigh': _fwd_bwd_timer(eigh_sqrt_pool, x)}, opts)
     micro.append({'shape': [opts.pool_batch, h, w, c], 'isqrt_cov_ms': times['isqrt_cov'] * 1e3,
@@ -264,24 +264,24 @@ def _branch_pool_shares(config: ml_collections.ConfigDict, opts: Options) -> Dic
   size, dtype = config.data.image_size, models.DTYPES[opts.precision]
   backbone = models.create_backbone(config.model)
   image = jax.ShapeDtypeStruct((opts.batch_size, size, size, 3), jnp.float32)
-  backbone_vars = jax.eval_shape(lambda x: backbone.init(jax.random.PRNGKey(0), x, train=False), image)
+  backbone_vars = jax.eval_shape(lambda x: backbone.init(jax.random.key(0), x, train=False), image)
   _, features = jax.eval_shape(lambda v, x: backbone.apply(v, x, train=False), backbone_vars, image)
   stage_specs = stages.branch_block_specs(backbone)
   shares = {}
   for spec in models.branch_specs(config.model):
     stage = stage_specs[spec.stage]
     branch = branches_lib.AuxBranch(spec, stage, config.model.num_classes, dtype)
-    feature = jax.random.normal(jax.random.PRNGKey(0), features[spec.attach].shape, dtype)
-    variables = models.init_variables(branch, jax.random.PRNGKey(0), feature)
+    feature = jax.random.normal(jax.random.key(0), features[spec.attach].shape, dtype)
+    variables = models.init_variables(branch, jax.random.key(0), feature)
 
     def branch_loss(params, x, b=branch, stats=variables.get('batch_stats', {})):
       out, _ = b.apply({'params': params, 'batch_stats': stats}, x, train=True,
-                       mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(0)})
+                       mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)})
       return sum(jnp.sum(o) for o in out.values())
 
     chain = branches_lib.reduction_channels(spec, stage.channels)
     pools = 1 + len(branches_lib.side_branch_names(spec, stage.channels))
-    pooled = jax.random.normal(jax.random.PRNGKey(1),
+    pooled = jax.random.normal(jax.random.key(1),
                                feature.shape[:3] + ((chain[-1] if chain else stage.channels),), dtype)
     times = _timed_rounds({'branch': _fwd_bwd_timer(branch_loss, variables['params'], feature),
                            'pool': _fwd_bwd_timer(covpool.get_pool(spec.pool, spec.num_iters),

@@ -32,7 +32,7 @@ def state_checksum(state: Any) -> str:
   """BLAKE2b of every leaf's path, dtype, shape and bytes (the whole value, gathered from the
   devices; every process computes the same digest)."""
   digest = hashlib.blake2b(digest_size=32)
-  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+  for path, leaf in jax.tree.leaves_with_path(state):
     if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable and not leaf.is_fully_replicated:
       leaf = multihost_utils.process_allgather(leaf, tiled=True)
     elif isinstance(leaf, jax.Array):
@@ -130,7 +130,7 @@ class Checkpointer:
       ValueError: there is no checkpoint, or it does not match the state of this config (the
         message names the mismatching keys).
     """
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
     if step is not None:
       return self._restore(step, abstract)
     steps = sorted(self.manager.all_steps(), reverse=True)

@@ -69,7 +69,7 @@ def count_macs(fn: Callable[..., Any], *args: Any) -> int:
 
 
 def _abstract_init(module: Any, *args: Any) -> Any:
-  return jax.eval_shape(lambda *a: module.init(jax.random.PRNGKey(0), *a, train=False), *args)
+  return jax.eval_shape(lambda *a: module.init(jax.random.key(0), *a, train=False), *args)
 
 
 def _pooled_dim(spec: branches_lib.BranchSpec, in_channels: int) -> int:

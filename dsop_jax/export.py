@@ -40,9 +40,9 @@ def check_same_structure(reference: Any, candidate: Any, what: str = 'variables'
   """Raises ValueError naming the differing paths when two variable trees differ in structure or
   leaf shapes (e.g. detached variables vs a freshly initialised plain network)."""
   ref = {jax.tree_util.keystr(p): getattr(x, 'shape', None)
-         for p, x in jax.tree_util.tree_leaves_with_path(reference)}
+         for p, x in jax.tree.leaves_with_path(reference)}
   got = {jax.tree_util.keystr(p): getattr(x, 'shape', None)
-         for p, x in jax.tree_util.tree_leaves_with_path(candidate)}
+         for p, x in jax.tree.leaves_with_path(candidate)}
   missing, unknown = sorted(set(ref) - set(got)), sorted(set(got) - set(ref))
   shapes = sorted(k for k in set(ref) & set(got) if ref[k] != got[k])
   if missing or unknown or shapes:
@@ -90,7 +90,7 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
                      'replace it.')
   variables, step = runs.restore_variables_and_step(config, workdir, step=step, best=best, ema=ema)
   detached = detach(variables, [s.name for s in models.branch_specs(config.model)])
-  bad = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(detached)
+  bad = [jax.tree_util.keystr(path) for path, x in jax.tree.leaves_with_path(detached)
          if not np.all(np.isfinite(np.asarray(x)))]
   if bad:  # A checkpoint written before the step checked its new state could hold them.
     raise ValueError(f'The latest checkpoint in {workdir!r} holds non-finite values in '
@@ -200,7 +200,7 @@ def load(output_dir: str) -> Tuple[Any, dict]:
   models.validate_model_config(model_config)
   module = models.create_backbone(model_config)
   size = 32
-  abstract = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x, train=False),
+  abstract = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False),
                             jax.ShapeDtypeStruct((1, size, size, 3), jax.numpy.float32))
   with ocp.StandardCheckpointer() as checkpointer:
     variables = checkpointer.restore(os.path.join(os.path.abspath(output_dir), 'variables'),

@@ -69,12 +69,12 @@ def head_gradients(model: Any, weights: Mapping[str, float], variables: Mapping[
   for index, batch in enumerate(batches):
     grads = jacobian(backbone, others, variables['batch_stats'], batch,
                      jax.random.fold_in(rng, index))
-    total = grads if total is None else jax.tree_util.tree_map(jnp.add, total, grads)
+    total = grads if total is None else jax.tree.map(jnp.add, total, grads)
     count += 1
   if not count:
     raise ValueError('head_gradients needs at least one batch.')
-  mean = jax.tree_util.tree_map(lambda g: np.asarray(g) / count, total)
-  return {n: jax.tree_util.tree_map(lambda g, i=i: g[i], mean) for i, n in enumerate(weights)}
+  mean = jax.tree.map(lambda g: np.asarray(g) / count, total)
+  return {n: jax.tree.map(lambda g, i=i: g[i], mean) for i, n in enumerate(weights)}
 
 
 def _input_to_output(name: str) -> Tuple[int, str]:
@@ -90,7 +90,7 @@ def _by_part(tree: Mapping[str, Any]) -> Dict[str, np.ndarray]:
   leaves: Dict[str, list] = {}
   for name, subtree in tree.items():
     leaves.setdefault(part(name), []).extend(
-        np.ravel(x) for x in jax.tree_util.tree_leaves(subtree))
+        np.ravel(x) for x in jax.tree.leaves(subtree))
   return {p: np.concatenate(xs).astype(np.float64) for p, xs in leaves.items()}
 
 
@@ -121,13 +121,13 @@ def measure(config: ml_collections.ConfigDict, workdir: str, *, init: bool = Fal
   weights = models.loss_weights(config)
   if init:
     example = jnp.zeros((1, config.data.image_size, config.data.image_size, 3), jnp.float32)
-    variables = models.init_variables(model, jax.random.PRNGKey(config.train.seed), example)
+    variables = models.init_variables(model, jax.random.key(config.train.seed), example)
   else:
     variables = runs.restore_variables(config, workdir)
   batches = input_pipeline.train_batches(config, local_batch_size=batch_size, start_step=0,
                                          seed=config.train.seed)
   chosen = (next(batches) for _ in range(num_batches))
-  gradients = head_gradients(model, weights, variables, chosen, jax.random.PRNGKey(0))
+  gradients = head_gradients(model, weights, variables, chosen, jax.random.key(0))
   return summarise(gradients, weights)
 
 

@@ -154,7 +154,7 @@ def scale_by_adahessian(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-4,
   bias-corrected as in Adam; k is the Hessian power (1 in the paper).
   """
   def init_fn(params: optax.Params) -> ScaleByAdaHessianState:
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
     return ScaleByAdaHessianState(count=jnp.zeros([], jnp.int32), mu=zeros, nu=zeros)
 
   def update_fn(updates: optax.Updates, state: ScaleByAdaHessianState,
@@ -163,13 +163,13 @@ def scale_by_adahessian(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-4,
     if hessian_diagonal is None:
       raise ValueError('AdaHessian needs the Hessian-diagonal estimate: call update(..., '
                        'hessian_diagonal=hutchinson_diagonal(...)).')
-    mu = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
-    nu = jax.tree_util.tree_map(lambda v, d: b2 * v + (1 - b2) * d * d, state.nu,
+    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+    nu = jax.tree.map(lambda v, d: b2 * v + (1 - b2) * d * d, state.nu,
                                 hessian_diagonal)
     count = state.count + 1
     correction1 = 1 - b1 ** count.astype(jnp.float32)
     correction2 = 1 - b2 ** count.astype(jnp.float32)
-    direction = jax.tree_util.tree_map(
+    direction = jax.tree.map(
         lambda m, v: (m / correction1) / (jnp.sqrt(v / correction2) ** hessian_power + eps), mu, nu)
     return direction, ScaleByAdaHessianState(count=count, mu=mu, nu=nu)
 
@@ -187,7 +187,7 @@ def adahessian(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float
 
 def rademacher_like(tree: Any, rng: jax.Array) -> Any:
   """A tree of independent +-1 entries shaped like `tree` (Hutchinson's probe vector z)."""
-  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(rng, len(leaves))
   return treedef.unflatten([jax.random.rademacher(k, x.shape, x.dtype)
                             for k, x in zip(keys, leaves)])
@@ -200,7 +200,7 @@ def hutchinson_diagonal(hessian_z: Any) -> Any:
     if hz.ndim == 4:
       return jnp.broadcast_to(jnp.mean(jnp.abs(hz), axis=(0, 1), keepdims=True), hz.shape)
     return jnp.abs(hz)
-  return jax.tree_util.tree_map(leaf, hessian_z)
+  return jax.tree.map(leaf, hessian_z)
 
 
 def freeze(tx: optax.GradientTransformation, frozen: Sequence[str]
@@ -224,8 +224,8 @@ def freeze(tx: optax.GradientTransformation, frozen: Sequence[str]
     new_updates, new_state = tx.update(updates, state, params, **extra_args)
     zero = lambda path, u: jnp.zeros_like(u) if is_frozen(path) else u  # noqa: E731
     hold = lambda path, new, old: old if is_frozen(path) else new  # noqa: E731
-    return (jax.tree_util.tree_map_with_path(zero, new_updates),
-            jax.tree_util.tree_map_with_path(hold, new_state, state))
+    return (jax.tree.map_with_path(zero, new_updates),
+            jax.tree.map_with_path(hold, new_state, state))
 
   return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 

@@ -96,7 +96,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
   new_state = state.replace(step=state.step + 1, params=new_params, batch_stats=new_stats,
                             opt_state=new_opt_state)
   if isinstance(state, EMATrainState):
-    new_state = new_state.replace(ema=jax.tree_util.tree_map(
+    new_state = new_state.replace(ema=jax.tree.map(
         lambda average, new: ema_decay * average + (1.0 - ema_decay) * new, state.ema,
         {'params': new_params, 'batch_stats': new_stats}))
   # A finite loss and gradient can still give a non-finite state (float32 overflow in the BN
@@ -104,7 +104,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
   state_finite = _all_finite((new_params, new_stats, new_opt_state))
   finite = jnp.logical_and(finite, state_finite)
   # A rejected step leaves parameters, statistics and optimiser state as they were.
-  new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_state,
+  new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state,
                                      state.replace(step=state.step + 1))
   metrics = head_metrics(heads=losses.head_logits(outputs), labels=batch['label'], terms=terms)
   metrics['loss'] = total
@@ -143,7 +143,7 @@ def make_train_step(objective: losses.Objective, tx: optax.GradientTransformatio
 def _all_finite(tree: Any) -> jax.Array:
   """Whether every floating-point value in `tree` is finite, as one reduction over all of them (a
   reduction per leaf made the ResNet-50 step's compilation about 3x slower on a CPU)."""
-  leaves = [x.ravel().astype(jnp.float32) for x in jax.tree_util.tree_leaves(tree)
+  leaves = [x.ravel().astype(jnp.float32) for x in jax.tree.leaves(tree)
             if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
   return jnp.all(jnp.isfinite(jnp.concatenate(leaves))) if leaves else jnp.asarray(True)
 
@@ -191,7 +191,7 @@ def evaluate(variables: Any, heads_fn: Callable[..., Mapping[str, jax.Array]],
   totals = None
   for batch in batches:
     sums = step(variables, sharding.shard_batch(batch, mesh))
-    totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = float(totals.pop('count'))
   result: Dict[str, Dict[str, float]] = {}
@@ -228,7 +228,7 @@ def init_state(model: Any, tx: optax.GradientTransformation, config: ml_collecti
   """A fresh TrainState of `model` (seed config.train.seed), replicated over the mesh."""
   init = state_init_fn(model, tx, config.data.image_size, uses_ema(config))
   return models.jit_init(init, out_shardings=sharding.replicated(mesh))(
-      jax.random.PRNGKey(config.train.seed))
+      jax.random.key(config.train.seed))
 
 
 def abstract_initial_state(config: ml_collections.ConfigDict, mesh: Any) -> TrainState:
@@ -236,6 +236,6 @@ def abstract_initial_state(config: ml_collections.ConfigDict, mesh: Any) -> Trai
   tx = optim.create_optimizer(config, steps_per_epoch=1, num_steps=1)
   init = state_init_fn(models.create(config.model), tx, config.data.image_size, uses_ema(config))
   replicated = sharding.replicated(mesh)
-  return jax.tree_util.tree_map(
+  return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      jax.eval_shape(init, jax.random.PRNGKey(0)))
+      jax.eval_shape(init, jax.random.key(0)))

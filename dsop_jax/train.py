@@ -126,7 +126,7 @@ def _load_backbone(state: steps.TrainState, config: ml_collections.ConfigDict,
 
 
 def _abstract_state(state: steps.TrainState) -> steps.TrainState:
-  return jax.tree_util.tree_map(
+  return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
@@ -296,7 +296,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
-  base_rng = jax.random.PRNGKey(t.seed)
+  base_rng = jax.random.key(t.seed)
   skipped = {'train': input_pipeline.SkipCounter(), 'eval': input_pipeline.SkipCounter()}
   train_iter = input_pipeline.train_batches(
       config, local_batch_size=local_batch, start_step=int(state.step), seed=t.seed,

@@ -20,7 +20,7 @@ from tests import train_helpers
 
 
 def _leaves(state):
-  return [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
+  return [np.asarray(x) for x in jax.tree.leaves(state)]
 
 
 def _truncate_files(directory):

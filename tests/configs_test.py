@@ -57,9 +57,9 @@ def test_config_builds_and_runs_forward(name):
   model = models.create(config.model)
   abstract = abstract_init(model)
   rng = np.random.default_rng(1)
-  variables = jax.tree_util.tree_map(
+  variables = jax.tree.map(
       lambda a: jnp.asarray(rng.standard_normal(a.shape, np.float32) * 0.02, a.dtype), abstract)
-  variables['batch_stats'] = jax.tree_util.tree_map(jnp.abs, variables['batch_stats'])
+  variables['batch_stats'] = jax.tree.map(jnp.abs, variables['batch_stats'])
   images = jnp.asarray(np.random.default_rng(0).normal(size=x.shape), jnp.float32)
   out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
   heads = losses.head_logits(out)
@@ -231,8 +231,8 @@ def test_deep_config_trains_on_one_block_per_stage_and_branch(name, variant):
   assert float(metrics['nonfinite']) == 0.0 and np.isfinite(float(metrics['loss']))
   assert {f'{h}/top1' for h in heads} <= set(metrics)
   assert int(new_state.step) == 1
-  for (path, before), after in zip(jax.tree_util.tree_leaves_with_path(state.params),
-                                   jax.tree_util.tree_leaves(new_state.params)):
+  for (path, before), after in zip(jax.tree.leaves_with_path(state.params),
+                                   jax.tree.leaves(new_state.params)):
     assert not np.array_equal(before, after), jax.tree_util.keystr(path)  # Every one trained.
   sums = jax.jit(functools.partial(steps.eval_step, heads_fn=steps.training_model_heads(model)))(
       {'params': new_state.params, 'batch_stats': new_state.batch_stats}, batch)

@@ -27,7 +27,7 @@ def main(workdir: str, out: str) -> None:
   config = train_helpers.tiny_digits_config(num_epochs=1 / 22, checkpoint_every_steps=100)
   state = train.train_and_evaluate(config, workdir)
   flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in
-          jax.tree_util.tree_leaves_with_path({'params': state.params, 'stats': state.batch_stats})}
+          jax.tree.leaves_with_path({'params': state.params, 'stats': state.batch_stats})}
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     last = json.loads(f.readlines()[-1])
   np.savez(out, devices=jax.device_count(), metrics=json.dumps(last['eval']), **flat)

@@ -35,8 +35,8 @@ def test_variables_are_backbone_subtree_plus_one_subtree_per_branch():
     assert sorted(collection) == sorted(['backbone'] + names)
   plain = init(backbone)
   backbone_subtree = {c: variables[c]['backbone'] for c in variables}
-  assert jax.tree_util.tree_structure(plain) == jax.tree_util.tree_structure(backbone_subtree)
-  assert jax.tree_util.tree_map(lambda a: a.shape, plain) == jax.tree_util.tree_map(
+  assert jax.tree.structure(plain) == jax.tree.structure(backbone_subtree)
+  assert jax.tree.map(lambda a: a.shape, plain) == jax.tree.map(
       lambda a: a.shape, backbone_subtree)
 
 
@@ -84,12 +84,12 @@ def _grads_per_head(model, variables, x):
                       for head in heads])
 
   jacobian = jax.jit(jax.jacrev(head_losses))(variables['params'])
-  return {head: jax.tree_util.tree_map(lambda g, i=i: g[i], jacobian)
+  return {head: jax.tree.map(lambda g, i=i: g[i], jacobian)
           for i, head in enumerate(heads)}
 
 
 def _nonzero(tree) -> bool:
-  return any(bool(jnp.any(leaf != 0)) for leaf in jax.tree_util.tree_leaves(tree))
+  return any(bool(jnp.any(leaf != 0)) for leaf in jax.tree.leaves(tree))
 
 
 @functools.cache

@@ -90,7 +90,7 @@ def test_swish_reduction_in_the_branches():
   dr = layers.ConvNormAct(4, layers.conv_def(), layers.norm_def(False),
                           layers.ACTIVATIONS[spec.activation])
   x = -jnp.ones((1, 2, 2, 3))
-  variables = jax.tree_util.tree_map(jnp.ones_like, dr.init(jax.random.PRNGKey(0), x))
+  variables = jax.tree.map(jnp.ones_like, dr.init(jax.random.PRNGKey(0), x))
   pre = -4.0 / np.sqrt(1 + 1e-5) + 1.0
   np.testing.assert_allclose(dr.apply(variables, x), np.full((1, 2, 2, 4), nn.swish(pre)),
                              rtol=1e-5)

@@ -22,7 +22,7 @@ from tests import train_helpers
 
 def _randomise(variables, seed):
   """Random params and BN statistics, so BN is far from the identity and every path matters."""
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(variables)
+  leaves, treedef = jax.tree.flatten_with_path(variables)
   rng = np.random.default_rng(seed)
   out = []
   for path, leaf in leaves:
@@ -30,7 +30,7 @@ def _randomise(variables, seed):
       out.append(jnp.asarray(rng.uniform(0.5, 2.0, leaf.shape), jnp.float32))
     else:
       out.append(leaf + jnp.asarray(rng.normal(0, 0.05, leaf.shape), jnp.float32))
-  return jax.tree_util.tree_unflatten(treedef, out)
+  return jax.tree.unflatten(treedef, out)
 
 
 def _imagenet_config():
@@ -134,7 +134,7 @@ def test_overwriting_an_export_keeps_a_complete_one_at_every_moment(tmp_path, mo
     export.export(workdir, out, overwrite=True)
   monkeypatch.setattr(ocp.StandardCheckpointer, 'save', real_save)
   _, after = export.load(out)  # Still the whole old export.
-  for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after)):
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
     np.testing.assert_array_equal(a, b)
   # Killed between the renames: the old export is aside under OUTPUT_DIR.old-PID.
   os.rename(out, out + '.old-999999999')
@@ -144,7 +144,7 @@ def test_overwriting_an_export_keeps_a_complete_one_at_every_moment(tmp_path, mo
   # A checkpoint holding Inf (written before the step checked its new state) is never exported.
   checkpointer = checkpointing.Checkpointer(workdir)
   state, meta = checkpointer.restore(steps.abstract_initial_state(config, sharding.create_mesh()))
-  stats = jax.tree_util.tree_map(lambda x: x, state.batch_stats)
+  stats = jax.tree.map(lambda x: x, state.batch_stats)
   stats['backbone']['bn_final']['var'] = stats['backbone']['bn_final']['var'].at[0].set(jnp.inf)
   checkpointer.save(int(state.step) + 1, state.replace(batch_stats=stats), meta)
   checkpointer.close()

@@ -136,8 +136,8 @@ def _sgd_losses(pool: str, steps: int) -> list:
   step = jax.jit(jax.value_and_grad(loss_fn))
   for _ in range(steps):
     loss, grads = step(params)
-    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
-    params = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
     history.append(float(loss))
   return history
 

@@ -253,13 +253,13 @@ def test_freeze_holds_parameters_and_their_optimiser_state_and_keeps_the_state_s
     state = tx.init(params)
     _, state = tx.update(grads, state, params, **extra)  # Momentum to hold.
     frozen = optim.freeze(tx, ['a_pds2'])
-    assert jax.tree_util.tree_structure(frozen.init(params)) == jax.tree_util.tree_structure(state)
+    assert jax.tree.structure(frozen.init(params)) == jax.tree.structure(state)
     updates, held = frozen.update(grads, state, params, **extra)
     free_updates, moved = tx.update(grads, state, params, **extra)
     np.testing.assert_array_equal(updates['a_pds2']['w'], np.zeros(2))
     np.testing.assert_array_equal(updates['backbone']['w'], free_updates['backbone']['w'])
-    for (path, a), b, c in zip(jax.tree_util.tree_leaves_with_path(held),
-                               jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(moved)):
+    for (path, a), b, c in zip(jax.tree.leaves_with_path(held),
+                               jax.tree.leaves(state), jax.tree.leaves(moved)):
       name = jax.tree_util.keystr(path)
       if 'a_pds2' in name:  # Held: the state before this update.
         np.testing.assert_array_equal(a, b, err_msg=name)
@@ -267,8 +267,8 @@ def test_freeze_holds_parameters_and_their_optimiser_state_and_keeps_the_state_s
         np.testing.assert_array_equal(a, c, err_msg=name)
         assert 'backbone' in name or not np.array_equal(a, b), name
     nothing = optim.freeze(tx, [])
-    for a, b in zip(jax.tree_util.tree_leaves(nothing.update(grads, state, params, **extra)),
-                    jax.tree_util.tree_leaves((free_updates, moved))):
+    for a, b in zip(jax.tree.leaves(nothing.update(grads, state, params, **extra)),
+                    jax.tree.leaves((free_updates, moved))):
       np.testing.assert_array_equal(a, b)
 
 
@@ -299,7 +299,7 @@ def test_adahessian_trains_a_tiny_dsop_model_in_the_train_step():
       state.params, jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(1), 0), 1))
   hessian_z = jax.jit(lambda p, z: jax.jvp(jax.grad(loss), (p,), (z,))[1])(state.params, probe)
   first, _ = step(state, batch, jax.random.PRNGKey(1))
-  jax.tree_util.tree_map(
+  jax.tree.map(
       lambda nu, d: np.testing.assert_allclose(nu, 0.001 * d ** 2, rtol=2e-3, atol=1e-9),
       first.opt_state[0].nu, optim.hutchinson_diagonal(hessian_z))
   losses = []
@@ -352,5 +352,5 @@ def test_accumulated_train_steps_equal_one_step_of_the_whole_batch_without_batch
         state, _ = step(state, {key: v[i * size:(i + 1) * size] for key, v in batch.items()},
                         jax.random.PRNGKey(0))
     final[k] = state.params
-  for a, b in zip(jax.tree_util.tree_leaves(final[1]), jax.tree_util.tree_leaves(final[2])):
+  for a, b in zip(jax.tree.leaves(final[1]), jax.tree.leaves(final[2])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -208,8 +208,8 @@ def test_head_gradients_add_up_to_eq1s_and_follow_eq2(runs):
   objective = losses.dsop_objective(model, weights)
   whole = jax.jit(jax.grad(lambda p: objective(p, variables['batch_stats'], batch,
                                                jax.random.fold_in(rng, 0))[0]))(variables['params'])
-  summed = jax.tree_util.tree_map(lambda *g: sum(g), *per_head.values())
-  for a, b in zip(jax.tree_util.tree_leaves(summed), jax.tree_util.tree_leaves(whole['backbone'])):
+  summed = jax.tree.map(lambda *g: sum(g), *per_head.values())
+  for a, b in zip(jax.tree.leaves(summed), jax.tree.leaves(whole['backbone'])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # Leaves of about 1e-2.
 
   result = gradients.measure(config, runs[0], num_batches=1, batch_size=32)
@@ -238,7 +238,7 @@ def test_keep_best_keeps_and_exports_the_best_evaluated_step(runs, tmp_path):
   out = export.export(runs[0], str(tmp_path / 'best'), best=True)
   _, exported = export.load(out)
   at_best = export.detach(runs_lib.restore_variables(config, runs[0], step=best))
-  for a, b in zip(jax.tree_util.tree_leaves(exported), jax.tree_util.tree_leaves(at_best)):
+  for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(at_best)):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match=r"has no checkpoint of step 5; it has steps \["):
     runs_lib.restore_variables(config, runs[0], step=5)

@@ -50,7 +50,7 @@ def test_two_phase_schedule_of_section_v_c():
 
 def _first_update(config, params):
   tx = optim.create_optimizer(config, steps_per_epoch=1, num_steps=200)
-  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
   extra = {'hessian_diagonal': zeros} if optim.needs_hessian(config) else {}
   updates, _ = tx.update(zeros, tx.init(params), params, **extra)
   return updates
@@ -246,8 +246,8 @@ def test_bn_statistics_groups_of_the_paper():
   stem = np.asarray(inter['intermediates']['backbone']['conv_init']['__call__'][0], np.float64)
   whole = _bn_step(0, state, batch)
   same = _bn_step(8, state, batch)  # One group of the whole batch: nothing changes, bit for bit.
-  for a, b in zip(jax.tree_util.tree_leaves((whole.params, whole.batch_stats)),
-                  jax.tree_util.tree_leaves((same.params, same.batch_stats))):
+  for a, b in zip(jax.tree.leaves((whole.params, whole.batch_stats)),
+                  jax.tree.leaves((same.params, same.batch_stats))):
     np.testing.assert_array_equal(a, b)
   grouped = _bn_step(2, state, batch)
   # The stem BN's running statistics after one step: 0.9 * initial + 0.1 * the mean over the 4

@@ -54,9 +54,9 @@ def test_tiny_forward_train_and_eval():
   variables = model.init(jax.random.PRNGKey(0), x, train=False)
   (logits, _), updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
   assert logits.shape == (2, 3) and bool(jnp.all(jnp.isfinite(logits)))
-  moved = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), variables['batch_stats'],
+  moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables['batch_stats'],
                                  updates['batch_stats'])
-  assert all(jax.tree_util.tree_leaves(moved))
+  assert all(jax.tree.leaves(moved))
   eval_logits, _ = model.apply(variables, x, train=False)
   assert not np.allclose(eval_logits, logits)
 
@@ -65,7 +65,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   model = resnet.ResNet18(num_classes=4, dtype=jnp.bfloat16)
   (logits, features), variables = _abstract(model)
   assert logits.dtype == jnp.float32 and features['stage3'].dtype == jnp.bfloat16
-  assert {x.dtype for x in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
+  assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
 
 
 def test_squeeze_excitation_gates_each_channel_of_each_image():
@@ -73,7 +73,7 @@ def test_squeeze_excitation_gates_each_channel_of_each_image():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 5, 32)), jnp.float32)
   se = resnet.SqueezeExcitation(reduction=16)
   variables = se.init(jax.random.PRNGKey(0), x)
-  p = jax.tree_util.tree_map(np.asarray, variables['params'])
+  p = jax.tree.map(np.asarray, variables['params'])
   assert p['fc1']['kernel'].shape == (32, 2) and p['fc2']['kernel'].shape == (2, 32)
   pooled = np.asarray(x).mean(axis=(1, 2))
   hidden = np.maximum(pooled @ p['fc1']['kernel'] + p['fc1']['bias'], 0)

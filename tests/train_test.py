@@ -53,7 +53,7 @@ def _metrics(workdir):
 
 
 def _leaves(tree):
-  return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
 def test_digits_train_evaluate_resume_and_export(tmp_path, capsys):
@@ -150,15 +150,15 @@ def test_fashion_mnist_trains_from_its_idx_files_on_a_subset(tmp_path, monkeypat
   model = models.create(config.model)
   tx = optim.create_optimizer(config, steps_per_epoch=2, num_steps=2)
   initial = models.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
-  for average, start, new in zip(*(jax.tree_util.tree_leaves(t) for t in (
+  for average, start, new in zip(*(jax.tree.leaves(t) for t in (
       state.ema['params'], initial.params, state.params))):
     np.testing.assert_allclose(average, 0.75 * start + 0.25 * new, rtol=1e-5, atol=1e-7)
   evaluated = train.evaluate_checkpoint(config, str(tmp_path / 'work'), ema=True)
   assert evaluated['logits'] == pytest.approx(_metrics(tmp_path / 'work')[-1]['eval']['ema'],
                                               rel=1e-5)
   out = export.export(str(tmp_path / 'work'), str(tmp_path / 'ema_export'), ema=True)
-  for a, b in zip(jax.tree_util.tree_leaves(export.load(out)[1]),
-                  jax.tree_util.tree_leaves(export.detach(state.ema))):
+  for a, b in zip(jax.tree.leaves(export.load(out)[1]),
+                  jax.tree.leaves(export.detach(state.ema))):
     np.testing.assert_array_equal(a, b)
   (record,) = _metrics(tmp_path / 'work')
   assert set(record['eval']) == set(models.head_names(config.model)) | {'ema'}
@@ -373,15 +373,15 @@ def test_early_removal_freezes_branches_after_the_removal_step(tmp_path):
                                             checkpoint_every_steps=3)  # Branches removed at step 3.
   final = train.train_and_evaluate(config, str(tmp_path))
   checkpointer = checkpointing.Checkpointer(str(tmp_path))
-  at_removal, _ = checkpointer.restore(jax.tree_util.tree_map(
+  at_removal, _ = checkpointer.restore(jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), final), step=3)
   for name in final.params:
     same = all(np.array_equal(a, b) for a, b in zip(_leaves(final.params[name]),
                                                      _leaves(at_removal.params[name])))
     assert same == (name != 'backbone'), name
   # The branches' optimiser state (SGD momentum) is held too (optim.freeze), the backbone's moves.
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(final.opt_state),
-                          jax.tree_util.tree_leaves(at_removal.opt_state)):
+  for (path, a), b in zip(jax.tree.leaves_with_path(final.opt_state),
+                          jax.tree.leaves(at_removal.opt_state)):
     name = jax.tree_util.keystr(path)
     if "'backbone'" in name or "'a_pds" in name:  # Not the schedule's step counter.
       assert np.array_equal(a, b) == ("'backbone'" not in name), name
@@ -523,7 +523,7 @@ def test_bfloat16_mixed_precision_trains_with_float32_parameters(tmp_path):
   config = train_helpers.tiny_digits_config(num_epochs=2 / 22)
   config.model.dtype = 'bfloat16'
   state = train.train_and_evaluate(config, str(tmp_path))
-  assert {x.dtype for x in jax.tree_util.tree_leaves((state.params, state.batch_stats))} == {
+  assert {x.dtype for x in jax.tree.leaves((state.params, state.batch_stats))} == {
       jnp.dtype(jnp.float32)}
   (record,) = _metrics(tmp_path)
   assert all(np.isfinite(m['loss']) for m in record['eval'].values())
