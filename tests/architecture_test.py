@@ -77,3 +77,25 @@ def test_the_steps_reach_neither_tensorflow_nor_clu():
   heavy = {(name, m) for name in reached for m in _imports(name)
            if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets', 'clu')}
   assert not heavy, heavy
+
+
+# Older JAX APIs and what the package uses instead.
+OLD_APIS = {'jax.tree_util.tree_': 'jax.tree.*', 'jax.random.PRNGKey(': 'jax.random.key',
+            'Mesh(np.': 'jax.make_mesh (sharding.create_mesh)'}
+
+
+@pytest.mark.parametrize('name', MODULES)
+def test_current_jax_apis(name):
+  with open(os.path.join(PACKAGE, f'{name}.py')) as f:
+    source = f.read()
+  old = {api: new for api, new in OLD_APIS.items() if api in source}
+  assert not old, f'dsop_jax/{name}.py uses {sorted(old)}; use {sorted(old.values())}'
+
+
+def test_the_mesh_has_one_auto_data_axis_over_every_device():
+  import jax  # pylint: disable=g-import-not-at-top
+  from dsop_jax import sharding  # pylint: disable=g-import-not-at-top
+  mesh = sharding.create_mesh()
+  assert mesh.axis_names == (sharding.DATA_AXIS,) == ('data',)
+  assert mesh.axis_types == (jax.sharding.AxisType.Auto,)
+  assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in jax.devices())
