@@ -52,16 +52,17 @@ def test_soak_steady_memory_files_and_step_time(tmp_path):
                          if k.startswith('host/')}
   print(f'Host memory every {LOG_EVERY} steps:', host)
   # After warm-up (compilation, the first saves and evaluations: the heap grew by 14-25 MiB over
-  # the first 400 steps in clean runs here), the malloc heap in use grows by less than 10 MiB per
+  # the first 400 steps in clean runs here), the malloc heap in use grows by less than 20 MiB per
   # 1,000 steps (least-squares slope over 13 points, steps 600-1,200; leaking one 4-image batch per
   # step would add 47), and no file descriptor leaks across the 6 checkpoints and 4 evaluations
-  # that follow. The RSS is looser: glibc's per-thread arenas fragment and XLA maps memory outside
+  # that follow. The heap moves in steps of 1-5 MiB either way without a leak: slopes of 0.5 alone
+  # and 11.7 in a full suite, where 4.7 MiB came in the window's last 100 steps (2-core x86 CPU). The RSS is looser: glibc's per-thread arenas fragment and XLA maps memory outside
   # malloc (it grew by 13-18 MiB over 300 steps after warm-up, in steps of about 8 MiB), so it is
   # held to under 40 MiB over the window: a guard against leaks outside malloc's heap.
   steps = [s for s in sorted(host) if s >= 600]
   assert len(steps) == 13, sorted(host)
   slope = lambda key: np.polyfit(steps, [host[s][key] for s in steps], 1)[0] * 1000  # noqa: E731
-  assert slope('heap_in_use_mib') < 10, host
+  assert slope('heap_in_use_mib') < 20, host
   assert host[steps[-1]]['rss_mib'] - host[steps[0]]['rss_mib'] < 40, host
   assert len({host[s]['open_files'] for s in steps}) == 1, host
   # Seconds per 50 steps from the log's timestamps; medians, as the machine is shared and noisy
