@@ -45,6 +45,15 @@ def tiny_digits_config(branches: str = 'last', **train) -> ml_collections.Config
   return config
 
 
+def tiny_model_flags(branches: str = 'last') -> list:
+  """`tiny_digits_config(branches)`'s network as `dsop_jax.main` flags over configs/quickstart.py."""
+  model = tiny_digits_config(branches).model
+  fields = {'stage_sizes': model.stage_sizes, 'branches.pattern': model.branches.pattern,
+            'branches.blocks': model.branches.blocks, 'branches.channels': model.branches.channels}
+  flag = lambda v: '(' + ','.join(map(str, v)) + ')' if isinstance(v, tuple) else v  # noqa: E731
+  return [f'--config.model.{name}={flag(value)}' for name, value in fields.items()]
+
+
 def tiny_imagenet_config() -> ml_collections.ConfigDict:
   """ResNet-18 on one block per stage (its widths kept) with two small branches at 32x32 on
   mocked imagenet2012 (64 examples). The standard last stride (s2): XLA's CPU convolutions made

@@ -41,10 +41,9 @@ from tests import train_helpers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METADATA = input_pipeline.MOCK_METADATA
-# The quickstart network on one block per stage with one 1-block branch, after the last stage, for
-# the `dsop_jax.main` subprocesses: what they test is the run, and the smallest DSoP-Net shows it.
-TINY_OVERRIDES = ['--config.model.stage_sizes=(1,1,1)', '--config.model.branches.pattern=',
-                  '--config.model.branches.blocks=(0,0,1)', '--config.model.branches.channels=(8,8,8)']
+# The tiny digits config's network (one 1-block branch, after the last stage) for the
+# `dsop_jax.main` subprocesses: what they test is the run, and the smallest DSoP-Net shows it.
+TINY_OVERRIDES = train_helpers.tiny_model_flags()
 
 
 def _metrics(workdir):
