@@ -51,6 +51,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Backbone blocks per stage; () = the named network's own (ResNet-50: 3, 4, 6, 3). E.g. (1, 1, 1, 1)
   # keeps every width, branch and head of a config on a shallow backbone (a smoke test of a config).
   config.model.stage_sizes = ()
+  # Weights the backbone starts from ('' = random): a safetensors file of a torchvision ResNet-18/
+  # 34/50/101/152 or timm seresnext101_32x4d / efficientnet_b0 state dict, or a dsop_jax export
+  # directory or training workdir. Branches start fresh; so does the classifier when the source's
+  # has another class count. Nothing is unpickled (README: converting a .pth).
+  config.model.init_from = ''
 
   # The detachable branches. Two layouts, one of them set (neither: the plain network):
   config.model.branches = ml_collections.ConfigDict()
@@ -152,6 +157,9 @@ def get_config() -> ml_collections.ConfigDict:
   # step (e.g. 0.9998), evaluated as the 'ema' head and exportable (--ema); 0 = none.
   config.optim.ema_decay = 0.0
   config.optim.clip_grad_norm = 0.0  # Clip the gradient's global norm to this (0 = no clipping).
+  # The backbone's learning rate (its classifier and second-order head excluded) as a fraction of
+  # the branches' and classifier's: fine-tuning from model.init_from uses e.g. 0.1; 1 = one rate.
+  config.optim.backbone_lr_scale = 1.0
   # Linear scaling rule: learning_rate * (batch per update) / lr_reference_batch (0 = unscaled).
   config.optim.lr_reference_batch = 0
   # AdaHessian: added to the denominator; RMSProp: inside the square root (RAdam: 1e-8, as its code).

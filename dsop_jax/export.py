@@ -27,10 +27,13 @@ from dsop_jax import input_pipeline
 from dsop_jax import models
 from dsop_jax import onnx_export
 from dsop_jax import runs
+from dsop_jax import torch_weights
 
-FORMATS = ('orbax', 'stablehlo', 'onnx')
+FORMATS = ('orbax', 'stablehlo', 'onnx', 'torchvision')
 STABLEHLO_FILE = 'model.stablehlo'
 ONNX_FILE = 'model.onnx'
+TORCH_FILE = 'model.safetensors'
+TORCH_SETUP_FILE = 'torch.json'
 
 
 detach = dsop.detach  # Here too, beside the rest of the export path.
@@ -66,7 +69,11 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
   batch size, which `jax.export.deserialize(data).call(images)` runs without dsop_jax or flax;
   and 'onnx': 'model.onnx' (`onnx_export.convert`: input 'images' [batch, H, W, 3] float32
   prepared as preprocessing.json says, output 'logits') for onnxruntime and other ONNX runtimes,
-  for the networks whose every operation it translates (not the second-order head of Table XI).
+  for the networks whose every operation it translates (not the second-order head of Table XI);
+  and 'torchvision': 'model.safetensors', the state dict of the stock torchvision (ResNets) or
+  timm (SE-ResNeXt-101, EfficientNet-b0) model (`torch_weights`), which it loads with
+  `load_state_dict(strict=True)`, and 'torch.json', the lines that build that model (setting the
+  stride of -s1 networks) and load it, and its input layout.
   The export is written whole in a sibling directory first and then renamed into place; an export
   it replaces is renamed aside before and deleted after, so at every moment one complete export
   exists (a run killed between the two renames leaves it at OUTPUT_DIR.old-PID, which the next
@@ -75,7 +82,8 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
   Raises:
     ValueError: WORKDIR has no config.json or no checkpoint (of `step`; evaluated, with `best`),
       or OUTPUT_DIR already holds an export and `overwrite` is False, or the network has an
-      operation the ONNX converter does not translate (with 'onnx'; nothing is written).
+      operation the ONNX converter does not translate (with 'onnx') or no torchvision/timm
+      counterpart (with 'torchvision'); nothing is written then.
   """
   unknown = sorted(set(formats) - set(FORMATS))
   if unknown:
@@ -83,6 +91,9 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
                      f'allowed: {", ".join(FORMATS)}.')
   runs.check_local_path(output_dir, '--output_dir')
   config = runs.workdir_config(workdir)
+  if 'torchvision' in formats:
+    torch_weights.check_supported(config.model, '--format=torchvision')
+    torch_weights.setup_lines(config.model)  # Raises for a network no library builds.
   given, output_dir = output_dir, os.path.abspath(output_dir)
   _recover_replaced_export(output_dir)
   if os.path.exists(os.path.join(output_dir, 'model_config.json')) and not overwrite:
@@ -125,6 +136,8 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
       f.write(exported.serialize())
   if onnx_model is not None:
     onnx_export.save(onnx_model, os.path.join(staging, ONNX_FILE))
+  if 'torchvision' in formats:
+    _write_torch(config, detached, step, staging)
   if os.path.exists(output_dir):
     replaced = f'{output_dir}.old-{os.getpid()}'
     os.rename(output_dir, replaced)
@@ -133,6 +146,23 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
   else:
     os.rename(staging, output_dir)
   return given
+
+
+def _write_torch(config: ml_collections.ConfigDict, variables: Mapping[str, Any], step: int,
+                 directory: str) -> None:
+  """model.safetensors (the stock PyTorch model's state dict) and torch.json (how to load it)."""
+  library = torch_weights.LIBRARIES[config.model.name][0]
+  torch_weights.write_safetensors(
+      os.path.join(directory, TORCH_FILE),
+      torch_weights.to_state_dict(config.model, variables, batches_tracked=step),
+      {'format': 'pt', 'source': f'dsop_jax {config.model.name}, step {step}'})
+  _write_json(os.path.join(directory, TORCH_SETUP_FILE), {
+      'library': library, 'architecture': config.model.name,
+      'last_stride': config.model.get('last_stride', 2),
+      'setup': torch_weights.setup_lines(config.model),
+      'input': 'float32 NCHW, prepared as preprocessing.json says: images.permute(0, 3, 1, 2) '
+               'of the NHWC batch it describes',
+      'output': f'logits, {config.model.num_classes} classes (class_names in preprocessing.json)'})
 
 
 def _write_json(path: str, value: Any) -> None:
@@ -238,7 +268,8 @@ def cli() -> None:
   flags.DEFINE_string('output_dir', None, 'Directory for the exported plain network.')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing export in --output_dir.')
   flags.DEFINE_list('format', ['orbax'], 'What to write besides the Orbax variables, '
-                    'preprocessing.json and model_card.json (always written): orbax, stablehlo, onnx.')
+                    'preprocessing.json and model_card.json (always written): orbax, stablehlo, '
+                    'onnx, torchvision (a torchvision/timm state dict as safetensors).')
   flags.DEFINE_bool('ema', False, 'Export the moving average of the weights '
                     '(config.optim.ema_decay) instead of the weights.')
   flags.DEFINE_integer('step', None, 'Export the checkpoint of this step instead of the latest.')

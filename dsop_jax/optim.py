@@ -31,12 +31,14 @@
   training with the smaller batch would have them), and the schedule counts updates.
 """
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+
+from dsop_jax import dsop
 
 OPTIMIZERS = ('sgd', 'radam', 'adahessian', 'rmsprop')
 SCHEDULES = ('step', 'cosine', 'exponential')
@@ -70,6 +72,9 @@ def validate_optim_config(config: ml_collections.ConfigDict) -> None:
     _fail('optim.ema_decay', o.ema_decay, 'must lie in [0, 1) (0 = no moving average)')
   if not o.get('clip_grad_norm', 0.0) >= 0:
     _fail('optim.clip_grad_norm', o.clip_grad_norm, 'must be >= 0 (0 = no clipping)')
+  if not 0 <= backbone_lr_scale(config) <= 1:
+    _fail('optim.backbone_lr_scale', o.backbone_lr_scale, "must lie in [0, 1] (the backbone's "
+          'rate as a fraction of the branches\' and classifier\'s; 1 = one rate)')
   reference = o.get('lr_reference_batch', 0)
   if not isinstance(reference, int) or isinstance(reference, bool) or reference < 0:
     _fail('optim.lr_reference_batch', reference, 'must be an integer >= 0 (0 = no scaling)')
@@ -94,6 +99,20 @@ def validate_optim_config(config: ml_collections.ConfigDict) -> None:
       _fail('optim.eps', o.eps, 'must be > 0')
 
 
+def backbone_lr_scale(config: ml_collections.ConfigDict) -> float:
+  """The backbone's learning rate as a fraction of the rest's (config.optim.backbone_lr_scale)."""
+  return config.optim.get('backbone_lr_scale', 1.0)
+
+
+def part_labels(params: Mapping[str, Any]) -> Any:
+  """'backbone' for every parameter of the backbone but its head (classifier or second-order
+  head), 'new' for those and the auxiliary branches: the parts fine-tuning trains at two rates."""
+  def label(path, _):
+    keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return 'backbone' if keys[0] == dsop.BACKBONE and keys[1] not in ('head', 'gsop') else 'new'
+  return jax.tree.map_with_path(label, params)
+
+
 def accumulate_steps(config: ml_collections.ConfigDict) -> int:
   """Training steps (batches of config.train.batch_size) per optimiser update."""
   return config.train.get('accumulate_steps', 1)
@@ -103,6 +122,9 @@ def base_learning_rate(config: ml_collections.ConfigDict) -> float:
   """config.optim.learning_rate, times (batch per update) / config.optim.lr_reference_batch when
   that is set (the linear scaling rule: lr = base * batch / 256)."""
   o = config.optim
+  if not 0 <= backbone_lr_scale(config) <= 1:
+    _fail('optim.backbone_lr_scale', o.backbone_lr_scale, "must lie in [0, 1] (the backbone's "
+          'rate as a fraction of the branches\' and classifier\'s; 1 = one rate)')
   reference = o.get('lr_reference_batch', 0)
   if not reference:
     return o.learning_rate
@@ -263,6 +285,10 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
       opt = optax.rmsprop(lr, decay=o.rms_decay, eps=o.eps, initial_scale=1.0, eps_in_sqrt=True,
                           momentum=o.momentum or None)
     tx = optax.chain(optax.add_decayed_weights(o.weight_decay), opt)
+  scale = backbone_lr_scale(config)
+  if scale != 1.0:  # Fine-tuning: the backbone's whole update (decay included) at `scale` x.
+    tx = optax.chain(tx, optax.multi_transform(
+        {'backbone': optax.scale(scale), 'new': optax.identity()}, part_labels))
   if o.get('clip_grad_norm', 0.0) > 0:  # The loss's gradient, before weight decay is added.
     tx = optax.chain(optax.clip_by_global_norm(o.clip_grad_norm), tx)
   if k > 1:  # Averages k gradients, then updates once; the other k-1 steps leave the parameters.

@@ -183,6 +183,7 @@ def _structure_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The fields that fix a checkpoint's structure: the model's and the optimiser's kind."""
   fields = {**_LEGACY_MODEL_FIELDS, **_flatten(config.model.to_dict(), 'config.model')}
   fields.pop('config.model.bn_group_size', None)  # How BN groups a batch: no variable depends on it.
+  fields.pop('config.model.init_from', None)  # Where the first step's weights came from.
   if not models.BACKBONES.get(config.model.name, (None, True))[1]:
     fields.pop('config.model.last_stride', None)  # CIFAR networks have none (older configs had one).
   if fields['config.model.head.pool'] == 'gap':  # GAP + FC: the other head fields build nothing.
@@ -194,6 +195,7 @@ def _structure_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   fields['config.optim.clip_grad_norm > 0'] = config.optim.get('clip_grad_norm', 0.0) > 0
   fields['config.train.accumulate_steps > 1'] = optim.accumulate_steps(config) > 1
   fields['config.optim.ema_decay > 0'] = steps.uses_ema(config)
+  fields['config.optim.backbone_lr_scale != 1'] = optim.backbone_lr_scale(config) != 1.0
   return fields
 
 
@@ -202,7 +204,8 @@ def _structure_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 _LEGACY_DATA_FIELDS = {'config.data.train_subset': 0, 'config.data.fit': 'pad'}
 _SCHEDULE_FIELDS = ('learning_rate', 'schedule', 'decay_epochs', 'decay_factor', 'warmup_epochs',
                     'decay_every_epochs')
-_LEGACY_SCHEDULE_FIELDS = {'config.optim.lr_reference_batch': 0, 'config.train.accumulate_steps': 1}
+_LEGACY_SCHEDULE_FIELDS = {'config.optim.lr_reference_batch': 0, 'config.train.accumulate_steps': 1,
+                           'config.optim.backbone_lr_scale': 1.0}
 
 
 def continuity_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -218,6 +221,8 @@ def continuity_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     fields['config.train.accumulate_steps'] = config.train.accumulate_steps
   if 'lr_reference_batch' in config.optim:
     fields['config.optim.lr_reference_batch'] = config.optim.lr_reference_batch
+  if 'backbone_lr_scale' in config.optim:
+    fields['config.optim.backbone_lr_scale'] = config.optim.backbone_lr_scale
   fields['config.train.seed'] = config.train.seed
   for k in _SCHEDULE_FIELDS:
     if k in config.optim:

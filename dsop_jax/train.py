@@ -31,6 +31,7 @@ from dsop_jax import input_pipeline
 from dsop_jax import losses
 from dsop_jax import models
 from dsop_jax import optim
+from dsop_jax import pretrained
 from dsop_jax import runs
 from dsop_jax import sharding
 from dsop_jax import steps
@@ -54,9 +55,11 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   if t.policy == 'early_removal' and not 0 < t.remove_branches_at_epoch < t.num_epochs:
     raise ValueError(f'config.train.remove_branches_at_epoch = {t.remove_branches_at_epoch!r} is '
                      f'invalid: must lie in (0, num_epochs = {t.num_epochs}).')
-  if t.policy == 'two_phase' and not t.backbone_checkpoint:
+  if t.policy == 'two_phase' and not pretrained.source_of(config)[1]:
     raise ValueError("config.train.backbone_checkpoint = '' is invalid: two_phase training needs "
-                     'an export directory or training workdir holding the trained backbone.')
+                     'the trained backbone: an export directory or training workdir here, or '
+                     'config.model.init_from (also a torchvision/timm safetensors file).')
+  pretrained.validate(config)
   if not isinstance(t.get('keep_best', False), bool):
     raise ValueError(f'config.train.keep_best = {t.keep_best!r} is invalid: allowed: True, False.')
   for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
@@ -115,14 +118,16 @@ def _validate(config: ml_collections.ConfigDict) -> None:
 
 def _load_backbone(state: steps.TrainState, config: ml_collections.ConfigDict,
                    mesh: Any) -> steps.TrainState:
-  """Two-phase training: the trained backbone goes into the 'backbone' subtree."""
-  path = config.train.backbone_checkpoint
-  _, backbone = export.load_first_order(path)
-  expected = {'params': state.params['backbone'], 'batch_stats': state.batch_stats['backbone']}
-  export.check_same_structure(expected, backbone, f'backbone variables in {path}')
+  """The backbone's variables from `pretrained.source_of(config)` (fine-tuning's init_from, or
+  two-phase training's trained backbone); the branches keep their fresh values."""
+  fresh = {'params': state.params[dsop.BACKBONE], 'batch_stats': state.batch_stats[dsop.BACKBONE]}
+  backbone, _ = pretrained.load(config, fresh)
   backbone = jax.device_put(backbone, sharding.replicated(mesh))
-  return state.replace(params={**state.params, dsop.BACKBONE: backbone['params']},
-                       batch_stats={**state.batch_stats, dsop.BACKBONE: backbone['batch_stats']})
+  state = state.replace(params={**state.params, dsop.BACKBONE: backbone['params']},
+                        batch_stats={**state.batch_stats, dsop.BACKBONE: backbone['batch_stats']})
+  if getattr(state, 'ema', None) is not None:  # The moving average starts at the loaded weights.
+    state = state.replace(ema={'params': state.params, 'batch_stats': state.batch_stats})
+  return state
 
 
 def _abstract_state(state: steps.TrainState) -> steps.TrainState:
@@ -271,7 +276,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
     state, _ = checkpointer.restore(_abstract_state(state))  # Skips unreadable checkpoints.
     last_saved = int(state.step)
     logging.info('Resuming from step %d in %s', last_saved, workdir)
-  elif t.policy == 'two_phase':
+  elif pretrained.source_of(config)[1]:
     state = _load_backbone(state, config, mesh)
   runs.write_config(config, workdir, resumed_at=last_saved)
 

@@ -12,17 +12,18 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LAYERS = [
     {'main', 'benchmark'},
     {'train', 'complexity', 'predict'},
-    {'export', 'plot', 'gradients'},
+    {'export', 'plot', 'gradients', 'pretrained'},
     {'runs'},
     {'steps'},
-    {'checkpointing', 'input_pipeline'},
+    {'checkpointing', 'input_pipeline', 'torch_weights'},
     {'models'},
     {'dsop', 'gsop', 'efficientnet', 'cifar_backbones', 'losses', 'optim', 'sharding'},
     {'branches', 'resnet'},
     {'covpool', 'layers', 'stages', 'config_files', 'onnx_export'},
 ]
 SAME_LAYER = {('gsop', 'branches'), ('dsop', 'branches'), ('cifar_backbones', 'resnet'),
-              ('efficientnet', 'resnet'), ('branches', 'covpool'), ('losses', 'optim')}
+              ('efficientnet', 'resnet'), ('branches', 'covpool'), ('losses', 'optim'),
+              ('optim', 'dsop'), ('pretrained', 'export')}
 # Imported where used because they need TensorFlow, which accelerator hosts may not have (the
 # benchmark's `input` part only).
 OPTIONAL = {('benchmark', 'input_pipeline')}

@@ -58,6 +58,36 @@ def test_sgd_update_is_pytorch_coupled_weight_decay_with_momentum():
   np.testing.assert_allclose(w1 + u2, np.asarray(w1) - 0.1 * v2, rtol=1e-6)
 
 
+@pytest.mark.parametrize('name', ['sgd', 'radam'])
+def test_backbone_learning_rate_scale_scales_the_backbones_whole_update(name):
+  """Fine-tuning's per-part rates: with backbone_lr_scale 0.25 every backbone parameter but its
+  classifier moves by a quarter of what it moves with one rate (weight decay and momentum
+  included, over two steps); the classifier and the branches move as with one rate."""
+  params = {'backbone': {'conv_init': {'kernel': jnp.asarray([1.0, -2.0])},
+                         'head': {'kernel': jnp.asarray([0.5, 1.5])}},
+            'a_pds4': {'fc': {'kernel': jnp.asarray([-1.0, 3.0])}}}
+  grads = [jax.tree.map(lambda x, k=k: (k + 1.0) * jnp.sign(x) + 0.5, params) for k in range(2)]
+  moved = {}
+  for scale in (1.0, 0.25):
+    config = imagenet_r50.get_config()
+    config.optim.update(name=name, backbone_lr_scale=scale, warmup_epochs=0.0)
+    tx = optim.create_optimizer(config, steps_per_epoch=100, num_steps=9000)
+    state, total = tx.init(params), jax.tree.map(jnp.zeros_like, params)
+    for g in grads:
+      updates, state = tx.update(g, state, params)  # The same point: only the rates differ.
+      total = jax.tree.map(jnp.add, total, updates)
+    moved[scale] = total
+  assert optim.part_labels(params) == {'backbone': {'conv_init': {'kernel': 'backbone'},
+                                                    'head': {'kernel': 'new'}},
+                                       'a_pds4': {'fc': {'kernel': 'new'}}}
+  conv = lambda tree: tree['backbone']['conv_init']['kernel']  # noqa: E731
+  assert float(jnp.abs(conv(moved[1.0])).min()) > 0
+  np.testing.assert_allclose(conv(moved[0.25]), 0.25 * conv(moved[1.0]), rtol=1e-6)
+  for path in (('backbone', 'head'), ('a_pds4', 'fc')):
+    np.testing.assert_array_equal(moved[0.25][path[0]][path[1]]['kernel'],
+                                  moved[1.0][path[0]][path[1]]['kernel'])
+
+
 def test_radam_and_nesterov_build_and_step():
   config = cifar_wrn28_10.get_config()
   for name, nesterov in (('radam', False), ('sgd', True)):
@@ -146,6 +176,7 @@ def test_rmsprop_matches_tensorflow_style_updates_by_hand():
     ('eps', 0.0, 'config.optim.eps = 0.0 is invalid'),
     ('clip_grad_norm', -1.0, 'config.optim.clip_grad_norm = -1.0 is invalid: must be >= 0'),
     ('lr_reference_batch', -256, 'config.optim.lr_reference_batch = -256 is invalid'),
+    ('backbone_lr_scale', 1.5, 'config.optim.backbone_lr_scale = 1.5 is invalid: must lie in'),
 ])
 def test_invalid_fields_are_named(field, value, message):
   config = imagenet_r50.get_config()

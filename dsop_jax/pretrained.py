@@ -1,0 +1,104 @@
+"""Backbone weights from outside the run: fine-tuning from pretrained weights
+(`config.model.init_from`) and the trained backbone of two-phase training (Table III,
+`config.train.backbone_checkpoint`, or `init_from` when that is empty).
+
+A source is a safetensors file of a torchvision or timm state dict (`torch_weights`: torchvision's
+ResNet-18/34/50/101/152, timm's `seresnext101_32x4d` and `efficientnet_b0`), or a dsop_jax export
+directory or training workdir (its latest checkpoint, branches detached). It fills the backbone's
+variables; the auxiliary branches always start fresh, and so does the classifier when the source's
+has another number of classes (a fine-tuning dataset) or the network has a second-order head.
+-s1 networks take -s2 weights: the stride changes no parameter. Nothing is ever unpickled: a
+PyTorch `.pth` is refused with the line that converts it.
+"""
+
+import os
+from typing import Any, Dict, List, Mapping, Tuple
+
+from absl import logging
+import jax
+import ml_collections
+
+from dsop_jax import export
+from dsop_jax import torch_weights
+
+HEADS = ('head', 'gsop')  # The backbone's own head: the classifier, or the second-order head.
+
+
+def source_of(config: ml_collections.ConfigDict) -> Tuple[str, str]:
+  """(field, path) of the weights a new run starts its backbone from; ('', '') for none."""
+  if config.train.policy == 'two_phase' and config.train.backbone_checkpoint:
+    return 'train.backbone_checkpoint', config.train.backbone_checkpoint
+  if config.model.get('init_from', ''):
+    return 'model.init_from', config.model.init_from
+  return '', ''
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the field when the weights to start from cannot be used: no such
+  file or directory, a file that is not safetensors, or a network with no torchvision/timm
+  counterpart for a state dict. Reads only the file's header, before anything compiles."""
+  init_from = config.model.get('init_from', '')
+  if not isinstance(init_from, str):
+    raise ValueError(f'config.model.init_from = {init_from!r} is invalid: give a path (a '
+                     'safetensors file, a dsop_jax export or workdir) or \'\' for none.')
+  field, path = source_of(config)
+  if not path:
+    return
+  if os.path.isdir(path):
+    if not (os.path.exists(os.path.join(path, 'model_config.json')) or
+            os.path.exists(os.path.join(path, 'config.json'))):
+      raise ValueError(f'config.{field} = {path!r} is invalid: the directory is neither a dsop_jax '
+                       'export (model_config.json) nor a training workdir (config.json).')
+    return
+  if not os.path.isfile(path):
+    raise ValueError(f'config.{field} = {path!r} is invalid: no such file or directory.')
+  torch_weights.check_supported(torch_weights.first_order(config.model), f'config.{field}')
+  header, _, _ = torch_weights.read_safetensors_header(path)
+  torch_weights.check_state_dict(config.model, {k: v['shape'] for k, v in header.items()},
+                                 source=f'config.{field} = {path!r}')
+
+
+def load(config: ml_collections.ConfigDict, fresh: Mapping[str, Any]
+         ) -> Tuple[Dict[str, Any], List[str]]:
+  """The backbone's {'params', 'batch_stats'} from the run's source (`source_of`), with `fresh`
+  (the backbone's freshly initialised variables) where the source has nothing to give.
+
+  Returns:
+    (variables, the names of the fresh parts kept).
+
+  Raises:
+    ValueError: the source's variables do not fit the network, naming the keys.
+  """
+  field, path = source_of(config)
+  fresh = jax.device_get(dict(fresh))
+  if os.path.isfile(path):
+    state, _ = torch_weights.read_safetensors(path)
+    variables, kept = torch_weights.from_state_dict(config.model, state, fresh,
+                                                    source=f'config.{field} = {path!r}')
+  else:
+    _, source = export.load_first_order(path)
+    variables, kept = _fit_head(source, fresh)
+    export.check_same_structure(fresh, variables, f'backbone variables in {path}')
+  logging.info('Backbone initialised from %s%s.', path,
+               f'; fresh: {", ".join(kept)}' if kept else '')
+  return variables, kept
+
+
+def _fit_head(source: Mapping[str, Any], fresh: Mapping[str, Any]
+              ) -> Tuple[Dict[str, Any], List[str]]:
+  """`source` with the network's fresh head where the source's head has other variables (another
+  class count, or a first-order head for a second-order network)."""
+  shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)  # noqa: E731
+  out = {collection: dict(tree) for collection, tree in source.items()}
+  kept = []
+  for collection, tree in fresh.items():
+    ours = {k: v for k, v in tree.items() if k in HEADS}
+    theirs = {k: v for k, v in source.get(collection, {}).items() if k in HEADS}
+    if shapes(ours) != shapes(theirs):
+      for k in theirs:
+        out[collection].pop(k)
+      out[collection].update(ours)
+      kept += [k for k in ours if k not in kept]
+  classes = fresh['params']['head']['kernel'].shape[-1] if 'head' in fresh['params'] else 0
+  return out, [f'the classifier ({classes} classes)' if k == 'head' else
+               'the second-order head (gsop)' for k in kept]

@@ -1,0 +1,137 @@
+"""Fine-tuning from pretrained weights (config.model.init_from): a torchvision state dict in
+safetensors trains on the digits with a fresh classifier and a held backbone (per-part rates), and
+comes back out of `export --format=torchvision` unchanged; mismatched sources are refused before
+anything compiles, naming the key; a dsop_jax export of another class count fills all but the
+classifier."""
+
+import json
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dsop_jax import export
+from dsop_jax import models
+from dsop_jax import pretrained
+from dsop_jax import torch_weights
+from dsop_jax import train
+from tests import train_helpers
+import torch_fixtures
+
+
+def _digits_resnet18(**train_fields):
+  """ResNet-18 on one block per stage (torchvision's names and widths) on the real digits, with a
+  branch after its last stage, one training step."""
+  config = train_helpers.tiny_digits_config('none', num_epochs=1 / 22, **train_fields)
+  config.model.name = 'resnet18'
+  config.model.stage_sizes = (1, 1, 1, 1)
+  config.model.branches.blocks = (0, 0, 0, 1)
+  config.model.branches.channels = (8,) * 4
+  config.model.branches.reduction = ('direct',) * 4
+  config.loss.betas = (0.0, 0.0, 0.0, 0.5)
+  return config
+
+
+def _first_blocks_of_resnet18():
+  """The real torchvision ResNet-18's keys and shapes (the fixture) of block 0 of each stage."""
+  keys = torch_fixtures.keys_of(torch_fixtures.load('resnet18'))
+  return [k for k in keys if not re.match(r'layer\d\.1\.', k[0])]
+
+
+def test_fine_tuning_from_torchvision_weights_and_exporting_them_back(tmp_path):
+  keys = _first_blocks_of_resnet18()
+  weights = torch_fixtures.seeded_state_dict(keys)
+  source = str(tmp_path / 'imagenet_r18.safetensors')
+  torch_weights.write_safetensors(source, weights)
+  # A backbone rate of 0: one SGD step moves the branch and the fresh 10-class classifier only.
+  config = _digits_resnet18()
+  config.model.init_from = source
+  config.optim.backbone_lr_scale = 0.0
+  workdir = str(tmp_path / 'run')
+  state = train.train_and_evaluate(config, workdir)
+  assert int(state.step) == 1
+  backbone = jax.device_get({'params': state.params['backbone'],
+                             'batch_stats': state.batch_stats['backbone']})
+  assert backbone['params']['head']['kernel'].shape == (512, 10)
+  assert np.abs(backbone['params']['head']['kernel']).sum() > 0
+
+  out = str(tmp_path / 'export')
+  assert not train_helpers.run_cli(export.cli, ['export', f'--workdir={workdir}', f'--output_dir={out}',
+                                                '--format=orbax,torchvision'])
+  exported, metadata = torch_weights.read_safetensors(os.path.join(out, 'model.safetensors'))
+  assert metadata['format'] == 'pt'
+  want = {k: shape for k, shape, _ in keys}
+  want['fc.weight'], want['fc.bias'] = [10, 512], [10]
+  assert {k: list(v.shape) for k, v in exported.items()} == want
+  for key, value in weights.items():
+    if key.endswith(('running_mean', 'running_var')):  # BatchNorm's averages moved in the step.
+      assert not np.array_equal(exported[key], value), key
+    elif key.endswith('num_batches_tracked'):
+      assert exported[key] == 1  # The step.
+    elif not key.startswith('fc.'):  # The pretrained weights, bit for bit, through both tables.
+      np.testing.assert_array_equal(exported[key], value, err_msg=key)
+  with open(os.path.join(out, 'torch.json')) as f:
+    setup = json.load(f)
+  assert setup['library'] == 'torchvision' and setup['setup'][:2] == [
+      'import torchvision', 'model = torchvision.models.resnet.ResNet('
+      'torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=10)']
+
+
+def test_sources_that_do_not_fit_are_refused_before_compiling(tmp_path, monkeypatch):
+  monkeypatch.setattr(models, 'init_variables', None)  # Nothing may compile.
+  monkeypatch.setattr(jax, 'jit', None)
+  weights = torch_fixtures.seeded_state_dict(_first_blocks_of_resnet18())
+  cases = []
+  wrong = dict(weights, **{'layer3.0.conv2.weight': np.zeros((256, 256, 1, 1), np.float32)})
+  cases.append((wrong, r"key 'layer3.0.conv2.weight' has shape \[256, 256, 1, 1\], but "
+                       r'config.model \(resnet18, 10 classes\) needs \[256, 256, 3, 3\]'))
+  extra = dict(weights, **{'layer1.1.conv1.weight': np.zeros((64, 64, 3, 3), np.float32)})
+  cases.append((extra, r"not a torchvision resnet18 state dict: missing keys \[\], unexpected "
+                       r"keys \['layer1.1.conv1.weight'\]"))
+  short = {k: v for k, v in weights.items() if not k.startswith('layer4.0.downsample.1')}
+  cases.append((short, r"missing keys \['layer4.0.downsample.1.bias', "
+                       r"'layer4.0.downsample.1.running_mean'"))
+  for i, (state, message) in enumerate(cases):
+    path = str(tmp_path / f'{i}.safetensors')
+    torch_weights.write_safetensors(path, state)
+    config = _digits_resnet18()
+    config.model.init_from = path
+    with pytest.raises(ValueError, match=f'config.model.init_from = .*{i}.safetensors.*{message}'):
+      train.train_and_evaluate(config, str(tmp_path / f'run{i}'))
+  pickled = tmp_path / 'resnet18.pth'
+  pickled.write_bytes(b'PK\x03\x04' + b'\x00' * 64)  # torch.save's zip archive.
+  others = [(str(pickled), _digits_resnet18(), r'is not a safetensors file \(convert a PyTorch '
+                                               r'.pth with safetensors.torch.save_file'),
+            (str(tmp_path / 'nowhere'), _digits_resnet18(), 'no such file or directory'),
+            (path, train_helpers.tiny_digits_config(),
+             r"config.model.init_from is invalid for config.model.name = 'preact_resnet20': "
+             'torchvision and timm weights exist for resnet18')]
+  for source, config, message in others:
+    config.model.init_from = source
+    with pytest.raises(ValueError, match=message):
+      train.train_and_evaluate(config, str(tmp_path / 'other'))
+  assert not os.path.exists(tmp_path / 'other' / 'checkpoints')
+
+
+def test_an_export_of_another_class_count_fills_all_but_the_classifier(tmp_path):
+  imagenet = _digits_resnet18().model
+  imagenet.num_classes = 1000
+  source = train_helpers.write_fresh_export(imagenet, str(tmp_path / 'r18'))
+  _, theirs = export.load(source)
+  config = _digits_resnet18()
+  config.model.init_from = source
+  module = models.create_backbone(config.model)
+  fresh = models.init_variables(module, jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
+  variables, kept = pretrained.load(config, fresh)
+  assert kept == ['the classifier (10 classes)']
+  np.testing.assert_array_equal(variables['params']['head']['kernel'],
+                                fresh['params']['head']['kernel'])
+  for collection in ('params', 'batch_stats'):
+    for name in theirs[collection]:
+      if name != 'head':
+        for a, b in zip(jax.tree.leaves(theirs[collection][name]),
+                        jax.tree.leaves(variables[collection][name])):
+          np.testing.assert_array_equal(a, b)
