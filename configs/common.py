@@ -101,8 +101,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.distill.soft_weight = 0.5  # w: (1 - w) * CE + w * T^2 * KL.
 
   config.data = ml_collections.ConfigDict()
-  # TFDS name, or 'digits' (shipped with scikit-learn), or 'fashion_mnist' (its IDX files).
+  # 'imagenet2012', 'cifar10', 'cifar100', 'digits' (shipped with scikit-learn), 'fashion_mnist' (its
+  # IDX files), 'folder' (an ImageFolder tree at data_dir: data_dir/train/<class>/*.jpg|png and
+  # data_dir/val/<class>/...), or the name of any TFDS image-classification dataset (e.g.
+  # caltech_birds2011): its image and label features and class count come from TFDS.
   config.data.dataset = 'imagenet2012'
+  config.data.train_split = ''  # Split names; '' = the dataset's own (folder: 'train' and 'val';
+  config.data.eval_split = ''  # a TFDS name: 'train' and the first of validation/test it has).
+  # 'imagenet' (scale jitter / Inception crop), 'cifar' (pad-crop-flip) or 'small' (pad-crop, no
+  # flip: small grey images); '' = the dataset's own ('imagenet' for folders and TFDS names).
+  config.data.augment = ''
+  # Per-channel normalisation (RGB, pixels in [0, 255]); () = the dataset's own: its published
+  # statistics, computed from a folder's images on first use, ImageNet's for a TFDS name.
+  config.data.mean = ()
+  config.data.std = ()
   # TFDS data_dir holding the prepared dataset ('' = TFDS's default); for fashion_mnist, the
   # directory of its four IDX files (gzipped or not).
   config.data.data_dir = ''

@@ -311,9 +311,10 @@ def _synthetic_jpegs(count: int, seed: int = 0) -> List[bytes]:
 def input_benchmark(opts: Options, image_size: int = 224) -> Dict[str, Any]:
   """Images/s of the ImageNet training preprocessing on one CPU core and on all of them."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from dsop_jax import datasets  # pylint: disable=g-import-not-at-top
   from dsop_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   jpegs = _synthetic_jpegs(min(opts.input_images, 64))
-  info = input_pipeline.DATASETS['imagenet2012']
+  info = datasets.DATASETS['imagenet2012']
   result: Dict[str, Any] = {'image_size': image_size, 'images': opts.input_images,
                             'mean_jpeg_kb': float(np.mean([len(j) for j in jpegs]) / 1024)}
   for name, threads in (('one_core', 1), ('all_cores', os.cpu_count() or 1)):

@@ -123,7 +123,7 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
   with open(os.path.join(staging, 'model_config.json'), 'w') as f:
     f.write(config.model.to_json_best_effort(indent=2))
   recipe = {**input_pipeline.preprocessing(config),
-            'class_names': input_pipeline.class_names(config)}
+            'class_names': runs.class_names(config, workdir)}
   _write_json(os.path.join(staging, 'preprocessing.json'), recipe)
   _write_json(os.path.join(staging, 'model_card.json'),
               {**_model_card(config, workdir, step, detached, forward, size),

@@ -22,6 +22,7 @@ import jax
 import ml_collections
 
 from dsop_jax import checkpointing
+from dsop_jax import datasets
 from dsop_jax import models
 from dsop_jax import optim
 from dsop_jax import sharding
@@ -83,6 +84,30 @@ def write_config(config: ml_collections.ConfigDict, workdir: str,
   with open(path + '.tmp', 'w') as f:
     f.write(text)
   os.replace(path + '.tmp', path)
+
+
+CLASS_NAMES_FILE = 'class_names.json'
+
+
+def write_class_names(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """WORKDIR/class_names.json: the dataset's class names in label order, when known, so exports
+  and predictions name the classes wherever the data has gone (process 0 only)."""
+  names = datasets.class_names(config)
+  if jax.process_index() != 0 or names is None:
+    return
+  path = os.path.join(workdir, CLASS_NAMES_FILE)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(names, f)
+  os.replace(path + '.tmp', path)
+
+
+def class_names(config: ml_collections.ConfigDict, workdir: str) -> Optional[List[str]]:
+  """The class names a training run recorded (`write_class_names`), else the dataset's."""
+  path = os.path.join(workdir, CLASS_NAMES_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return datasets.class_names(config)
 
 
 METRICS_FILE = 'metrics.jsonl'
@@ -201,7 +226,9 @@ def _structure_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 
 # Data fields added after workdirs may have been written, with the value that reads the data a
 # config without them read.
-_LEGACY_DATA_FIELDS = {'config.data.train_subset': 0, 'config.data.fit': 'pad'}
+_LEGACY_DATA_FIELDS = {'config.data.train_subset': 0, 'config.data.fit': 'pad',
+                       'config.data.train_split': '', 'config.data.eval_split': '',
+                       'config.data.augment': '', 'config.data.mean': [], 'config.data.std': []}
 _SCHEDULE_FIELDS = ('learning_rate', 'schedule', 'decay_epochs', 'decay_factor', 'warmup_epochs',
                     'decay_every_epochs')
 _LEGACY_SCHEDULE_FIELDS = {'config.optim.lr_reference_batch': 0, 'config.train.accumulate_steps': 1,

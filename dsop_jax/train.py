@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from dsop_jax import checkpointing
+from dsop_jax import datasets
 from dsop_jax import dsop
 from dsop_jax import export
 from dsop_jax import input_pipeline
@@ -106,7 +107,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
                      f'config.train.batch_size ({t.batch_size}), or be 0 (the whole batch).')
   input_pipeline.validate_data_config(config)
   runs.allowed_resume_changes(config)
-  examples = input_pipeline.num_examples(config, input_pipeline.dataset_info(config).train_split)
+  examples = datasets.num_examples(config, datasets.dataset_info(config).train_split)
   if t.batch_size > examples:
     raise ValueError(f'config.train.batch_size = {t.batch_size} is invalid: the training split of '
                      f'{config.data.dataset} has {examples} examples, so an epoch would have no '
@@ -238,6 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
+  config = input_pipeline.with_dataset_stats(config)  # Recorded in config.json.
   mesh = sharding.create_mesh()
   teacher, teacher_variables = None, None  # Knowledge distillation (Table II baselines).
   distill = config.get('distill')
@@ -279,6 +281,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
   elif pretrained.source_of(config)[1]:
     state = _load_backbone(state, config, mesh)
   runs.write_config(config, workdir, resumed_at=last_saved)
+  runs.write_class_names(config, workdir)
 
   def jit_step(module: Any, loss_weights: Dict[str, float], frozen: Sequence[str]) -> Any:
     if teacher is None:
@@ -302,7 +305,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   base_rng = jax.random.key(t.seed)
-  skipped = {'train': input_pipeline.SkipCounter(), 'eval': input_pipeline.SkipCounter()}
+  skipped = {'train': datasets.SkipCounter(), 'eval': datasets.SkipCounter()}
   train_iter = input_pipeline.train_batches(
       config, local_batch_size=local_batch, start_step=int(state.step), seed=t.seed,
       process_index=jax.process_index(), process_count=jax.process_count(),

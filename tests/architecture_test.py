@@ -19,14 +19,14 @@ LAYERS = [
     {'models'},
     {'dsop', 'gsop', 'efficientnet', 'cifar_backbones', 'losses', 'optim', 'sharding'},
     {'branches', 'resnet'},
-    {'covpool', 'layers', 'stages', 'config_files', 'onnx_export'},
+    {'covpool', 'layers', 'stages', 'config_files', 'onnx_export', 'datasets'},
 ]
 SAME_LAYER = {('gsop', 'branches'), ('dsop', 'branches'), ('cifar_backbones', 'resnet'),
               ('efficientnet', 'resnet'), ('branches', 'covpool'), ('losses', 'optim'),
               ('optim', 'dsop'), ('pretrained', 'export')}
 # Imported where used because they need TensorFlow, which accelerator hosts may not have (the
 # benchmark's `input` part only).
-OPTIONAL = {('benchmark', 'input_pipeline')}
+OPTIONAL = {('benchmark', 'input_pipeline'), ('benchmark', 'datasets')}
 
 
 def _imports(name):

@@ -11,10 +11,11 @@ import tensorflow_datasets as tfds
 from configs import cifar_resnet20
 from configs import imagenet_r18
 from configs import quickstart
+from dsop_jax import datasets
 from dsop_jax import input_pipeline as ip
 from tests import train_helpers
 
-METADATA = ip.MOCK_METADATA
+METADATA = datasets.MOCK_METADATA
 
 
 def _take(iterator, n):
@@ -23,7 +24,7 @@ def _take(iterator, n):
 
 def test_digits_batches_shapes_and_normalisation():
   config = quickstart.get_config()
-  assert ip.num_examples(config, 'train') == 1437 and ip.num_examples(config, 'test') == 360
+  assert datasets.num_examples(config, 'train') == 1437 and datasets.num_examples(config, 'test') == 360
   (batch,) = _take(ip.train_batches(config, local_batch_size=64, start_step=0, seed=0), 1)
   assert batch['image'].shape == (64, 32, 32, 3) and batch['image'].dtype == np.float32
   assert batch['label'].dtype == np.int32 and set(batch['label']) <= set(range(10))
@@ -58,7 +59,7 @@ def test_process_shards_are_disjoint_and_eval_covers_everything_once(split):
               for step in range(3)]
     np.testing.assert_array_equal(np.concatenate(joined), single)
   assert sum(len(x) for x in labels) == 360
-  _, test_labels = ip._digits_arrays()['test']  # pylint: disable=protected-access
+  _, test_labels = datasets._digits_arrays()['test']  # pylint: disable=protected-access
   assert sorted(np.concatenate(labels)) == sorted(test_labels)
 
 
@@ -142,7 +143,7 @@ def test_unreadable_images_are_skipped_counted_and_epochs_keep_their_length(data
   config.data.shuffle_buffer = 64
   with tfds.testing.mock_data(num_examples=64, data_dir=METADATA,
                               as_dataset_fn=_records_with_damage(bad, dataset == 'cifar10')):
-    train_skips, eval_skips = ip.SkipCounter(), ip.SkipCounter()
+    train_skips, eval_skips = datasets.SkipCounter(), datasets.SkipCounter()
     batches = _take(ip.train_batches(config, local_batch_size=8, start_step=0, seed=0,
                                      skipped=train_skips), 16)  # Two epochs of 8 steps.
     resumed = _take(ip.train_batches(config, local_batch_size=8, start_step=5, seed=0), 11)
@@ -170,14 +171,14 @@ def test_fashion_mnist_from_idx_files_padded_or_resized(tmp_path):
   directory = train_helpers.write_fashion_mnist(tmp_path / 'fmnist')
   config = fashion_config(directory)
   ip.validate_data_config(config)
-  assert ip.num_examples(config, 'train') == 40 and ip.num_examples(config, 'test') == 12
-  info = ip.dataset_info(config)
+  assert datasets.num_examples(config, 'train') == 40 and datasets.num_examples(config, 'test') == 12
+  info = datasets.dataset_info(config)
   assert info.num_classes == 10 and info.augment == 'cifar' and len(set(info.mean)) == 1
   (batch,) = _take(ip.eval_batches(config, local_batch_size=12), 1)
   assert batch['image'].shape == (12, 32, 32, 3)
   np.testing.assert_array_equal(batch['label'], np.arange(12) % 10)
   # Padded: 2 zero pixels around the 28x28 image; the three channels are the grey one.
-  raw = ip.read_idx(os.path.join(directory, 't10k-images-idx3-ubyte'))
+  raw = datasets.read_idx(os.path.join(directory, 't10k-images-idx3-ubyte'))
   pixels = batch['image'] * info.std[0] + info.mean[0]
   np.testing.assert_allclose(pixels[:, 2:30, 2:30, 0], raw, atol=1e-3)
   assert np.abs(pixels[:, :2]).max() < 1e-3 and np.array_equal(pixels[..., 0], pixels[..., 2])
@@ -186,21 +187,21 @@ def test_fashion_mnist_from_idx_files_padded_or_resized(tmp_path):
   config.data.update(fit='resize', image_size=40)
   (resized,) = _take(ip.eval_batches(config, local_batch_size=12), 1)
   assert resized['image'].shape == (12, 40, 40, 3)
-  pixels = resized['image'] * ip.dataset_info(config).std[0] + ip.dataset_info(config).mean[0]
+  pixels = resized['image'] * datasets.dataset_info(config).std[0] + datasets.dataset_info(config).mean[0]
   assert pixels[:, :2].max() > 1  # Resized: no zero border.
 
 
 def test_train_subset_is_fixed_over_seeds_and_only_for_in_memory_datasets(tmp_path):
   config = fashion_config(train_helpers.write_fashion_mnist(tmp_path / 'fmnist'), train_subset=16)
-  assert ip.num_examples(config, 'train') == 16 and ip.num_examples(config, 'test') == 12
-  kept = ip.subset_indices(40, 16)
+  assert datasets.num_examples(config, 'train') == 16 and datasets.num_examples(config, 'test') == 12
+  kept = datasets.subset_indices(40, 16)
   expected = sorted(np.arange(40)[kept] % 10)
   for seed in (0, 1):  # One epoch of each seed: the same 16 examples, in another order.
     (batch,) = _take(ip.train_batches(config, local_batch_size=16, start_step=0, seed=seed), 1)
     assert sorted(batch['label']) == expected
   digits = quickstart.get_config()
   digits.data.train_subset = 100
-  assert ip.num_examples(digits, 'train') == 100 and ip.num_examples(digits, 'test') == 360
+  assert datasets.num_examples(digits, 'train') == 100 and datasets.num_examples(digits, 'test') == 360
   for change, message in [
       (dict(train_subset=41), r'config.data.train_subset = 41 is invalid: the training split of '
                               r'fashion_mnist has 40 examples'),
@@ -223,13 +224,13 @@ def test_train_subset_is_fixed_over_seeds_and_only_for_in_memory_datasets(tmp_pa
 def test_damaged_idx_files_are_named(tmp_path):
   path = str(tmp_path / 'images')
   train_helpers.write_idx(path, np.zeros((3, 28, 28), np.uint8))
-  assert ip.read_idx(path).shape == (3, 28, 28)
+  assert datasets.read_idx(path).shape == (3, 28, 28)
   with open(path, 'r+b') as f:
     f.truncate(4 + 12 + 100)
   with pytest.raises(ValueError, match=r'images holds 100 bytes of data; its header \(3, 28, 28\) '
                                        r'needs 2352 \(a truncated or damaged file\)'):
-    ip.read_idx(path)
+    datasets.read_idx(path)
   with open(path, 'wb') as f:
     f.write(b'\x89PNG\r\n')
   with pytest.raises(ValueError, match=r'images is not an IDX file of unsigned bytes'):
-    ip.read_idx(path)
+    datasets.read_idx(path)

@@ -1,18 +1,20 @@
 """Writes the TFDS metadata (dataset_info.json, label files) that tfds.testing.mock_data needs to serve
-imagenet2012, cifar10 and cifar100 with real split names and small split sizes, without any download.
+imagenet2012, cifar10, cifar100 and caltech_birds2011 (CUB-200-2011: the fine-tuning recipes, and
+a dataset read by its TFDS name) with real split names and small split sizes, without any download.
 
-  python tests/make_tfds_metadata.py   # rewrites dsop_jax/tfds-metadata/ (input_pipeline.MOCK_METADATA)
+  python tests/make_tfds_metadata.py   # rewrites dsop_jax/tfds-metadata/ (datasets.MOCK_METADATA)
 """
 
 import os
 
 import tensorflow_datasets as tfds
 
-from dsop_jax import input_pipeline
+from dsop_jax import datasets
 
-OUT = input_pipeline.MOCK_METADATA
+OUT = datasets.MOCK_METADATA
 SPLITS = {'imagenet2012': {'train': 64, 'validation': 64},
-          'cifar10': {'train': 64, 'test': 64}, 'cifar100': {'train': 64, 'test': 64}}
+          'cifar10': {'train': 64, 'test': 64}, 'cifar100': {'train': 64, 'test': 64},
+          'caltech_birds2011': {'train': 64, 'test': 64}}
 
 
 def main() -> None:

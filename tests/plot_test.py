@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from dsop_jax import checkpointing
+from dsop_jax import datasets
 from dsop_jax import export
 from dsop_jax import gradients
 from dsop_jax import input_pipeline
@@ -289,7 +290,7 @@ def test_export_formats_and_predict_on_images(runs, tmp_path, capsys):
                              rtol=1e-4, atol=1e-5)
 
   # The first three test images as PNG files, a truncated PNG and a text file named like one.
-  raw = input_pipeline._full_arrays(config)['test'][0][:3]
+  raw = datasets._full_arrays(config)['test'][0][:3]
   folder = tmp_path / 'photos'
   folder.mkdir()
   for i, image in enumerate(raw):

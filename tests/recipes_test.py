@@ -18,9 +18,9 @@ from configs import imagenet_seresnext101
 from dsop_jax import cifar_backbones
 from dsop_jax import complexity
 from dsop_jax import covpool
+from dsop_jax import datasets
 from dsop_jax import dsop
 from dsop_jax import efficientnet
-from dsop_jax import input_pipeline
 from dsop_jax import layers
 from dsop_jax import losses
 from dsop_jax import models
@@ -118,7 +118,7 @@ def test_resnet101_table_i_column_is_s1_and_the_teacher_s2():
 
 
 def test_cifar100_is_normalised_with_its_own_statistics():
-  cifar10, cifar100 = (input_pipeline.DATASETS[name] for name in ('cifar10', 'cifar100'))
+  cifar10, cifar100 = (datasets.DATASETS[name] for name in ('cifar10', 'cifar100'))
   assert cifar100.mean == (129.3, 124.1, 112.4) and cifar100.std == (68.2, 65.4, 70.4), (
       "CIFAR-100's per-channel training-set mean and std, not CIFAR-10's")
   assert cifar10.mean != cifar100.mean

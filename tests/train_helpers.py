@@ -14,7 +14,7 @@ import numpy as np
 
 from configs import imagenet_r18
 from configs import quickstart
-from dsop_jax import input_pipeline
+from dsop_jax import datasets
 
 
 # The tiny digits configs' branch layouts: `config.model.branches` (pattern, blocks).
@@ -103,7 +103,7 @@ def write_fashion_mnist(directory, train=40, test=12):
   os.makedirs(directory, exist_ok=True)
   rng = np.random.default_rng(0)
   for split, n in (('train', train), ('test', test)):
-    images_name, labels_name = input_pipeline.FASHION_MNIST_FILES[split]
+    images_name, labels_name = datasets.FASHION_MNIST_FILES[split]
     labels = np.arange(n, dtype=np.uint8) % 10
     images = rng.integers(0, 40, size=(n, 28, 28), dtype=np.uint8)
     for image, label in zip(images, labels):

@@ -25,6 +25,7 @@ import tensorflow_datasets as tfds
 
 from configs import cifar_resnet20
 from dsop_jax import checkpointing
+from dsop_jax import datasets
 from dsop_jax import dsop
 from dsop_jax import export
 from dsop_jax import input_pipeline
@@ -40,7 +41,7 @@ from tests import data_parallel_run
 from tests import train_helpers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-METADATA = input_pipeline.MOCK_METADATA
+METADATA = datasets.MOCK_METADATA
 # The tiny digits config's network (one 1-block branch, after the last stage) for the
 # `dsop_jax.main` subprocesses: what they test is the run, and the smallest DSoP-Net shows it.
 TINY_OVERRIDES = train_helpers.tiny_model_flags()

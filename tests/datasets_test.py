@@ -1,0 +1,164 @@
+"""A user's own data: an image folder (the digits written as PNG and JPEG files, one damaged) and a
+TFDS dataset read by its name (caltech_birds2011 on TFDS mock data) train end to end; class names
+and normalisation travel with the run into its export; malformed folders and unknown names are
+refused naming the field."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from dsop_jax import datasets
+from dsop_jax import export
+from dsop_jax import input_pipeline
+from dsop_jax import train
+from tests import train_helpers
+
+NAMES = ['eight', 'five', 'four', 'nine', 'one', 'seven', 'six', 'three', 'two', 'zero']
+DIGIT_NAMES = ['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine']
+
+
+def _write_folder(root, per_class=(12, 4)):
+  """ROOT/train and ROOT/val of the real digits, class directories named by the digit's word (so
+  the sorted order is not the digit order), PNG and JPEG files, one truncated PNG in train."""
+  arrays = datasets._digits_arrays()
+  for split, (name, count) in zip(('train', 'test'), (('train', per_class[0]), ('val', per_class[1]))):
+    images, labels = arrays[split]
+    for digit, word in enumerate(DIGIT_NAMES):
+      directory = os.path.join(root, name, word)
+      os.makedirs(directory)
+      for i, image in enumerate(images[labels == digit][:count]):
+        if i % 3 == 2:
+          data, suffix = tf.io.encode_jpeg(image, quality=95).numpy(), '.JPG'
+        else:
+          data, suffix = tf.io.encode_png(image).numpy(), '.png'
+        with open(os.path.join(directory, f'{i}{suffix}'), 'wb') as f:
+          f.write(data)
+  with open(os.path.join(root, 'train', 'zero', 'notes.txt'), 'w') as f:
+    f.write('not an image: ignored')
+  good = os.path.join(root, 'train', 'one', '0.png')
+  with open(good, 'rb') as f, open(os.path.join(root, 'train', 'one', 'cut.png'), 'wb') as g:
+    g.write(f.read()[:50])
+  return str(root)
+
+
+def _folder_config(root):
+  config = train_helpers.tiny_digits_config('none', num_epochs=2 / 1)  # 121 images: 1 step/epoch.
+  config.data.update(dataset='folder', data_dir=root, augment='small', shuffle_buffer=128)
+  return config
+
+
+def test_an_image_folder_trains_and_its_class_names_and_statistics_travel_with_the_run(tmp_path):
+  root = _write_folder(tmp_path / 'photos')
+  config = _folder_config(root)
+  input_pipeline.validate_data_config(config)
+  assert datasets.class_names(config) == NAMES  # Sorted by name, as torchvision's ImageFolder.
+  assert datasets.num_examples(config, 'train') == 121 and datasets.num_examples(config, 'val') == 40
+  # The pipeline's labels index the sorted names; the damaged file is skipped and counted.
+  skipped = datasets.SkipCounter()
+  (batch,) = [next(input_pipeline.train_batches(config, local_batch_size=120, start_step=0, seed=0,
+                                                skipped=skipped))]
+  assert skipped.value >= 1 and batch['image'].shape == (120, 32, 32, 3)  # Counted per read.
+  counts = np.bincount(batch['label'], minlength=10)
+  assert list(counts) == [12] * 10  # 'one' has 12 good files and the damaged one.
+  # Normalised by the statistics of its own (readable) training images.
+  pixels = np.concatenate([tf.io.decode_image(tf.io.read_file(p), channels=3).numpy().reshape(-1, 3)
+                           for p in datasets.folder_files(root, 'train', tuple(NAMES))[0]
+                           if not p.endswith('cut.png')]).astype(np.float64)
+  info = datasets.dataset_info(config)
+  np.testing.assert_allclose(info.mean, pixels.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(info.std, pixels.std(0), rtol=1e-5)
+
+  workdir = str(tmp_path / 'run')
+  state = train.train_and_evaluate(config, workdir)
+  assert int(state.step) == 2
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = json.load(f)['data']
+  np.testing.assert_allclose(saved['mean'], info.mean)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    record = json.loads(f.readlines()[-1])
+  assert 0 <= record['eval']['logits']['top1'] <= 1
+  shutil.rmtree(root)  # The data is gone; its class names and statistics are not.
+  out = export.export(workdir, str(tmp_path / 'export'))
+  with open(os.path.join(out, 'preprocessing.json')) as f:
+    recipe = json.load(f)
+  assert recipe['class_names'] == NAMES
+  np.testing.assert_allclose(recipe['mean'], info.mean)
+  assert recipe['resize']['rule'] == 'resize'
+
+
+def test_malformed_folders_are_refused_naming_the_field(tmp_path):
+  config = _folder_config(str(tmp_path / 'nothing'))
+  with pytest.raises(ValueError, match=r"config.data.data_dir = '.*nothing' is invalid for dataset "
+                                       r'folder: no class directory in .*nothing/train; expected '):
+    input_pipeline.validate_data_config(config)
+  root = _write_folder(tmp_path / 'photos', per_class=(2, 1))
+  os.makedirs(os.path.join(root, 'val', 'eleven'))
+  config = _folder_config(root)
+  with pytest.raises(ValueError, match=r"the 'val' split has classes the 'train' split lacks: "
+                                       r"\['eleven'\]"):
+    input_pipeline.validate_data_config(config)
+  os.rmdir(os.path.join(root, 'val', 'eleven'))
+  config.model.num_classes = 12
+  with pytest.raises(ValueError, match='config.model.num_classes = 12 is invalid: folder has 10 '
+                                       'classes'):
+    input_pipeline.validate_data_config(config)
+  config.model.num_classes = 10
+  config.data.update(mean=(1.0, 2.0), std=(1.0, 1.0, 1.0))
+  with pytest.raises(ValueError, match=r'config.data.mean = \(1.0, 2.0\), config.data.std = '):
+    input_pipeline.validate_data_config(config)
+  config.data.update(mean=(), std=(), augment='autoaugment')
+  with pytest.raises(ValueError, match="config.data.augment = 'autoaugment' is invalid: allowed: "
+                                       'imagenet, cifar, small'):
+    input_pipeline.validate_data_config(config)
+
+
+def _birds(bad):
+  """An `as_dataset_fn` serving 64 real JPEGs of varying sizes as caltech_birds2011, label i % 200,
+  the images at `bad` truncated; the other features as the dataset has them."""
+  rng = np.random.default_rng(0)
+  images = []
+  for i in range(64):
+    data = tf.io.encode_jpeg(rng.integers(0, 256, (40 + i % 5, 48, 3), dtype=np.uint8)).numpy()
+    images.append(data[:len(data) // 2] if i in bad else data)
+
+  def as_dataset(self, split, **kwargs):
+    del self, split, kwargs
+    return tf.data.Dataset.from_tensor_slices({
+        'image': images, 'label': np.arange(64) % 200, 'label_name': ['bird'] * 64,
+        'bbox': np.zeros((64, 4), np.float32), 'image/filename': ['x.jpg'] * 64,
+        'segmentation_mask': np.zeros((64, 4, 4, 1), np.uint8)})
+  return as_dataset
+
+
+def test_a_tfds_dataset_by_name_trains_with_its_own_features_and_splits(tmp_path):
+  config = train_helpers.tiny_digits_config('none', num_epochs=0.5)  # 64 // 16 per epoch: 2 steps.
+  config.data.update(dataset='caltech_birds2011', shuffle_buffer=64)
+  config.model.num_classes = 200
+  config.train.batch_size = 16
+  config.eval.batch_size = 32
+  with tfds.testing.mock_data(num_examples=64, data_dir=datasets.MOCK_METADATA,
+                              as_dataset_fn=_birds(bad={5})):
+    input_pipeline.validate_data_config(config)
+    info = datasets.dataset_info(config)
+    # Two Image features (image, segmentation_mask): 'image' is the one read.
+    assert (info.num_classes, info.train_split, info.eval_split, info.augment) == (
+        200, 'train', 'test', 'imagenet')
+    state = train.train_and_evaluate(config, str(tmp_path / 'run'))
+    config.data.eval_split = 'validation'
+    with pytest.raises(ValueError, match=r"config.data.eval_split: config.data.dataset = "
+                                         r"'caltech_birds2011' .* has no 'validation' split \(has "
+                                         r"\['test', 'train'\]\)"):
+      input_pipeline.validate_data_config(config)
+  assert int(state.step) == 2
+  with open(tmp_path / 'run' / 'metrics.jsonl') as f:
+    record = json.loads(f.readlines()[-1])
+  assert np.isfinite(record['eval']['logits']['loss'])
+  config.data.dataset = 'not_a_tfds_dataset'
+  with pytest.raises(ValueError, match="config.data.dataset = 'not_a_tfds_dataset' is invalid: "
+                                       'allowed: imagenet2012, .*folder .*TFDS image-classification'):
+    input_pipeline.validate_data_config(config)
