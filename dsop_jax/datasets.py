@@ -55,9 +55,10 @@ DATASETS: Dict[str, DatasetInfo] = {
 }
 DIGITS_TEST_SIZE = 360
 # config.data.augment: 'imagenet' (scale jitter or Inception crop, flip; eval: resize + centre
-# crop), 'cifar' (pad 4, crop, flip), 'small' (pad 2, crop, no flip: small grey images such as
-# digits, where a mirror image is another glyph); '' = the dataset's own.
-AUGMENTATIONS = ('imagenet', 'cifar', 'small')
+# crop), 'finegrained' (resize + centre crop + flip, as fine-tuning on CUB in the official
+# iSQRT-COV code), 'cifar' (pad 4, crop, flip), 'small' (pad 2, crop, no flip: small grey images
+# such as digits, where a mirror image is another glyph); '' = the dataset's own.
+AUGMENTATIONS = ('imagenet', 'finegrained', 'cifar', 'small')
 FOLDER = 'folder'  # config.data.dataset for an ImageFolder tree at config.data.data_dir.
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 FOLDER_STATS_SAMPLE = 500  # Training images whose pixels give a folder's mean and std.

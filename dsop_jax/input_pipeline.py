@@ -11,7 +11,9 @@ exactly the batches an uninterrupted run sees from step k on.
 Augmentation (config.data.augment, else the dataset's own; Section V-B): 'imagenet', shorter side
 resized to a random size in [256, 512] (for 224 crops; scaled with the crop size), random crop,
 random flip (or an Inception crop with config.data.inception_crop); eval, shorter side 256/224 of
-the crop and a centre crop: ImageNet, image folders and TFDS datasets by name. 'cifar', 4-pixel
+the crop and a centre crop: ImageNet, image folders and TFDS datasets by name. 'finegrained',
+the fine-grained protocol of the official iSQRT-COV code (fast-MPN-COV's CUB transforms): shorter
+side resized to the crop size, centre crop, random flip; eval the same without the flip. 'cifar', 4-pixel
 zero padding, random crop, random flip; eval on the image itself: CIFAR-10/100, Fashion-MNIST
 (fitted to config.data.image_size by zero padding or resizing, config.data.fit). 'small', a
 2-pixel pad and random crop without flips: the digits (not mirror-symmetric). Images of another
@@ -118,10 +120,16 @@ def _imagenet_train(image: tf.Tensor, seed: tf.Tensor, size: int, inception: boo
   return tf.image.stateless_random_flip_left_right(image, flip_seed)
 
 
-def _imagenet_eval(image: tf.Tensor, size: int) -> tf.Tensor:
+def eval_shorter_side(augment: str, size: int) -> int:
+  """The shorter side images are resized to before the centre crop of `size`: 256/224 of it for
+  'imagenet' (ImageNet's 256 -> 224), the crop itself for 'finegrained' (448 -> 448)."""
+  return size if augment == 'finegrained' else round(size * 256 / 224)
+
+
+def _imagenet_eval(image: tf.Tensor, size: int, shorter: int) -> tf.Tensor:
   if image.dtype == tf.string:
     image = tf.io.decode_jpeg(image, channels=3)
-  image = _resize_shorter(image, round(size * 256 / 224))
+  image = _resize_shorter(image, shorter)
   shape = tf.shape(image)
   top, left = (shape[0] - size) // 2, (shape[1] - size) // 2
   return image[top:top + size, left:left + size]
@@ -134,9 +142,12 @@ def preprocess(example: Dict[str, tf.Tensor], seed: tf.Tensor, *, info: datasets
   image = example['image']
   if image.shape.rank == 3 and image.shape[-1] == 1:  # Grey (Fashion-MNIST): the networks take 3 channels.
     image = tf.tile(image, (1, 1, 3))
-  if info.augment == 'imagenet':
-    image = (_imagenet_train(image, seed, image_size, inception_crop) if train
-             else _imagenet_eval(image, image_size))
+  if info.augment == 'imagenet' and train:
+    image = _imagenet_train(image, seed, image_size, inception_crop)
+  elif info.augment in ('imagenet', 'finegrained'):  # The fine-grained train crop flips.
+    image = _imagenet_eval(image, image_size, eval_shorter_side(info.augment, image_size))
+    if train:
+      image = tf.image.stateless_random_flip_left_right(image, seed)
   else:
     if tuple(image.shape[:2]) != (image_size, image_size):  # Another size, or sizes that vary.
       image = tf.image.resize(image, (image_size, image_size), method='bilinear', antialias=True)
@@ -157,9 +168,9 @@ def preprocessing(config: ml_collections.ConfigDict) -> Dict[str, Any]:
       'input_size': [size, size], 'layout': 'NHWC', 'channel_order': 'RGB', 'dtype': 'float32',
       'value_range': [0, 255], 'mean': list(info.mean), 'std': list(info.std),
       'normalise': '(pixel - mean) / std per channel, pixels in [0, 255]'}
-  if info.augment == 'imagenet':
+  if info.augment in ('imagenet', 'finegrained'):
     recipe['resize'] = {'rule': 'shorter_side_then_center_crop',
-                        'shorter_side': round(size * 256 / 224), 'crop': [size, size],
+                        'shorter_side': eval_shorter_side(info.augment, size), 'crop': [size, size],
                         'method': 'bilinear, antialiased'}
   elif config.data.dataset == 'fashion_mnist':
     fit = config.data.get('fit', 'pad')

@@ -113,7 +113,7 @@ def test_malformed_folders_are_refused_naming_the_field(tmp_path):
     input_pipeline.validate_data_config(config)
   config.data.update(mean=(), std=(), augment='autoaugment')
   with pytest.raises(ValueError, match="config.data.augment = 'autoaugment' is invalid: allowed: "
-                                       'imagenet, cifar, small'):
+                                       'imagenet, finegrained, cifar, small'):
     input_pipeline.validate_data_config(config)
 
 

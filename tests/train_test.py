@@ -295,7 +295,9 @@ def _untyped(parent, section, **fields):
     (lambda c: setattr(c.train, 'policy', 'three_phase'), r'config.train.policy'),
     (lambda c: setattr(c.optim, 'name', 'adamw'), r'config.optim.name'),
     (lambda c: setattr(c.model, 'num_classes', 100), r'config.model.num_classes = 100 is invalid'),
-    (lambda c: setattr(c.data, 'dataset', 'mnist'), r'config.data.dataset = .mnist. is invalid'),
+    (lambda c: setattr(c.data, 'dataset', 'mnist'),  # A TFDS name, not prepared here.
+     r'config.data.dataset = .mnist. is not prepared at config.data.data_dir'),
+    (lambda c: setattr(c.data, 'dataset', 'mnist_digits'), r'config.data.dataset = .mnist_digits. is invalid'),
     (lambda c: setattr(c.train, 'checkpoint_every_steps', 0),
      r'config.train.checkpoint_every_steps = 0 is invalid: must be an integer >= 1'),
     (lambda c: setattr(c.loss, 'label_smoothing', 1.0), r'config.loss.label_smoothing = 1.0'),
