@@ -12,9 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
+from configs import finetune_cub
+from dsop_jax import datasets
 from dsop_jax import export
+from dsop_jax import input_pipeline
 from dsop_jax import models
+from dsop_jax import optim
 from dsop_jax import pretrained
 from dsop_jax import torch_weights
 from dsop_jax import train
@@ -35,10 +40,10 @@ def _digits_resnet18(**train_fields):
   return config
 
 
-def _first_blocks_of_resnet18():
-  """The real torchvision ResNet-18's keys and shapes (the fixture) of block 0 of each stage."""
-  keys = torch_fixtures.keys_of(torch_fixtures.load('resnet18'))
-  return [k for k in keys if not re.match(r'layer\d\.1\.', k[0])]
+def _first_blocks_of_resnet18(name='resnet18'):
+  """The real torchvision network's keys and shapes (the fixture) of block 0 of each stage."""
+  keys = torch_fixtures.keys_of(torch_fixtures.load(name))
+  return [k for k in keys if not re.match(r'layer\d\.[1-9]', k[0])]
 
 
 def test_fine_tuning_from_torchvision_weights_and_exporting_them_back(tmp_path):
@@ -135,3 +140,38 @@ def test_an_export_of_another_class_count_fills_all_but_the_classifier(tmp_path)
         for a, b in zip(jax.tree.leaves(theirs[collection][name]),
                         jax.tree.leaves(variables[collection][name])):
           np.testing.assert_array_equal(a, b)
+
+
+def test_the_cub_fine_tuning_recipes_build_and_dsop_net_trains_from_torchvision_weights(tmp_path):
+  """configs/finetune_cub.py: its four forms validate against (mocked) CUB-200-2011 with a
+  torchvision ResNet-50 state dict as init_from; DSoP-Net, on one block per stage and per branch at
+  32x32, takes a training step on it and evaluates every head."""
+  source = str(tmp_path / 'imagenet_r50.safetensors')
+  torch_weights.write_safetensors(source, torch_fixtures.seeded_state_dict(
+      _first_blocks_of_resnet18('resnet50')))
+  with tfds.testing.mock_data(num_examples=64, data_dir=datasets.MOCK_METADATA,
+                              as_dataset_fn=train_helpers.birds()):
+    for variant in ('', 'plain', 'plain,isqrt_cov', 'two_phase'):
+      config = finetune_cub.get_config(variant)
+      config.model.update(stage_sizes=(1, 1, 1, 1), init_from=source)
+      config.model.branches.blocks = tuple(min(b, 1) for b in config.model.branches.blocks)
+      models.validate_model_config(config.model)
+      optim.validate_optim_config(config)
+      input_pipeline.validate_data_config(config)
+      pretrained.validate(config)
+      assert (config.data.augment, config.model.num_classes, config.optim.backbone_lr_scale) == (
+          'finegrained', 200, 0.2)
+      # Two-phase training takes init_from as its trained backbone.
+      assert pretrained.source_of(config) == ('model.init_from', source)
+    config = finetune_cub.get_config()
+    config.model.update(stage_sizes=(1, 1, 1, 1), init_from=source)
+    config.model.branches.blocks = (1, 1, 1, 1)
+    config.data.update(image_size=32, shuffle_buffer=64)
+    config.train.update(batch_size=4, num_epochs=1 / 16)  # 16 steps per epoch: one step.
+    config.eval.batch_size = 32
+    state = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert int(state.step) == 1
+  with open(tmp_path / 'run' / 'metrics.jsonl') as f:
+    record = json.loads(f.readlines()[-1])
+  assert set(record['eval']) == set(models.head_names(config.model))  # PSDR's side head too.
+  assert all(np.isfinite(head['loss']) for head in record['eval'].values())

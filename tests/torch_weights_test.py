@@ -126,3 +126,18 @@ def test_safetensors_files_of_the_reference_library_are_read_and_ours_round_trip
   pickled.write_bytes(b'\x80\x04\x95' + b'\x00' * 64)  # What torch.save writes first.
   with pytest.raises(ValueError, match='is not a safetensors file'):
     torch_weights.read_safetensors(str(pickled))
+
+
+def test_a_second_order_network_takes_the_backbone_and_keeps_its_own_head():
+  model_config = _model_config('resnet18', num_classes=200)
+  model_config.head.pool = 'isqrt_cov'
+  module = models.create_backbone(model_config)
+  fresh = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False),
+                         jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+  fresh = jax.tree.map(lambda x: np.full(x.shape, 0.5, np.float32), fresh)
+  state = torch_fixtures.seeded_state_dict(torch_fixtures.keys_of(torch_fixtures.load('resnet18')))
+  variables, kept = torch_weights.from_state_dict(model_config, state, fresh, source='seeded')
+  assert kept == ['the second-order head (gsop)'] and 'head' not in variables['params']
+  np.testing.assert_array_equal(variables['params']['gsop']['dr']['conv']['kernel'], 0.5)
+  np.testing.assert_array_equal(variables['batch_stats']['stage5_block2']['bn2']['var'],
+                                state['layer4.1.bn2.running_var'])

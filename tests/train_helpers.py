@@ -113,6 +113,25 @@ def write_fashion_mnist(directory, train=40, test=12):
   return str(directory)
 
 
+def birds(bad=()):
+  """An `as_dataset_fn` for tfds.testing.mock_data serving caltech_birds2011: 64 real JPEGs of
+  varying sizes, label i % 200, the images at `bad` truncated, its other features as it has them."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = []
+  for i in range(64):
+    data = tf.io.encode_jpeg(rng.integers(0, 256, (40 + i % 5, 48, 3), dtype=np.uint8)).numpy()
+    images.append(data[:len(data) // 2] if i in bad else data)
+
+  def as_dataset(self, split, **kwargs):
+    del self, split, kwargs
+    return tf.data.Dataset.from_tensor_slices({
+        'image': images, 'label': np.arange(64) % 200, 'label_name': ['bird'] * 64,
+        'bbox': np.zeros((64, 4), np.float32), 'image/filename': ['x.jpg'] * 64,
+        'segmentation_mask': np.zeros((64, 4, 4, 1), np.uint8)})
+  return as_dataset
+
+
 def run_cli(cli: Callable[[], None], argv: Sequence[str]) -> Any:
   """Runs a command line's `cli()` (absl: it defines its flags, then `app.run`) in this process
   with `argv`, without the seconds a subprocess spends importing JAX; returns its exit code and
