@@ -11,8 +11,9 @@ Parts (`--parts`, comma-separated):
 - pooling: iSQRT-COV forward+backward at the paper's shapes (batch x 14x14 and 56x56 x 256 channels)
   against a matrix square root by eigendecomposition (`jnp.linalg.eigh`), and, for every branch of
   the config, its pooling's share of the branch's forward+backward time.
-- input: ImageNet training preprocessing (JPEG decode, resize, crop, flip, normalise: the real
-  `input_pipeline.preprocess`) on JPEGs generated here, in images/s on one CPU core and on all.
+- input: ImageNet training preprocessing (JPEG decode, resize, crop, flip: the real
+  `input_pipeline.preprocess`, whose uint8 output is normalised on the device) on JPEGs generated
+  here, in images/s on one CPU core and on all, and the bytes per image sent to the device.
   This part alone needs TensorFlow; nothing else here imports it (or clu), so the benchmark runs on
   accelerator hosts that have only jax, flax, optax, orbax and ml_collections.
 
@@ -327,8 +328,10 @@ def input_benchmark(opts: Options, image_size: int = 224) -> Dict[str, Any]:
     options.threading.private_threadpool_size = threads
     options.autotune.enabled = False
     ds = ds.with_options(options)
-    for _ in ds.take(2):  # Warm-up: graph tracing.
-      pass
+    for example in ds.take(2):  # Warm-up: graph tracing.
+      image = example['image']
+    result['image_dtype'] = image.dtype.name  # What crosses to the device, per image.
+    result['bytes_per_image'] = int(image.numpy().nbytes)
     start = time.perf_counter()
     for _ in ds:
       pass
@@ -405,7 +408,8 @@ def format_report(result: Dict[str, Any]) -> str:
     r = result['input']
     lines += ['', f"input pipeline (ImageNet train preprocessing, {r['image_size']}px, "
               f"JPEGs of {r['mean_jpeg_kb']:.0f} KB): {r['one_core_images_per_s']:.1f} images/s "
-              f"on 1 core, {r['all_cores_images_per_s']:.1f} on {r['all_cores_threads']} threads"]
+              f"on 1 core, {r['all_cores_images_per_s']:.1f} on {r['all_cores_threads']} threads; "
+              f"{r['bytes_per_image']} bytes ({r['image_dtype']}) per image to the device"]
   return '\n'.join(lines)
 
 

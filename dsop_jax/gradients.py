@@ -27,11 +27,13 @@ import ml_collections
 import numpy as np
 
 from dsop_jax import checkpointing
+from dsop_jax import datasets
 from dsop_jax import dsop
 from dsop_jax import input_pipeline
 from dsop_jax import losses
 from dsop_jax import models
 from dsop_jax import runs
+from dsop_jax import steps
 
 MAIN_HEAD = 'logits'
 
@@ -126,7 +128,9 @@ def measure(config: ml_collections.ConfigDict, workdir: str, *, init: bool = Fal
     variables = runs.restore_variables(config, workdir)
   batches = input_pipeline.train_batches(config, local_batch_size=batch_size, start_step=0,
                                          seed=config.train.seed)
-  chosen = (next(batches) for _ in range(num_batches))
+  info = datasets.dataset_info(config)
+  chosen = ({**b, 'image': steps.normalise_images(jnp.asarray(b['image']), info.mean, info.std)}
+            for b in (next(batches) for _ in range(num_batches)))
   gradients = head_gradients(model, weights, variables, chosen, jax.random.key(0))
   return summarise(gradients, weights)
 

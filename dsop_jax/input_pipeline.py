@@ -138,7 +138,9 @@ def _imagenet_eval(image: tf.Tensor, size: int, shorter: int) -> tf.Tensor:
 def preprocess(example: Dict[str, tf.Tensor], seed: tf.Tensor, *, info: datasets.DatasetInfo,
                train: bool, image_size: int, inception_crop: bool = False
                ) -> Dict[str, tf.Tensor]:
-  """One example -> {'image': float32 normalised HxWx3, 'label': int32}."""
+  """One example -> {'image': HxWx3, 'label': int32}: in training uint8 pixels (resized pixels
+  rounded), which cross to the device at a quarter of float32's size and are normalised there
+  (`steps.normalise_images`); in evaluation float32, normalised here."""
   image = example['image']
   if image.shape.rank == 3 and image.shape[-1] == 1:  # Grey (Fashion-MNIST): the networks take 3 channels.
     image = tf.tile(image, (1, 1, 3))
@@ -154,7 +156,12 @@ def preprocess(example: Dict[str, tf.Tensor], seed: tf.Tensor, *, info: datasets
     if train:
       image = _pad_crop_flip(image, seed, pad=4 if info.augment == 'cifar' else 2,
                              flip=info.augment == 'cifar')
-  image = tf.ensure_shape(_normalise(image, info), (image_size, image_size, 3))
+  if train:
+    if image.dtype != tf.uint8:
+      image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+  else:
+    image = _normalise(image, info)
+  image = tf.ensure_shape(image, (image_size, image_size, 3))
   return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
 
 
@@ -231,7 +238,9 @@ def _slice_of_global_batch(global_batch: int, local_batch: int, process_index: i
 def train_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, start_step: int,
                   seed: int, process_index: int = 0, process_count: int = 1,
                   skipped: Optional[datasets.SkipCounter] = None) -> Iterator[Dict[str, np.ndarray]]:
-  """Endless training batches of this process, starting at global step `start_step`.
+  """Endless training batches of this process, starting at global step `start_step`: uint8 images
+(normalise them with `steps.normalise_images` and `datasets.dataset_info(config)`'s mean and std,
+as the train step does on the device) and int32 labels.
 
   With config.data.process_split = 'examples' every process reads the whole split in the same
   shuffled order and takes its slice of each global batch, so the global batches (and their

@@ -5,7 +5,8 @@ device of every process. Under `jax.jit`, BatchNorm's batch mean and variance ar
 global batch (XLA inserts the all-reduce), and gradients are averaged over all devices.
 """
 
-from typing import Any, Mapping
+import collections
+from typing import Any, Iterable, Iterator, Mapping
 
 import jax
 from jax.sharding import AxisType
@@ -46,3 +47,17 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> Any:
   """Process-local numpy batch -> global jax.Arrays split over the 'data' axis."""
   sharding = data_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def device_batches(batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh, ahead: int = 2
+                   ) -> Iterator[Any]:
+  """`shard_batch` of each host batch, `ahead` batches transferred to the devices before the one
+  in use is given out (transfers are asynchronous, so they overlap the steps running). The host
+  iterator is read `ahead` batches early; a resumed run starts its own at its step."""
+  queue: collections.deque = collections.deque()
+  for batch in batches:
+    queue.append(shard_batch(batch, mesh))
+    if len(queue) > ahead:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()

@@ -55,11 +55,23 @@ def head_metrics(*, heads: Mapping[str, jax.Array], labels: jax.Array, terms: Ma
   return metrics
 
 
+def normalise_images(images: jax.Array, mean: Sequence[float], std: Sequence[float]
+                     ) -> jax.Array:
+  """uint8 pixels (the training pipeline's) -> float32 (pixel - mean) / std per channel, on the
+  device; float images are taken as already normalised and returned as they are."""
+  if images.dtype != jnp.uint8:
+    return images
+  return (images.astype(jnp.float32) - jnp.asarray(mean, jnp.float32)) / jnp.asarray(
+      std, jnp.float32)
+
+
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array,
                loss_args: Any = None, *, loss_and_grads: Callable[..., Tuple[Any, ...]],
                tx: optax.GradientTransformation, frozen_batch_stats: Sequence[str] = (),
                learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
-               ema_decay: float = 0.0) -> Tuple[TrainState, Dict[str, jax.Array]]:
+               ema_decay: float = 0.0,
+               input_stats: Tuple[Sequence[float], Sequence[float]] = ((0.0,) * 3, (1.0,) * 3)
+               ) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One optimiser step. Build it with `make_train_step`, which binds everything static.
 
   Args:
@@ -76,6 +88,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
     learning_rate_fn: reported in the metrics when given.
     ema_decay: an EMATrainState's average moves to the new variables by 1 - ema_decay each step
       (params and BN statistics alike; a rejected step leaves it as it was).
+    input_stats: (mean, std) that uint8 images are normalised with (`normalise_images`).
 
   Returns:
     (new state, metrics): 'loss', per-head '<head>/loss|top1|top5', 'nonfinite' (1.0 when the step
@@ -83,6 +96,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
     (1.0 when the new parameters, BN statistics or optimiser state were), and 'learning_rate'.
   """
   dropout_rng = jax.random.fold_in(rng, state.step)
+  batch = {**batch, 'image': normalise_images(batch['image'], *input_stats)}
   total, (outputs, new_stats, terms), grads, extra_args = loss_and_grads(
       state.params, state.batch_stats, batch, dropout_rng, loss_args)
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params, **extra_args)
@@ -120,7 +134,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
 def make_train_step(objective: losses.Objective, tx: optax.GradientTransformation, *,
                     hessian: bool = False, frozen: Sequence[str] = (),
                     learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
-                    ema_decay: float = 0.0
+                    ema_decay: float = 0.0,
+                    input_stats: Tuple[Sequence[float], Sequence[float]] = ((0.0,) * 3, (1.0,) * 3)
                     ) -> Callable[..., Tuple[TrainState, Dict[str, jax.Array]]]:
   """`train_step(state, batch, rng[, loss_args]) -> (state, metrics)` on `objective` (built in
   losses.py) with everything static bound, ready to jit.
@@ -134,10 +149,12 @@ def make_train_step(objective: losses.Objective, tx: optax.GradientTransformatio
       holds their parameters and optimiser state.
     learning_rate_fn: reported in the metrics when given.
     ema_decay: the decay of an EMATrainState's moving average (`train_step`).
+    input_stats: the dataset's (mean, std) for uint8 images (`input_pipeline.train_batches`).
   """
   return functools.partial(train_step, loss_and_grads=losses.with_gradients(objective, hessian),
                            tx=optim.freeze(tx, frozen), frozen_batch_stats=tuple(frozen),
-                           learning_rate_fn=learning_rate_fn, ema_decay=ema_decay)
+                           learning_rate_fn=learning_rate_fn, ema_decay=ema_decay,
+                           input_stats=(tuple(input_stats[0]), tuple(input_stats[1])))
 
 
 def _all_finite(tree: Any) -> jax.Array:

@@ -269,6 +269,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
 
   model = models.create(config.model)
   weights = models.loss_weights(config)
+  info = datasets.dataset_info(config)  # Its mean and std normalise the uint8 batches on device.
   lr_fn = optim.learning_rate_schedule(config, steps_per_epoch, num_steps)
   tx = optim.create_optimizer(config, steps_per_epoch, num_steps)
   state = steps.init_state(model, tx, config, mesh)
@@ -293,7 +294,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
                                                 distill.soft_weight)
     return jax.jit(steps.make_train_step(objective, tx, hessian=optim.needs_hessian(config),
                                          frozen=frozen, learning_rate_fn=lr_fn,
-                                         ema_decay=config.optim.get('ema_decay', 0.0)),
+                                         ema_decay=config.optim.get('ema_decay', 0.0),
+                                         input_stats=(info.mean, info.std)),
                    donate_argnums=(0,))
 
   full_step = jit_step(model, weights, (dsop.BACKBONE,) if t.policy == 'two_phase' else ())
@@ -324,12 +326,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
   logging.info('Training %s for %d steps (%d per epoch) from step %d on %d device(s).',
                config.model.name, num_steps, steps_per_epoch, start_step, jax.device_count())
   profiler = _Profiler(tuple(t.get('profile_steps', ())), os.path.join(workdir, 'profile'))
+  device_iter = sharding.device_batches(train_iter, mesh)  # Two batches ahead on the devices.
   with checkpointing.PreemptionWatch() as preemption, profiler:
     for step in range(start_step, num_steps):
       fn = main_only_step if removal_step is not None and step >= removal_step else full_step
       profiler.before(step)
-      state, metrics = fn(state, sharding.shard_batch(next(train_iter), mesh), base_rng,
-                          teacher_variables)
+      state, metrics = fn(state, next(device_iter), base_rng, teacher_variables)
       profiler.after(step, state)
       history.append(metrics)
       progress(step + 1)

@@ -105,3 +105,5 @@ def test_input_pipeline_throughput_runs_the_real_preprocessing():
   assert result['one_core_threads'] == 1
   assert result['one_core_images_per_s'] > 0 and result['all_cores_images_per_s'] > 0
   assert result['mean_jpeg_kb'] > 10  # Realistic JPEGs, not blank ones.
+  # uint8 pixels cross to the device (normalised there): a quarter of float32's bytes.
+  assert (result['image_dtype'], result['bytes_per_image']) == ('uint8', 224 * 224 * 3)

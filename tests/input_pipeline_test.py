@@ -4,6 +4,7 @@ exact resume, per-process shards that split the data, padded eval batches that c
 import itertools
 import os
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -13,6 +14,7 @@ from configs import imagenet_r18
 from configs import quickstart
 from dsop_jax import datasets
 from dsop_jax import input_pipeline as ip
+from dsop_jax import steps
 from tests import train_helpers
 
 METADATA = datasets.MOCK_METADATA
@@ -26,9 +28,16 @@ def test_digits_batches_shapes_and_normalisation():
   config = quickstart.get_config()
   assert datasets.num_examples(config, 'train') == 1437 and datasets.num_examples(config, 'test') == 360
   (batch,) = _take(ip.train_batches(config, local_batch_size=64, start_step=0, seed=0), 1)
-  assert batch['image'].shape == (64, 32, 32, 3) and batch['image'].dtype == np.float32
+  # Training images travel as uint8 and are normalised on the device, as the train step does.
+  assert batch['image'].shape == (64, 32, 32, 3) and batch['image'].dtype == np.uint8
   assert batch['label'].dtype == np.int32 and set(batch['label']) <= set(range(10))
-  assert abs(float(batch['image'].mean())) < 0.2 and 0.8 < float(batch['image'].std()) < 1.2
+  info = datasets.dataset_info(config)
+  images = np.asarray(steps.normalise_images(jnp.asarray(batch['image']), info.mean, info.std))
+  assert images.dtype == np.float32
+  np.testing.assert_allclose(images, (batch['image'] - info.mean[0]) / info.std[0], atol=1e-5)
+  assert abs(float(images.mean())) < 0.2 and 0.8 < float(images.std()) < 1.2
+  (evaluation,) = _take(ip.eval_batches(config, local_batch_size=64), 1)
+  assert evaluation['image'].dtype == np.float32  # Normalised on the host.
 
 
 def test_same_seed_same_batches_and_resume_mid_epoch_and_across_epochs():

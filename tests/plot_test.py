@@ -23,6 +23,7 @@ from dsop_jax import models
 from dsop_jax import plot
 from dsop_jax import predict
 from dsop_jax import runs as runs_lib
+from dsop_jax import steps
 from dsop_jax import train
 from tests import train_helpers
 
@@ -204,6 +205,8 @@ def test_head_gradients_add_up_to_eq1s_and_follow_eq2(runs):
   model, weights = models.create(config.model), models.loss_weights(config)
   variables = runs_lib.restore_variables(config, runs[0])
   batch = next(input_pipeline.train_batches(config, local_batch_size=32, start_step=0, seed=0))
+  info = datasets.dataset_info(config)
+  batch = {**batch, 'image': steps.normalise_images(batch['image'], info.mean, info.std)}
   rng = jax.random.PRNGKey(3)
   per_head = gradients.head_gradients(model, weights, variables, [batch], rng)
   objective = losses.dsop_objective(model, weights)
