@@ -141,10 +141,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.eval_every_epochs = 1.0  # Evaluation (and a metrics.jsonl line) interval.
   config.train.log_every_steps = 100  # Training-metric summaries.
   config.train.checkpoint_every_steps = 2000  # Periodic checkpoints (plus one at the end).
+  config.train.checkpoint_every_epoch = False  # Also a checkpoint at the end of every epoch.
   config.train.keep_checkpoints = 3  # Checkpoints kept in WORKDIR/checkpoints.
   # Also save a checkpoint at every evaluation and keep the one with the best main-head top-1
   # beside the last keep_checkpoints (export/eval it with --best).
   config.train.keep_best = False
+  # Checkpoint files written in the background while training goes on (the state is copied to host
+  # memory and checksummed first); a save cut short is never restored, as with blocking saves.
+  config.train.async_checkpointing = False
   # Training steps whose gradients are averaged into one optimiser update (1 = none): the batch per
   # update is accumulate_steps * batch_size, while BatchNorm sees batches of batch_size.
   config.train.accumulate_steps = 1

@@ -67,9 +67,13 @@ class Checkpointer:
   with `keep_best` also the one whose evaluation had the best main-head top-1."""
 
   def __init__(self, workdir: str, max_to_keep: int = 3, read_only: bool = False,
-               keep_best: bool = False):
+               keep_best: bool = False, async_saves: bool = False):
     """`read_only`: for readers (evaluation, export, plot): nothing in WORKDIR is created, moved
-    or deleted; an unreadable latest checkpoint is skipped but left where it is."""
+    or deleted; an unreadable latest checkpoint is skipped but left where it is. `async_saves`:
+    `save` returns once the state is copied to host memory and its checksum taken; Orbax writes
+    the files in the background (into a temporary directory renamed when complete, as a
+    blocking save does, so a save cut short is never restored) and the next save, a restore or
+    `close` waits for it."""
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self.read_only = read_only
     # The last N, and the best evaluated one; a checkpoint saved with an evaluation (`save`'s
@@ -82,7 +86,8 @@ class Checkpointer:
         self.directory, item_names=('state', 'meta'),
         options=ocp.CheckpointManagerOptions(best_fn=_ranking, preservation_policy=policy,
                                              create=not read_only,
-                                             enable_async_checkpointing=False))
+                                             enable_async_checkpointing=async_saves))
+    self.async_saves = async_saves
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -106,12 +111,15 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, meta: Mapping[str, Any],
            top1: Optional[float] = None) -> None:
-    """Saves (blocking) and logs; every process must call it (the save is collective). `top1`:
-    the main head's eval top-1 at this step, when it was evaluated."""
+    """Saves and logs; every process must call it (the save is collective). `top1`: the main
+    head's eval top-1 at this step, when it was evaluated. Blocking unless `async_saves`."""
     meta = {**meta, CHECKSUM: state_checksum(state)}
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(meta)), force=True,
                       metrics=None if top1 is None else {BEST_METRIC: float(top1)})
+    if self.async_saves:
+      logging.info('Saving checkpoint at step %d in %s (in the background)', step, self.directory)
+      return
     self.manager.wait_until_finished()
     logging.info('Saved checkpoint at step %d in %s', step, self.directory)
 
@@ -130,6 +138,7 @@ class Checkpointer:
       ValueError: there is no checkpoint, or it does not match the state of this config (the
         message names the mismatching keys).
     """
+    self.manager.wait_until_finished()  # A background save of this manager's.
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
     if step is not None:
       return self._restore(step, abstract)
@@ -199,6 +208,8 @@ class Checkpointer:
     self.manager.reload()
 
   def close(self) -> None:
+    """Waits for a background save to be written, then releases the manager."""
+    self.manager.wait_until_finished()
     self.manager.close()
 
 

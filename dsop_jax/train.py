@@ -12,6 +12,7 @@ Training policies (`config.train.policy`):
   training workdir) and frozen, parameters and BN statistics; only the branches are trained.
 """
 
+import contextlib
 import ctypes
 import os
 import time
@@ -61,8 +62,9 @@ def _validate(config: ml_collections.ConfigDict) -> None:
                      'the trained backbone: an export directory or training workdir here, or '
                      'config.model.init_from (also a torchvision/timm safetensors file).')
   pretrained.validate(config)
-  if not isinstance(t.get('keep_best', False), bool):
-    raise ValueError(f'config.train.keep_best = {t.keep_best!r} is invalid: allowed: True, False.')
+  for field in ('keep_best', 'async_checkpointing', 'checkpoint_every_epoch'):
+    if not isinstance(t.get(field, False), bool):
+      raise ValueError(f'config.train.{field} = {t[field]!r} is invalid: allowed: True, False.')
   for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     if not isinstance(t[field], int) or t[field] < 1:
       raise ValueError(f'config.train.{field} = {t[field]!r} is invalid: must be an integer >= 1.')
@@ -262,7 +264,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
 
   os.makedirs(workdir, exist_ok=True)
   keep_best = t.get('keep_best', False)
-  checkpointer = checkpointing.Checkpointer(workdir, t.keep_checkpoints, keep_best=keep_best)
+  checkpointer = checkpointing.Checkpointer(workdir, t.keep_checkpoints, keep_best=keep_best,
+                                            async_saves=t.get('async_checkpointing', False))
   last_saved = checkpointer.latest_step()
   if last_saved is not None:  # Before anything is compiled or restored.
     runs.check_resume_config(config, workdir)
@@ -327,7 +330,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
                config.model.name, num_steps, steps_per_epoch, start_step, jax.device_count())
   profiler = _Profiler(tuple(t.get('profile_steps', ())), os.path.join(workdir, 'profile'))
   device_iter = sharding.device_batches(train_iter, mesh)  # Two batches ahead on the devices.
-  with checkpointing.PreemptionWatch() as preemption, profiler:
+  # Closing the checkpointer waits for a background save, also when training stops on an error.
+  with checkpointing.PreemptionWatch() as preemption, profiler, contextlib.closing(checkpointer):
     for step in range(start_step, num_steps):
       fn = main_only_step if removal_step is not None and step >= removal_step else full_step
       profiler.before(step)
@@ -338,8 +342,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
       done = step + 1 == num_steps
       preempted = preemption.reached(step + 1)
       evaluate_now = (step + 1) % eval_every == 0 or done
+      end_of_epoch = t.get('checkpoint_every_epoch', False) and (step + 1) % steps_per_epoch == 0
       save_now = ((step + 1) % t.checkpoint_every_steps == 0 or done or preempted
-                  or (keep_best and evaluate_now))
+                  or (keep_best and evaluate_now) or end_of_epoch)
       if (step + 1) % t.log_every_steps == 0 or save_now or evaluate_now:
         rejected_in_a_row = _check_finite(history, window_start, t.on_nonfinite, last_saved,
                                           rejected_in_a_row, t.get('max_consecutive_skips'))
@@ -366,7 +371,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
                         'to resume.', step + 1)
         break
   writer.flush()
-  checkpointer.close()
   return state
 
 

@@ -260,9 +260,11 @@ def test_the_best_evaluated_checkpoint_is_kept_beside_the_last_ones(tmp_path):
   """keep_best: the last N and the checkpoint saved with the best main-head top-1, which a new
   Checkpointer (a restarted run, a reader) still finds; without it only the last N are kept."""
   top1 = {2: 0.5, 4: 0.9, 6: 0.7}  # Evaluated steps; the others are periodic saves.
-  for keep_best, kept in ((True, [4, 6, 7]), (False, [6, 7])):
-    workdir = str(tmp_path / str(keep_best))
-    checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=2, keep_best=keep_best)
+  for keep_best, kept, async_saves in ((True, [4, 6, 7], False), (False, [6, 7], False),
+                                       (True, [4, 6, 7], True)):
+    workdir = str(tmp_path / f'{keep_best}{async_saves}')
+    checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=2, keep_best=keep_best,
+                                              async_saves=async_saves)
     with pytest.raises(ValueError, match=r'No checkpoint in .* was saved with an evaluation .*'
                                          r'config.train.keep_best=True'):
       checkpointer.best_step()

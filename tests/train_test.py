@@ -68,10 +68,14 @@ def test_digits_train_evaluate_resume_and_export(tmp_path, capsys):
     assert set(metrics) == {'loss', 'top1', 'top5'} and 0 <= metrics['top1'] <= metrics['top5'] <= 1
   assert checkpointing.Checkpointer(str(tmp_path / 'full')).manager.all_steps() == [6, 9, 11]
 
-  # Interrupted after 6 steps, then resumed with the full schedule: identical to uninterrupted.
+  # Interrupted after 6 steps, then resumed with the full schedule: identical to uninterrupted,
+  # also with its checkpoints written in the background (config.train.async_checkpointing).
   interrupted = str(tmp_path / 'resumed')
-  train.train_and_evaluate(train_helpers.tiny_digits_config(num_epochs=0.25), interrupted)
-  resumed = train.train_and_evaluate(config, interrupted)
+  train.train_and_evaluate(train_helpers.tiny_digits_config(num_epochs=0.25,
+                                                            async_checkpointing=True), interrupted)
+  assert checkpointing.Checkpointer(interrupted).manager.all_steps() == [3, 6]
+  resumed = train.train_and_evaluate(train_helpers.tiny_digits_config(
+      num_epochs=0.5, async_checkpointing=True), interrupted)
   assert int(resumed.step) == 11
   for a, b in zip(_leaves((full.params, full.batch_stats, full.opt_state)),
                   _leaves((resumed.params, resumed.batch_stats, resumed.opt_state))):
@@ -121,6 +125,17 @@ def test_mocked_cifar10_trains_with_adahessian(tmp_path):
   (record,) = _metrics(tmp_path)
   assert set(record['eval']) == {'logits'}
   assert np.isfinite(record['eval']['logits']['loss'])
+
+
+def test_a_checkpoint_at_the_end_of_every_epoch(tmp_path):
+  config = train_helpers.tiny_digits_config(num_epochs=2.0, checkpoint_every_steps=100,
+                                            keep_checkpoints=5, checkpoint_every_epoch=True)
+  config.data.train_subset = 128  # 2 steps per epoch of 64.
+  train.train_and_evaluate(config, str(tmp_path / 'with'))
+  assert checkpointing.Checkpointer(str(tmp_path / 'with')).manager.all_steps() == [2, 4]
+  config.train.checkpoint_every_epoch = False
+  train.train_and_evaluate(config, str(tmp_path / 'without'))
+  assert checkpointing.Checkpointer(str(tmp_path / 'without')).manager.all_steps() == [4]
 
 
 def test_fashion_mnist_trains_from_its_idx_files_on_a_subset(tmp_path, monkeypatch):
