@@ -69,7 +69,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
                loss_args: Any = None, *, loss_and_grads: Callable[..., Tuple[Any, ...]],
                tx: optax.GradientTransformation, frozen_batch_stats: Sequence[str] = (),
                learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
-               ema_decay: float = 0.0,
+               ema_decay: float = 0.0, ema_every: int = 1,
                input_stats: Tuple[Sequence[float], Sequence[float]] = ((0.0,) * 3, (1.0,) * 3)
                ) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One optimiser step. Build it with `make_train_step`, which binds everything static.
@@ -86,8 +86,10 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
       two-phase training, which runs in training mode under the branches); subtrees the model did
       not update (branches after early removal) are kept too.
     learning_rate_fn: reported in the metrics when given.
-    ema_decay: an EMATrainState's average moves to the new variables by 1 - ema_decay each step
-      (params and BN statistics alike; a rejected step leaves it as it was).
+    ema_decay: an EMATrainState's average moves to the new variables by 1 - ema_decay at each
+      optimiser update (params and BN statistics alike; a rejected step leaves it as it was).
+    ema_every: training steps per optimiser update (gradient accumulation): the average moves on
+      the steps that update the parameters, so its decay is per update, as without accumulation.
     input_stats: (mean, std) that uint8 images are normalised with (`normalise_images`).
 
   Returns:
@@ -110,9 +112,11 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
   new_state = state.replace(step=state.step + 1, params=new_params, batch_stats=new_stats,
                             opt_state=new_opt_state)
   if isinstance(state, EMATrainState):
-    new_state = new_state.replace(ema=jax.tree.map(
-        lambda average, new: ema_decay * average + (1.0 - ema_decay) * new, state.ema,
-        {'params': new_params, 'batch_stats': new_stats}))
+    moved = jax.tree.map(lambda average, new: ema_decay * average + (1.0 - ema_decay) * new,
+                         state.ema, {'params': new_params, 'batch_stats': new_stats})
+    updated = (state.step + 1) % ema_every == 0
+    new_state = new_state.replace(ema=jax.tree.map(lambda m, a: jnp.where(updated, m, a), moved,
+                                                   state.ema))
   # A finite loss and gradient can still give a non-finite state (float32 overflow in the BN
   # statistics of huge activations, or in an update): the new state must be finite as well.
   state_finite = _all_finite((new_params, new_stats, new_opt_state))
@@ -134,7 +138,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
 def make_train_step(objective: losses.Objective, tx: optax.GradientTransformation, *,
                     hessian: bool = False, frozen: Sequence[str] = (),
                     learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
-                    ema_decay: float = 0.0,
+                    ema_decay: float = 0.0, ema_every: int = 1,
                     input_stats: Tuple[Sequence[float], Sequence[float]] = ((0.0,) * 3, (1.0,) * 3)
                     ) -> Callable[..., Tuple[TrainState, Dict[str, jax.Array]]]:
   """`train_step(state, batch, rng[, loss_args]) -> (state, metrics)` on `objective` (built in
@@ -148,12 +152,14 @@ def make_train_step(objective: losses.Objective, tx: optax.GradientTransformatio
       after early removal) whose parameters and BN statistics are kept as they are: `optim.freeze`
       holds their parameters and optimiser state.
     learning_rate_fn: reported in the metrics when given.
-    ema_decay: the decay of an EMATrainState's moving average (`train_step`).
+    ema_decay, ema_every: the decay of an EMATrainState's moving average per optimiser update, and
+      the training steps per update (`train_step`).
     input_stats: the dataset's (mean, std) for uint8 images (`input_pipeline.train_batches`).
   """
   return functools.partial(train_step, loss_and_grads=losses.with_gradients(objective, hessian),
                            tx=optim.freeze(tx, frozen), frozen_batch_stats=tuple(frozen),
                            learning_rate_fn=learning_rate_fn, ema_decay=ema_decay,
+                           ema_every=ema_every,
                            input_stats=(tuple(input_stats[0]), tuple(input_stats[1])))
 
 

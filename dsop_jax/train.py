@@ -298,6 +298,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
     return jax.jit(steps.make_train_step(objective, tx, hessian=optim.needs_hessian(config),
                                          frozen=frozen, learning_rate_fn=lr_fn,
                                          ema_decay=config.optim.get('ema_decay', 0.0),
+                                         ema_every=per_update,
                                          input_stats=(info.mean, info.std)),
                    donate_argnums=(0,))
 

@@ -357,7 +357,8 @@ def test_adahessian_config_builds_and_is_validated():
 
 def test_accumulated_train_steps_equal_one_step_of_the_whole_batch_without_batchnorm():
   """Through the train step: k = 2 steps of batch 4 give the parameters (and momentum) of one step
-  of their batch of 8, for a BatchNorm-free model (a linear classifier)."""
+  of their batch of 8, for a BatchNorm-free model (a linear classifier); the moving average of the
+  weights moves once per update (its decay is per update, not per accumulated step)."""
   config = imagenet_r50.get_config()
   config.optim.update(lr_reference_batch=8, clip_grad_norm=0.5)
   rng = np.random.default_rng(0)
@@ -375,13 +376,15 @@ def test_accumulated_train_steps_equal_one_step_of_the_whole_batch_without_batch
   for k, size in ((1, 8), (2, 4)):
     config.train.update(batch_size=size, accumulate_steps=k)
     tx = optim.create_optimizer(config, steps_per_epoch=10, num_steps=100)
-    step = jax.jit(steps.make_train_step(objective, tx))
-    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
-                             opt_state=tx.init(params))
+    step = jax.jit(steps.make_train_step(objective, tx, ema_decay=0.5, ema_every=k))
+    state = steps.EMATrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
+                                opt_state=tx.init(params),
+                                ema={'params': params, 'batch_stats': {}})
     for _ in range(2):  # Two updates.
       for i in range(k):
         state, _ = step(state, {key: v[i * size:(i + 1) * size] for key, v in batch.items()},
                         jax.random.PRNGKey(0))
-    final[k] = state.params
+    final[k] = (state.params, state.ema)
   for a, b in zip(jax.tree.leaves(final[1]), jax.tree.leaves(final[2])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(final[2][1]['params']['w'], params['w'])  # It moved.
