@@ -21,7 +21,7 @@ import functools
 import json
 import re
 import struct
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -135,24 +135,21 @@ def _torch_prefix(family: str, path: Tuple[str, ...], params: Mapping[str, Any])
   return f'{outer}.{own.get(inner[0], inner[0])}'
 
 
+# layout -> (dsop_jax -> PyTorch, PyTorch -> dsop_jax) array maps.
+_LAYOUTS: Dict[str, Tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
+    'conv': (lambda x: x.transpose(3, 2, 0, 1), lambda x: x.transpose(2, 3, 1, 0)),  # HWIO, OIHW.
+    'dense': (lambda x: x.T, lambda x: x.T),
+    'dense_as_conv': (lambda x: x.T[:, :, None, None], lambda x: x[:, :, 0, 0].T),
+    'vector': (lambda x: x, lambda x: x),
+}
+
+
 def _to_torch_layout(x: np.ndarray, layout: str) -> np.ndarray:
-  if layout == 'conv':
-    return np.ascontiguousarray(x.transpose(3, 2, 0, 1))  # HWIO -> OIHW.
-  if layout == 'dense':
-    return np.ascontiguousarray(x.T)
-  if layout == 'dense_as_conv':
-    return np.ascontiguousarray(x.T[:, :, None, None])
-  return np.ascontiguousarray(x)
+  return np.ascontiguousarray(_LAYOUTS[layout][0](x))
 
 
 def _from_torch_layout(x: np.ndarray, layout: str) -> np.ndarray:
-  if layout == 'conv':
-    return np.ascontiguousarray(x.transpose(2, 3, 1, 0))  # OIHW -> HWIO.
-  if layout == 'dense':
-    return np.ascontiguousarray(x.T)
-  if layout == 'dense_as_conv':
-    return np.ascontiguousarray(x[:, :, 0, 0].T)
-  return np.ascontiguousarray(x)
+  return np.ascontiguousarray(_LAYOUTS[layout][1](x))
 
 
 def torch_shape(shape: Tuple[int, ...], layout: str) -> Tuple[int, ...]:
