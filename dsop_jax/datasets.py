@@ -22,6 +22,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from dsop_jax import image_files
+
 tf.config.set_visible_devices([], 'GPU')  # Input pipeline only: never take accelerator memory.
 
 _IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -60,8 +62,6 @@ DIGITS_TEST_SIZE = 360
 # such as digits, where a mirror image is another glyph); '' = the dataset's own.
 AUGMENTATIONS = ('imagenet', 'finegrained', 'cifar', 'small')
 FOLDER = 'folder'  # config.data.dataset for an ImageFolder tree at config.data.data_dir.
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
-FOLDER_STATS_SAMPLE = 500  # Training images whose pixels give a folder's mean and std.
 # Datasets held in memory as uint8 arrays (config.data.train_subset applies to them).
 ARRAY_DATASETS = ('digits', 'fashion_mnist')
 # TFDS metadata (dataset_info.json, label names) of imagenet2012, cifar10 and cifar100 with 64-example
@@ -193,8 +193,8 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
       mean, std = _grey_stats(name, os.path.abspath(d.data_dir), d.image_size, d.get('fit', 'pad'))
       info = dataclasses.replace(info, mean=mean, std=std)
   elif name == FOLDER:
-    info = DatasetInfo(len(folder_classes(d.data_dir, d.get('train_split') or 'train')),
-                       'train', 'val', 'imagenet', (), ())
+    classes = image_files.folder_classes(d.data_dir, d.get('train_split') or 'train')
+    info = DatasetInfo(len(classes), 'train', 'val', 'imagenet', (), ())
   else:  # Any TFDS image-classification dataset: ImageNet's statistics, as pretrained weights.
     builder_info = _builder(config).info
     _, label = tfds_keys(builder_info, name)
@@ -208,7 +208,7 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   if d.get('mean'):
     info = dataclasses.replace(info, mean=tuple(d.mean), std=tuple(d.std))
   elif name == FOLDER:
-    mean, std = folder_stats(d.data_dir, info.train_split)
+    mean, std = image_files.folder_stats(d.data_dir, info.train_split)
     info = dataclasses.replace(info, mean=mean, std=std)
   return info
 
@@ -237,53 +237,6 @@ def tfds_keys(info: Any, name: str) -> Tuple[str, str]:
                        f'{", ".join(f"{k}: {type(f).__name__}" for k, f in features.items())}).')
     found.append(of_kind[0])
   return found[0], found[1]
-
-
-def folder_classes(root: str, split: str) -> List[str]:
-  """The class names of an ImageFolder tree: the subdirectories of ROOT/SPLIT, sorted."""
-  directory = os.path.join(root, split)
-  if not tf.io.gfile.isdir(directory):
-    return []
-  return sorted(e.rstrip('/') for e in tf.io.gfile.listdir(directory)
-                if tf.io.gfile.isdir(os.path.join(directory, e)))
-
-
-@functools.lru_cache(maxsize=8)
-def folder_files(root: str, split: str, classes: Tuple[str, ...]) -> Tuple[List[str], List[int]]:
-  """(paths, labels) of the JPEG and PNG files of ROOT/SPLIT/<class>/, sorted, labels indexing
-  `classes` (a class missing from SPLIT has no file)."""
-  paths, labels = [], []
-  for label, name in enumerate(classes):
-    directory = os.path.join(root, split, name)
-    if not tf.io.gfile.isdir(directory):
-      continue
-    for entry in sorted(tf.io.gfile.listdir(directory)):
-      if entry.lower().endswith(IMAGE_SUFFIXES):
-        paths.append(os.path.join(directory, entry))
-        labels.append(label)
-  return paths, labels
-
-
-@functools.lru_cache(maxsize=4)
-def folder_stats(root: str, split: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-  """Per-channel mean and standard deviation in [0, 255] of the pixels of up to
-  FOLDER_STATS_SAMPLE training images of a folder (a fixed, seed-0 sample; unreadable files
-  left out)."""
-  paths, _ = folder_files(root, split, tuple(folder_classes(root, split)))
-  order = np.random.default_rng(0).permutation(len(paths))[:FOLDER_STATS_SAMPLE]
-  total, total_sq, count = np.zeros(3), np.zeros(3), 0
-  for i in sorted(order):
-    data = tf.io.read_file(paths[i])
-    if not bool(image_is_complete(data)):
-      continue
-    pixels = _decode(data).numpy().reshape(-1, 3).astype(np.float64)
-    total, total_sq, count = total + pixels.sum(0), total_sq + (pixels ** 2).sum(0), count + len(pixels)
-  if not count:
-    raise ValueError(f'config.data.data_dir = {root!r}: no readable JPEG or PNG image in '
-                     f'{os.path.join(root, split)} to compute the normalisation from.')
-  mean = total / count
-  std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-6))
-  return tuple(float(m) for m in mean), tuple(float(v) for v in std)
 
 
 def validate_source(config: ml_collections.ConfigDict) -> None:
@@ -335,19 +288,19 @@ def _check_folder(config: ml_collections.ConfigDict) -> None:
   evaluation split that training does not have."""
   d = config.data
   train, evaluation = d.get('train_split') or 'train', d.get('eval_split') or 'val'
-  classes = folder_classes(d.data_dir, train)
+  classes = image_files.folder_classes(d.data_dir, train)
   layout = (f'expected {os.path.join(d.data_dir or "ROOT", train)}/<class>/*.jpg|png and '
             f'{os.path.join(d.data_dir or "ROOT", evaluation)}/<class>/... (ImageFolder layout)')
   if not classes:
     raise ValueError(f'config.data.data_dir = {d.data_dir!r} is invalid for dataset {FOLDER}: no '
                      f'class directory in {os.path.join(d.data_dir, train)}; {layout}.')
-  others = [c for c in folder_classes(d.data_dir, evaluation) if c not in classes]
+  others = [c for c in image_files.folder_classes(d.data_dir, evaluation) if c not in classes]
   if others:
     raise ValueError(f'config.data.data_dir = {d.data_dir!r}: the {evaluation!r} split has '
                      f'classes the {train!r} split lacks: {others[:5]}; both must use the same '
                      'class directories.')
   for split in (train, evaluation):
-    if not folder_files(d.data_dir, split, tuple(classes))[0]:
+    if not image_files.folder_files(d.data_dir, split, tuple(classes))[0]:
       raise ValueError(f'config.data.data_dir = {d.data_dir!r} is invalid for dataset {FOLDER}: '
                        f'no .jpg, .jpeg or .png file in {os.path.join(d.data_dir, split)}; '
                        f'{layout}.')
@@ -390,7 +343,8 @@ def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
 
 def _folder_split(config: ml_collections.ConfigDict, split: str) -> Tuple[List[str], List[int]]:
   train = config.data.get('train_split') or 'train'
-  return folder_files(config.data.data_dir, split, tuple(folder_classes(config.data.data_dir, train)))
+  classes = image_files.folder_classes(config.data.data_dir, train)
+  return image_files.folder_files(config.data.data_dir, split, tuple(classes))
 
 
 class SkipCounter:
@@ -408,40 +362,12 @@ class SkipCounter:
     return ok
 
 
-def jpeg_is_complete(jpeg: tf.Tensor) -> tf.Tensor:
-  """True when `jpeg` starts with the JPEG start-of-image marker and has the end-of-image marker in
-  its last 64 bytes: truncated files, empty records and other bytes fail. (Damage inside a complete
-  file can still stop the decoder.)"""
-  length = tf.strings.length(jpeg)
-  tail = tf.strings.bytes_split(tf.strings.substr(jpeg, tf.maximum(length - 64, 0), 64))
-  eoi = tf.reduce_any(tf.logical_and(tail[:-1] == b'\xff', tail[1:] == b'\xd9'))
-  return tf.logical_and(tf.strings.substr(jpeg, 0, 2) == b'\xff\xd8', eoi)
-
-
-def png_is_complete(png: tf.Tensor) -> tf.Tensor:
-  """True when `png` starts with the PNG signature and ends with the IEND chunk."""
-  length = tf.strings.length(png)
-  return tf.logical_and(tf.strings.substr(png, 0, 8) == b'\x89PNG\r\n\x1a\n',
-                        tf.strings.substr(png, tf.maximum(length - 8, 0), 8) == b'IEND\xaeB`\x82')
-
-
 # Datasets read as encoded bytes (tfds.decode.SkipDecoding), so a damaged image is skipped instead
 # of stopping TFDS's decoder: the completeness check of each, and whether the bytes are decoded in
 # _records (CIFAR) or by the ImageNet crops (which decode only the crop window).
-_ENCODED = {'imagenet2012': (jpeg_is_complete, False), 'cifar10': (png_is_complete, True),
-            'cifar100': (png_is_complete, True)}
-
-
-def image_is_complete(image: tf.Tensor) -> tf.Tensor:
-  """A complete JPEG or PNG (`jpeg_is_complete`, `png_is_complete`): what TFDS's image features
-  and image folders hold."""
-  return tf.logical_or(jpeg_is_complete(image), png_is_complete(image))
-
-
-def _decode(image: tf.Tensor) -> tf.Tensor:
-  """JPEG or PNG bytes -> H x W x 3 uint8 (grey images repeated to three channels)."""
-  decoded = tf.io.decode_image(image, channels=3, expand_animations=False)
-  return tf.ensure_shape(decoded, (None, None, 3))
+_ENCODED = {'imagenet2012': (image_files.jpeg_is_complete, False),
+            'cifar10': (image_files.png_is_complete, True),
+            'cifar100': (image_files.png_is_complete, True)}
 
 
 def records(config: ml_collections.ConfigDict, split: str, *, process_index: int,
@@ -479,11 +405,11 @@ def records(config: ml_collections.ConfigDict, split: str, *, process_index: int
     ds = ds.map(lambda ex: {'image': ex[image], 'label': ex[label]})
   ds = ds.take(count)
   if name not in ARRAY_DATASETS:
-    complete, decode_here = _ENCODED.get(name, (image_is_complete, True))
+    complete, decode_here = _ENCODED.get(name, (image_files.image_is_complete, True))
     counter = skipped or SkipCounter()
     ds = ds.filter(lambda ex: counter.keep(complete(ex['image'])))
     if decode_here:
-      ds = ds.map(lambda ex: {'image': _decode(ex['image']), 'label': ex['label']})
+      ds = ds.map(lambda ex: {'image': image_files.decode(ex['image']), 'label': ex['label']})
   return ds, count
 
 
@@ -502,7 +428,8 @@ def class_names(config: ml_collections.ConfigDict) -> Optional[List[str]]:
   if name == 'cifar10':
     return list(_CIFAR10_NAMES)
   if name == FOLDER:
-    return folder_classes(config.data.data_dir, config.data.get('train_split') or 'train') or None
+    train = config.data.get('train_split') or 'train'
+    return image_files.folder_classes(config.data.data_dir, train) or None
   data_dir = config.data.data_dir if name != 'fashion_mnist' else None
   try:
     info = tfds.builder(name, data_dir=data_dir or None).info

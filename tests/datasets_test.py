@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 
 from dsop_jax import datasets
 from dsop_jax import export
+from dsop_jax import image_files
 from dsop_jax import input_pipeline
 from dsop_jax import train
 from tests import train_helpers
@@ -67,7 +68,7 @@ def test_an_image_folder_trains_and_its_class_names_and_statistics_travel_with_t
   assert list(counts) == [12] * 10  # 'one' has 12 good files and the damaged one.
   # Normalised by the statistics of its own (readable) training images.
   pixels = np.concatenate([tf.io.decode_image(tf.io.read_file(p), channels=3).numpy().reshape(-1, 3)
-                           for p in datasets.folder_files(root, 'train', tuple(NAMES))[0]
+                           for p in image_files.folder_files(root, 'train', tuple(NAMES))[0]
                            if not p.endswith('cut.png')]).astype(np.float64)
   info = datasets.dataset_info(config)
   np.testing.assert_allclose(info.mean, pixels.mean(0), rtol=1e-6)
