@@ -68,6 +68,7 @@ LONGEST_FIRST = (
     'train_test.py::test_preemption_', 'soak_test.py::', 'benchmark_test.py::test_quick_cli',
     'train_test.py::test_data_parallel_', 'notebooks_test.py::test_dsop_anatomy',
     'notebooks_test.py::test_mock_mode', 'notebooks_test.py::test_quickstart',
+    'pretrained_test.py::test_the_cub_', 'pretrained_test.py::test_fine_tuning_',
     'optim_test.py::test_adahessian_trains')
 
 
