@@ -140,6 +140,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.max_consecutive_skips = 20  # 'skip' gives up after more rejected steps in a row.
   config.train.eval_every_epochs = 1.0  # Evaluation (and a metrics.jsonl line) interval.
   config.train.log_every_steps = 100  # Training-metric summaries.
+  config.train.tensorboard = True  # TensorBoard event files in WORKDIR (False: the log alone).
   config.train.checkpoint_every_steps = 2000  # Periodic checkpoints (plus one at the end).
   config.train.checkpoint_every_epoch = False  # Also a checkpoint at the end of every epoch.
   config.train.keep_checkpoints = 3  # Checkpoints kept in WORKDIR/checkpoints.

@@ -3,9 +3,10 @@ that the detached network costs what the plain one does.
 
 Parts (`--parts`, comma-separated):
 - train: step time and images/s of the plain first-order network and of the DSoP model with the same
-  backbone, batch and precision; their ratio next to the ratio of their FLOPs (XLA's cost analysis of
-  the compiled steps, and the paper-style forward MACs of `dsop_jax.complexity`); achieved TFLOP/s
-  and model-FLOPs utilisation (MFU) against the device's dense peak (GPUs in `PEAK_TFLOPS`).
+  backbone, batch and precision (the plain network alone for a config without branches); their
+  ratio next to the ratio of their FLOPs (XLA's cost analysis of the compiled steps, and the
+  paper-style forward MACs of `dsop_jax.complexity`); achieved TFLOP/s and model-FLOPs utilisation
+  (MFU) against the device's dense peak (GPUs in `PEAK_TFLOPS`).
 - inference: the detached network (DSoP variables minus the branches) against the plain backbone
   built from scratch; the same program, so the same time and FLOPs.
 - pooling: iSQRT-COV forward+backward at the paper's shapes (batch x 14x14 and 56x56 x 256 channels)
@@ -140,7 +141,7 @@ def _synthetic_batch(batch_size: int, image_size: int, num_classes: int, mesh: A
   return make()
 
 
-def _benchmark_config(config: ml_collections.ConfigDict, opts: Options) -> ml_collections.ConfigDict:
+def benchmark_config(config: ml_collections.ConfigDict, opts: Options) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.dtype = opts.precision
   if opts.image_size:
@@ -163,12 +164,10 @@ def train_benchmark(config: ml_collections.ConfigDict, opts: Options) -> Dict[st
   mesh = sharding.create_mesh()
   size, batch_size = config.data.image_size, opts.batch_size
   model = models.create(config.model)
-  if not model.branches:
-    raise ValueError(f'config.model.branches of {config.model.name!r} has no branch: the train part '
-                     'compares a DSoP model with its plain network; give a config with branches.')
   weights = models.loss_weights(config)
-  variants = {'plain': (model.clone(branches=()), {'logits': weights['logits']}),
-              'dsop': (model, weights)}
+  variants = {'plain': (model.clone(branches=()), {'logits': weights['logits']})}
+  if model.branches:  # A config without branches measures its plain network alone.
+    variants['dsop'] = (model, weights)
   tx = optim.create_optimizer(config, steps_per_epoch=1000, num_steps=100_000)
   batch = _synthetic_batch(batch_size, size, config.model.num_classes, mesh)
   rng = jax.random.key(1)
@@ -189,13 +188,16 @@ def train_benchmark(config: ml_collections.ConfigDict, opts: Options) -> Dict[st
 
     runners[name] = run
   times = _timed_rounds(runners, opts)
+  result: Dict[str, Any] = {name: _rates(times[name], flops[name], batch_size, peak)
+                            for name in variants}
+  result['peak_tflops'] = peak
+  if 'dsop' not in variants:
+    return result
   macs = complexity.report(config)
-  result = {name: _rates(times[name], flops[name], batch_size, peak) for name in variants}
   result.update({
       'step_time_ratio': times['dsop'] / times['plain'],
       'xla_flops_ratio': flops['dsop'] / flops['plain'],
       'forward_macs_ratio': macs['gflops_train'] / macs['gflops_test'],
-      'peak_tflops': peak,
   })
   return result
 
@@ -350,7 +352,7 @@ def run(config: Optional[ml_collections.ConfigDict], opts: Options) -> Dict[str,
   if config is None and needs_model:
     raise ValueError('--config is required for the train and inference parts.')
   if config is not None:
-    config = _benchmark_config(config, opts)
+    config = benchmark_config(config, opts)
     result.update(model=config.model.name, image_size=config.data.image_size)
   if 'train' in opts.parts:
     result['train'] = train_benchmark(config, opts)
@@ -382,13 +384,16 @@ def format_report(result: Dict[str, Any]) -> str:
     r = result[part]
     lines += ['', f'{part}:', row.format('', 'step (ms)', 'images/s', 'GFLOP/step', 'TFLOP/s', 'MFU')]
     for name in ('plain', 'dsop') if part == 'train' else ('detached', 'plain'):
+      if name not in r:
+        continue
       v = r[name]
       lines.append(row.format(name, _fmt(v['step_time_ms']), _fmt(v['images_per_s'], '.1f'),
                               _fmt(v['xla_gflops_per_step'], '.1f'), _fmt(v['achieved_tflops'], '.3f'),
                               _fmt(v['mfu'] and 100 * v['mfu'], '.1f')))
     if part == 'train':
-      lines.append(f"DSoP/plain: step time {r['step_time_ratio']:.2f}x, XLA FLOPs "
-                   f"{r['xla_flops_ratio']:.2f}x, forward MACs {r['forward_macs_ratio']:.2f}x")
+      if 'dsop' in r:
+        lines.append(f"DSoP/plain: step time {r['step_time_ratio']:.2f}x, XLA FLOPs "
+                     f"{r['xla_flops_ratio']:.2f}x, forward MACs {r['forward_macs_ratio']:.2f}x")
     else:
       lines.append(f"detached/plain time {r['time_ratio']:.3f}x; same FLOPs: {r['same_program']}")
   if 'pooling' in result:

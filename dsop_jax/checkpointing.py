@@ -13,7 +13,6 @@ damaged later is skipped at restore (see `Checkpointer.restore`).
 
 import hashlib
 import logging as std_logging
-import os
 import signal
 import threading
 import time
@@ -24,6 +23,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+
+from dsop_jax import paths
 
 CHECKSUM = 'state_blake2b'  # The meta key of the state's checksum.
 
@@ -66,7 +67,7 @@ class Checkpointer:
   """Periodic/final saves of the training state under WORKDIR/checkpoints, keeping the last N, and
   with `keep_best` also the one whose evaluation had the best main-head top-1."""
 
-  def __init__(self, workdir: str, max_to_keep: int = 3, read_only: bool = False,
+  def __init__(self, workdir: paths.PathLike, max_to_keep: int = 3, read_only: bool = False,
                keep_best: bool = False, async_saves: bool = False):
     """`read_only`: for readers (evaluation, export, plot): nothing in WORKDIR is created, moved
     or deleted; an unreadable latest checkpoint is skipped but left where it is. `async_saves`:
@@ -74,7 +75,7 @@ class Checkpointer:
     the files in the background (into a temporary directory renamed when complete, as a
     blocking save does, so a save cut short is never restored) and the next save, a restore or
     `close` waits for it."""
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.directory = paths.path(workdir, '--workdir') / 'checkpoints'
     self.read_only = read_only
     # The last N, and the best evaluated one; a checkpoint saved with an evaluation (`save`'s
     # `top1`) records it beside the state, so the choice survives restarts.
@@ -152,7 +153,7 @@ class Checkpointer:
         try:
           restored = self._restore(candidate, abstract)
         except Exception as e:  # pylint: disable=broad-except  (any read failure of one step)
-          if os.path.exists(os.path.join(self.directory, str(candidate))):
+          if (self.directory / str(candidate)).exists():
             failed.append((candidate, e))
           else:  # Deleted while read: a training run on this workdir keeps only its last N.
             vanished.append(candidate)
@@ -196,12 +197,12 @@ class Checkpointer:
     """Moves unreadable step directories out of the way, so later saves of those steps succeed."""
     if not steps or self.read_only:
       return
-    target = os.path.join(os.path.dirname(self.directory), 'corrupt_checkpoints')
+    target = self.directory.parent / 'corrupt_checkpoints'
     if jax.process_index() == 0:
-      os.makedirs(target, exist_ok=True)
+      target.mkdir(parents=True, exist_ok=True)
       for step in steps:
-        destination = os.path.join(target, f'{step}-{int(time.time())}')
-        os.rename(os.path.join(self.directory, str(step)), destination)
+        destination = target / f'{step}-{int(time.time())}'
+        paths.move_tree(self.directory / str(step), destination)
         logging.warning('Moved the unreadable checkpoint of step %d to %s.', step, destination)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices('dsop_jax_checkpoint_quarantine')

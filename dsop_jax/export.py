@@ -11,11 +11,11 @@ side branches of its PSDR are detached like DSoP branches.
 
 import json
 import os
-import shutil
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -26,6 +26,7 @@ from dsop_jax import dsop
 from dsop_jax import input_pipeline
 from dsop_jax import models
 from dsop_jax import onnx_export
+from dsop_jax import paths
 from dsop_jax import runs
 from dsop_jax import torch_weights
 
@@ -89,14 +90,13 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
   if unknown:
     raise ValueError(f'--format={",".join(formats)} is invalid: {", ".join(unknown)} unknown; '
                      f'allowed: {", ".join(FORMATS)}.')
-  runs.check_local_path(output_dir, '--output_dir')
+  given, output_dir = output_dir, paths.path(output_dir, '--output_dir')
   config = runs.workdir_config(workdir)
   if 'torchvision' in formats:
     torch_weights.check_supported(config.model, '--format=torchvision')
     torch_weights.setup_lines(config.model)  # Raises for a network no library builds.
-  given, output_dir = output_dir, os.path.abspath(output_dir)
   _recover_replaced_export(output_dir)
-  if os.path.exists(os.path.join(output_dir, 'model_config.json')) and not overwrite:
+  if (output_dir / 'model_config.json').exists() and not overwrite:
     raise ValueError(f'--output_dir={output_dir!r} already holds an export; pass --overwrite to '
                      'replace it.')
   variables, step = runs.restore_variables_and_step(config, workdir, step=step, best=best, ema=ema)
@@ -116,47 +116,46 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
                                        doc=f'{config.model.name}, detached by dsop_jax')
     except NotImplementedError as e:
       raise ValueError(f'--format=onnx is invalid for {config.model.name}: {e}') from e
-  staging = f'{output_dir}.tmp-{os.getpid()}'
-  shutil.rmtree(staging, ignore_errors=True)
+  staging = output_dir.with_name(f'{output_dir.name}.tmp-{os.getpid()}')
+  if staging.exists():
+    staging.rmtree()
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.join(staging, 'variables'), detached)
-  with open(os.path.join(staging, 'model_config.json'), 'w') as f:
-    f.write(config.model.to_json_best_effort(indent=2))
+    checkpointer.save(staging / 'variables', detached)
+  (staging / 'model_config.json').write_text(config.model.to_json_best_effort(indent=2))
   recipe = {**input_pipeline.preprocessing(config),
             'class_names': runs.class_names(config, workdir)}
-  _write_json(os.path.join(staging, 'preprocessing.json'), recipe)
-  _write_json(os.path.join(staging, 'model_card.json'),
+  _write_json(staging / 'preprocessing.json', recipe)
+  _write_json(staging / 'model_card.json',
               {**_model_card(config, workdir, step, detached, forward, size),
                'weights': 'moving average' if ema else 'trained'})
   if 'stablehlo' in formats:
     batch = jax.export.symbolic_shape('batch')[0]
     exported = jax.export.export(forward)(
         jax.ShapeDtypeStruct((batch, size, size, 3), jax.numpy.float32))
-    with open(os.path.join(staging, STABLEHLO_FILE), 'wb') as f:
-      f.write(exported.serialize())
+    (staging / STABLEHLO_FILE).write_bytes(exported.serialize())
   if onnx_model is not None:
-    onnx_export.save(onnx_model, os.path.join(staging, ONNX_FILE))
+    onnx_export.save(onnx_model, staging / ONNX_FILE)
   if 'torchvision' in formats:
     _write_torch(config, detached, step, staging)
-  if os.path.exists(output_dir):
-    replaced = f'{output_dir}.old-{os.getpid()}'
-    os.rename(output_dir, replaced)
-    os.rename(staging, output_dir)
-    shutil.rmtree(replaced)
+  if output_dir.exists():
+    replaced = output_dir.with_name(f'{output_dir.name}.old-{os.getpid()}')
+    paths.move_tree(output_dir, replaced)
+    paths.move_tree(staging, output_dir)
+    replaced.rmtree()
   else:
-    os.rename(staging, output_dir)
+    paths.move_tree(staging, output_dir)
   return given
 
 
 def _write_torch(config: ml_collections.ConfigDict, variables: Mapping[str, Any], step: int,
-                 directory: str) -> None:
+                 directory: epath.Path) -> None:
   """model.safetensors (the stock PyTorch model's state dict) and torch.json (how to load it)."""
   library = torch_weights.LIBRARIES[config.model.name][0]
   torch_weights.write_safetensors(
-      os.path.join(directory, TORCH_FILE),
+      directory / TORCH_FILE,
       torch_weights.to_state_dict(config.model, variables, batches_tracked=step),
       {'format': 'pt', 'source': f'dsop_jax {config.model.name}, step {step}'})
-  _write_json(os.path.join(directory, TORCH_SETUP_FILE), {
+  _write_json(directory / TORCH_SETUP_FILE, {
       'library': library, 'architecture': config.model.name,
       'last_stride': config.model.get('last_stride', 2),
       'setup': torch_weights.setup_lines(config.model),
@@ -165,9 +164,8 @@ def _write_torch(config: ml_collections.ConfigDict, variables: Mapping[str, Any]
       'output': f'logits, {config.model.num_classes} classes (class_names in preprocessing.json)'})
 
 
-def _write_json(path: str, value: Any) -> None:
-  with open(path, 'w') as f:
-    json.dump(value, f, indent=2)
+def _write_json(path: epath.Path, value: Any) -> None:
+  path.write_text(json.dumps(value, indent=2))
 
 
 def _model_card(config: ml_collections.ConfigDict, workdir: str, step: int,
@@ -188,21 +186,22 @@ def _model_card(config: ml_collections.ConfigDict, workdir: str, step: int,
       'training_config': config.to_dict()}
 
 
-def _recover_replaced_export(output_dir: str) -> None:
+def _recover_replaced_export(output_dir: epath.Path) -> None:
   """Puts back an export that a killed `export` renamed aside (OUTPUT_DIR.old-PID) before the
   new one took its place, and drops unfinished staging directories of killed exports."""
-  parent, name = os.path.split(output_dir)
-  if not os.path.isdir(parent):
+  parent, name = output_dir.parent, output_dir.name
+  if not parent.is_dir():
     return
-  for entry in sorted(os.listdir(parent)):
-    path = os.path.join(parent, entry)
-    kind, _, pid = entry[len(name):].partition('-')
+  for path in sorted(parent.iterdir()):
+    if not path.name.startswith(name):
+      continue
+    kind, _, pid = path.name[len(name):].partition('-')
     if kind not in ('.old', '.tmp') or not pid.isdigit() or _alive(int(pid)):
       continue
-    if kind == '.old' and not os.path.exists(output_dir):
-      os.rename(path, output_dir)
+    if kind == '.old' and not output_dir.exists():
+      paths.move_tree(path, output_dir)
     else:
-      shutil.rmtree(path, ignore_errors=True)
+      path.rmtree(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
@@ -219,29 +218,27 @@ def _alive(pid: int) -> bool:
   return True
 
 
-def load(output_dir: str) -> Tuple[Any, dict]:
+def load(output_dir: paths.PathLike) -> Tuple[Any, dict]:
   """(plain first-order module, its variables) from an export directory, ready for
   `module.apply(variables, images, train=False)[0]`."""
-  config_path = os.path.join(output_dir, 'model_config.json')
-  if not os.path.exists(config_path):
+  config_path = paths.path(output_dir) / 'model_config.json'
+  if not config_path.exists():
     raise ValueError(f'{output_dir!r} is not a dsop_jax export (no model_config.json).')
-  with open(config_path) as f:
-    model_config = ml_collections.ConfigDict(json.load(f))
+  model_config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   models.validate_model_config(model_config)
   module = models.create_backbone(model_config)
   size = 32
   abstract = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False),
                             jax.ShapeDtypeStruct((1, size, size, 3), jax.numpy.float32))
   with ocp.StandardCheckpointer() as checkpointer:
-    variables = checkpointer.restore(os.path.join(os.path.abspath(output_dir), 'variables'),
-                                     abstract)
+    variables = checkpointer.restore(paths.path(output_dir) / 'variables', abstract)
   return module, variables
 
 
-def load_first_order(path: str) -> Tuple[Any, Dict[str, Any]]:
+def load_first_order(path: paths.PathLike) -> Tuple[Any, Dict[str, Any]]:
   """(plain network, its variables) from an export directory or a training workdir (its latest
   checkpoint, branches detached)."""
-  if os.path.isdir(os.path.join(path, 'checkpoints')):  # A training workdir, of its own config.
+  if (paths.path(path) / 'checkpoints').is_dir():  # A training workdir, of its own config.
     config = runs.workdir_config(path)
     variables = runs.restore_variables(config, path)
     return models.create_backbone(config.model), detach(

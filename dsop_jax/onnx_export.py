@@ -18,6 +18,8 @@ import jax
 from jax.extend import core as jax_core
 import numpy as np
 
+from dsop_jax import paths
+
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = 'images', 'logits'
 _INT64_MAX = np.iinfo(np.int64).max
@@ -320,5 +322,5 @@ def convert(forward: Callable[[Any], Any], image_shape: Tuple[int, int, int],
   return model
 
 
-def save(model: Any, path: str) -> None:
-  _onnx().save(model, path)
+def save(model: Any, path: paths.PathLike) -> None:
+  paths.path(path).write_bytes(model.SerializeToString())

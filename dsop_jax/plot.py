@@ -27,6 +27,7 @@ from absl import logging
 from matplotlib import figure as mpl_figure
 
 from dsop_jax import models
+from dsop_jax import paths
 from dsop_jax import runs as runs_lib
 
 MAIN_HEAD = 'logits'
@@ -84,12 +85,11 @@ def read_metrics(workdir: str) -> List[Dict[str, Any]]:
   Raises:
     ValueError: no metrics.jsonl, a malformed line before the last, or no evaluation at all.
   """
-  path = os.path.join(workdir, runs_lib.METRICS_FILE)
-  if not os.path.exists(path):
+  path = paths.path(workdir, '--workdir') / runs_lib.METRICS_FILE
+  if not path.exists():
     raise ValueError(f'--workdir={workdir!r} holds no metrics.jsonl: not a dsop_jax training '
                      'workdir, or no evaluation has finished yet.')
-  with open(path) as f:
-    lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+  lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
   by_step = {}
   for n, line in lines:
     try:
@@ -228,9 +228,10 @@ def render(workdirs: Sequence[str], output: str, labels: Optional[Sequence[str]]
     raise ValueError(f'--output={output!r}: the extension {extension!r} is not an image format; '
                      f'allowed: {", ".join(sorted(formats))}.')
   runs = load_runs(workdirs, labels)
-  if os.path.dirname(output):
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-  figure(runs).savefig(output, dpi=dpi)
+  target = paths.path(output, '--output')
+  target.parent.mkdir(parents=True, exist_ok=True)
+  with target.open('wb') as f:
+    figure(runs).savefig(f, dpi=dpi, format=extension)
   seeds = seeds_table(runs)
   return markdown_table(runs) + (f'\n\n{seeds}' if seeds else '')
 
@@ -241,8 +242,7 @@ def _main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   table = render(f.workdir, f.output, f.label, f.dpi)
   if f.table:
-    with open(f.table, 'w') as out:
-      out.write(table + '\n')
+    paths.path(f.table, '--table').write_text(table + '\n')
   print(table)
   print(f'Curves written to {f.output}')
 

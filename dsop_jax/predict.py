@@ -25,6 +25,7 @@ import tensorflow as tf
 from dsop_jax import checkpointing
 from dsop_jax import export
 from dsop_jax import input_pipeline
+from dsop_jax import paths as paths_lib
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
 
@@ -57,20 +58,19 @@ def load_network(export_dir: str, fmt: str = 'orbax') -> Tuple[Callable[[np.ndar
                                                                 Dict[str, Any]]:
   """(images -> logits, preprocessing recipe) of an export, run from its Orbax variables or from
   its StableHLO module or ONNX model."""
-  with open(os.path.join(export_dir, 'preprocessing.json')) as f:
-    recipe = json.load(f)
+  directory = paths_lib.path(export_dir, 'EXPORT_DIR')
+  recipe = json.loads((directory / 'preprocessing.json').read_text())
   if fmt in ('stablehlo', 'onnx'):
-    path = os.path.join(export_dir, export.STABLEHLO_FILE if fmt == 'stablehlo' else export.ONNX_FILE)
-    if not os.path.exists(path):
-      raise ValueError(f'{export_dir!r} has no {os.path.basename(path)}: export it with '
+    path = directory / (export.STABLEHLO_FILE if fmt == 'stablehlo' else export.ONNX_FILE)
+    if not path.exists():
+      raise ValueError(f'{export_dir!r} has no {path.name}: export it with '
                        f'--format=orbax,{fmt}.')
   if fmt == 'onnx':
     import onnxruntime  # pylint: disable=g-import-not-at-top  (optional package)
-    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    session = onnxruntime.InferenceSession(path.read_bytes(), providers=['CPUExecutionProvider'])
     return lambda x: session.run(None, {'images': np.asarray(x, np.float32)})[0], recipe
   if fmt == 'stablehlo':
-    with open(path, 'rb') as f:
-      exported = jax.export.deserialize(bytearray(f.read()))
+    exported = jax.export.deserialize(bytearray(path.read_bytes()))
     return exported.call, recipe
   module, variables = export.load(export_dir)
   return jax.jit(lambda x: module.apply(variables, x, train=False)[0]), recipe

@@ -11,7 +11,6 @@ has another number of classes (a fine-tuning dataset) or the network has a secon
 PyTorch `.pth` is refused with the line that converts it.
 """
 
-import os
 from typing import Any, Dict, List, Mapping, Tuple
 
 from absl import logging
@@ -19,6 +18,7 @@ import jax
 import ml_collections
 
 from dsop_jax import export
+from dsop_jax import paths
 from dsop_jax import torch_weights
 
 HEADS = ('head', 'gsop')  # The backbone's own head: the classifier, or the second-order head.
@@ -44,13 +44,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   field, path = source_of(config)
   if not path:
     return
-  if os.path.isdir(path):
-    if not (os.path.exists(os.path.join(path, 'model_config.json')) or
-            os.path.exists(os.path.join(path, 'config.json'))):
+  source = paths.path(path, f'config.{field}')
+  if source.is_dir():
+    if not ((source / 'model_config.json').exists() or (source / 'config.json').exists()):
       raise ValueError(f'config.{field} = {path!r} is invalid: the directory is neither a dsop_jax '
                        'export (model_config.json) nor a training workdir (config.json).')
     return
-  if not os.path.isfile(path):
+  if not source.is_file():
     raise ValueError(f'config.{field} = {path!r} is invalid: no such file or directory.')
   torch_weights.check_supported(torch_weights.first_order(config.model), f'config.{field}')
   header, _, _ = torch_weights.read_safetensors_header(path)
@@ -71,7 +71,7 @@ def load(config: ml_collections.ConfigDict, fresh: Mapping[str, Any]
   """
   field, path = source_of(config)
   fresh = jax.device_get(dict(fresh))
-  if os.path.isfile(path):
+  if paths.path(path).is_file():
     state, _ = torch_weights.read_safetensors(path)
     variables, kept = torch_weights.from_state_dict(config.model, state, fresh,
                                                     source=f'config.{field} = {path!r}')

@@ -25,16 +25,18 @@ from dsop_jax import checkpointing
 from dsop_jax import datasets
 from dsop_jax import models
 from dsop_jax import optim
+from dsop_jax import paths
 from dsop_jax import sharding
 from dsop_jax import steps
 
 
 @contextlib.contextmanager
-def workdir_lock(workdir: str) -> Iterator[None]:
+def workdir_lock(workdir: paths.PathLike) -> Iterator[None]:
   """Holds WORKDIR for one training run: an exclusive `flock` on WORKDIR/train.lock, which names
   its holder (host, pid, start time). The operating system drops the lock when the holder exits,
   however it ends (SIGKILL included), so a crashed run never leaves it stuck. Process 0 holds it
-  for a multi-process run. Evaluation, export and plot read a workdir without it.
+  for a multi-process run. Evaluation, export and plot read a workdir without it. Object stores
+  (gs://) have no locks: there the holder is recorded in train.lock, and nothing stops a second run.
 
   Raises:
     ValueError: another process holds WORKDIR, naming it.
@@ -42,21 +44,29 @@ def workdir_lock(workdir: str) -> Iterator[None]:
   if jax.process_index() != 0:
     yield
     return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, 'train.lock')
+  directory = paths.path(workdir, '--workdir')
+  directory.mkdir(parents=True, exist_ok=True)
+  holder = (f'host {socket.gethostname()} pid {os.getpid()} since '
+            f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+  if paths.is_remote(directory):
+    logging.warning('%s is on an object store, where runs cannot lock it: train one run at a time '
+                    'in it.', directory)
+    (directory / 'train.lock').write_text(holder)
+    yield
+    return
+  path = os.fspath(directory / 'train.lock')
   with open(path, 'a+') as f:
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       f.seek(0)
-      holder = f.read().strip() or 'another process'
-      raise ValueError(f'--workdir={workdir!r} is being trained by {holder} ({path}); one '
+      other = f.read().strip() or 'another process'
+      raise ValueError(f'--workdir={workdir!r} is being trained by {other} ({path}); one '
                        'training run at a time per workdir. Wait for it, stop it, or use another '
                        '--workdir (evaluation, export and plot may read it meanwhile).') from None
     f.seek(0)
     f.truncate()
-    f.write(f'host {socket.gethostname()} pid {os.getpid()} since '
-            f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+    f.write(holder)
     f.flush()
     try:
       yield
@@ -64,133 +74,110 @@ def workdir_lock(workdir: str) -> Iterator[None]:
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str,
+def write_config(config: ml_collections.ConfigDict, workdir: paths.PathLike,
                  resumed_at: Optional[int] = None) -> None:
   """WORKDIR/config.json (process 0 only). A run resumed at step N with a config that differs from
   the saved one keeps the earlier config as WORKDIR/config.until_step_N.json, so every segment of
   the run's history keeps the config it ran with."""
   if jax.process_index() != 0:
     return
-  path, text = os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2)
-  if resumed_at is not None and os.path.exists(path):
-    with open(path) as f:
-      saved = f.read()
+  directory = paths.path(workdir, '--workdir')
+  path, text = directory / 'config.json', config.to_json_best_effort(indent=2)
+  if resumed_at is not None and path.exists():
+    saved = path.read_text()
     if saved == text:
       return
-    segment = os.path.join(workdir, f'config.until_step_{resumed_at}.json')
-    if not os.path.exists(segment):  # A rerun after a crash keeps the first one.
-      with open(segment, 'w') as f:
-        f.write(saved)
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
+    segment = directory / f'config.until_step_{resumed_at}.json'
+    if not segment.exists():  # A rerun after a crash keeps the first one.
+      paths.write_atomic(segment, saved)
+  paths.write_atomic(path, text)
 
 
 CLASS_NAMES_FILE = 'class_names.json'
 
 
-def write_class_names(config: ml_collections.ConfigDict, workdir: str) -> None:
+def write_class_names(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> None:
   """WORKDIR/class_names.json: the dataset's class names in label order, when known, so exports
   and predictions name the classes wherever the data has gone (process 0 only)."""
   names = datasets.class_names(config)
   if jax.process_index() != 0 or names is None:
     return
-  path = os.path.join(workdir, CLASS_NAMES_FILE)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(names, f)
-  os.replace(path + '.tmp', path)
+  paths.write_atomic(paths.path(workdir) / CLASS_NAMES_FILE, json.dumps(names))
 
 
-def class_names(config: ml_collections.ConfigDict, workdir: str) -> Optional[List[str]]:
+def class_names(config: ml_collections.ConfigDict, workdir: paths.PathLike
+                ) -> Optional[List[str]]:
   """The class names a training run recorded (`write_class_names`), else the dataset's."""
-  path = os.path.join(workdir, CLASS_NAMES_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
+  path = paths.path(workdir) / CLASS_NAMES_FILE
+  if path.exists():
+    return json.loads(path.read_text())
   return datasets.class_names(config)
 
 
 METRICS_FILE = 'metrics.jsonl'
 
 
-def evaluation_at(workdir: str, step: int) -> Optional[Dict[str, Any]]:
+def evaluation_at(workdir: paths.PathLike, step: int) -> Optional[Dict[str, Any]]:
   """The record of WORKDIR/metrics.jsonl for `step` (the last one written for it), or None; lines
   that are not JSON objects are passed over."""
   found = None
-  path = os.path.join(workdir, METRICS_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except ValueError:
-          continue
-        if isinstance(record, dict) and record.get('step') == step:
-          found = record
+  path = paths.path(workdir) / METRICS_FILE
+  if path.exists():
+    for line in path.read_text().splitlines():
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(record, dict) and record.get('step') == step:
+        found = record
   return found
 
 
-def append_metrics(workdir: str, record: Mapping[str, Any]) -> None:
+def append_metrics(workdir: paths.PathLike, record: Mapping[str, Any]) -> None:
   """Appends one evaluation record to WORKDIR/metrics.jsonl (process 0 only), after repairing a
   torn last line (`repair_metrics`), so a record never lands on the end of a broken one."""
   if jax.process_index() == 0:
-    path = os.path.join(workdir, METRICS_FILE)
+    path = paths.path(workdir) / METRICS_FILE
     repair_metrics(path)
-    with open(path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
-      f.flush()
-      os.fsync(f.fileno())
+    paths.append_line(path, json.dumps(record))
 
 
-def repair_metrics(path: str) -> None:
+def repair_metrics(path: paths.PathLike) -> None:
   """Ends metrics.jsonl with a whole line. A run killed while writing a record can leave its last
   line without the newline: if that text is a whole JSON record, the newline is added; otherwise
   the torn text is cut off the file and appended to `PATH.torn` (kept, not lost), with a warning."""
-  if not os.path.exists(path) or not os.path.getsize(path):
+  path = paths.path(path)
+  if not path.exists():
     return
-  with open(path, 'rb+') as f:
-    f.seek(-1, os.SEEK_END)
-    if f.read(1) == b'\n':
-      return
-    f.seek(0)
-    content = f.read()
-    start = content.rfind(b'\n') + 1
-    torn = content[start:]
-    try:
-      json.loads(torn)
-    except ValueError:
-      with open(path + '.torn', 'ab') as kept:
-        kept.write(torn + b'\n')
-      f.truncate(start)
-      logging.warning('%s ended with an incomplete record (%d bytes, from a run that was killed '
-                      'while writing); it was moved to %s.torn.', path, len(torn), path)
-    else:
-      f.seek(0, os.SEEK_END)
-      f.write(b'\n')
+  content = path.read_bytes()
+  if not content or content.endswith(b'\n'):
+    return
+  start = content.rfind(b'\n') + 1
+  torn = content[start:]
+  try:
+    json.loads(torn)
+  except ValueError:
+    paths.append_line(path.with_name(path.name + '.torn'), torn)
+    paths.write_atomic(path, content[:start])
+    logging.warning('%s ended with an incomplete record (%d bytes, from a run that was killed '
+                    'while writing); it was moved to %s.torn.', path, len(torn), path)
+  else:
+    paths.write_atomic(path, content + b'\n')
 
 
-def check_local_path(path: str, flag: str) -> None:
-  """Refuses a remote URL (gs://..., s3://...): workdirs and exports are written through the local
-  filesystem, so one would land in a local directory named after its scheme."""
-  if '://' in str(path):
-    raise ValueError(f'{flag}={path!r} is invalid: remote URLs are not supported; give a local or '
-                     'shared-filesystem path (mount a bucket with gcsfuse, e.g. /mnt/bucket/run).')
-
-
-def workdir_config(workdir: str) -> ml_collections.ConfigDict:
+def workdir_config(workdir: paths.PathLike) -> ml_collections.ConfigDict:
   """The config a training workdir was trained with (its config.json)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  path = paths.path(workdir) / 'config.json'
+  if not path.exists():
     raise ValueError(f'{workdir!r} holds no config.json: not a dsop_jax training workdir.')
-  with open(path) as f:
-    try:
-      return ml_collections.ConfigDict(json.load(f))
-    except ValueError as e:  # json.JSONDecodeError, or a JSON value that is not an object.
-      raise ValueError(
-          f'{path} is not a valid config file ({e}): it was damaged or edited by hand. Restore it '
-          'from a backup or from a config.until_step_N.json beside it, or write the config the '
-          'run was trained with there (`config.to_json()` of the same config file and '
-          'overrides); the checkpoints themselves are untouched.') from e
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except ValueError as e:  # json.JSONDecodeError, or a JSON value that is not an object.
+    raise ValueError(
+        f'{path} is not a valid config file ({e}): it was damaged or edited by hand. Restore it '
+        'from a backup or from a config.until_step_N.json beside it, or write the config the '
+        'run was trained with there (`config.to_json()` of the same config file and '
+        'overrides); the checkpoints themselves are untouched.') from e
 
 
 def _flatten(tree: Any, prefix: str) -> Dict[str, Any]:
@@ -314,7 +301,7 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None
   Raises ValueError naming each differing field.
   """
   allowed = allowed_resume_changes(config)
-  if not os.path.exists(os.path.join(workdir, 'config.json')):
+  if not (paths.path(workdir) / 'config.json').exists():
     return
   saved, ours = _saved_and_ours(config, workdir)
   _check_same_structure(saved, ours, workdir)
@@ -352,7 +339,7 @@ def restore_variables_and_step(config: ml_collections.ConfigDict, workdir: str,
   if ema and not steps.uses_ema(config):
     raise ValueError(f'{workdir!r} was trained without a moving average of its weights '
                      '(config.optim.ema_decay = 0): there is no EMA to read.')
-  if os.path.exists(os.path.join(workdir, 'config.json')):  # Fields named, not a shape dump.
+  if (paths.path(workdir) / 'config.json').exists():  # Fields named, not a shape dump.
     check_same_structure(config, workdir)
   mesh = sharding.create_mesh()
   checkpointer = checkpointing.Checkpointer(workdir, read_only=True)

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from dsop_jax import models
+from dsop_jax import paths
 
 # dsop_jax model name -> (library, the constructor a user calls there).
 LIBRARIES: Dict[str, Tuple[str, str]] = {
@@ -306,7 +307,7 @@ def write_safetensors(path: str, tensors: Mapping[str, np.ndarray],
     blobs.append(blob)
   text = json.dumps(header, separators=(',', ':')).encode()
   text += b' ' * (-len(text) % 8)  # The reference writer aligns the data to 8 bytes.
-  with open(path, 'wb') as f:
+  with paths.path(path).open('wb') as f:
     f.write(struct.pack('<Q', len(text)))
     f.write(text)
     for blob in blobs:
@@ -322,7 +323,7 @@ def read_safetensors_header(path: str) -> Tuple[Dict[str, Any], Dict[str, str], 
   """
   bad = ValueError(f'{path!r} is not a safetensors file (convert a PyTorch .pth with '
                    "safetensors.torch.save_file(torch.load(path), 'model.safetensors')).")
-  with open(path, 'rb') as f:
+  with paths.path(path).open('rb') as f:
     start = f.read(8)
     size = struct.unpack('<Q', start)[0] if len(start) == 8 else -1
     if not 1 < size < 100_000_000:
@@ -349,7 +350,7 @@ def read_safetensors(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
     ValueError: the file is not a well-formed safetensors file (named), e.g. a pickled `.pth`.
   """
   header, metadata, offset = read_safetensors_header(path)
-  with open(path, 'rb') as f:
+  with paths.path(path).open('rb') as f:
     f.seek(offset)
     body = f.read()
   tensors = {}

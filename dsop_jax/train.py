@@ -33,6 +33,7 @@ from dsop_jax import input_pipeline
 from dsop_jax import losses
 from dsop_jax import models
 from dsop_jax import optim
+from dsop_jax import paths
 from dsop_jax import pretrained
 from dsop_jax import runs
 from dsop_jax import sharding
@@ -62,7 +63,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
                      'the trained backbone: an export directory or training workdir here, or '
                      'config.model.init_from (also a torchvision/timm safetensors file).')
   pretrained.validate(config)
-  for field in ('keep_best', 'async_checkpointing', 'checkpoint_every_epoch'):
+  for field in ('keep_best', 'async_checkpointing', 'checkpoint_every_epoch', 'tensorboard'):
     if not isinstance(t.get(field, False), bool):
       raise ValueError(f'config.train.{field} = {t[field]!r} is invalid: allowed: True, False.')
   for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
@@ -80,7 +81,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.train.seed = {t.seed!r} is invalid: must be an integer >= 0.')
   distill = config.get('distill')
   if distill is not None and distill.teacher:
-    if not os.path.isdir(distill.teacher):
+    if not paths.path(distill.teacher, 'config.distill.teacher').is_dir():
       raise ValueError(f'config.distill.teacher = {distill.teacher!r} is invalid: not a directory '
                        '(give an export directory or a training workdir).')
     if models.branch_specs(config.model):
@@ -234,7 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   "train": {...}}. The workdir is held by this run (`runs.workdir_lock`): a second training run on
   it is refused, naming this one.
   """
-  runs.check_local_path(workdir, '--workdir')
+  paths.path(workdir, '--workdir')  # A URL of a scheme that cannot hold checkpoints is refused.
   _validate(config)
   with runs.workdir_lock(workdir):
     return _train_and_evaluate(config, workdir)
@@ -262,7 +263,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
   removal_step = (int(round(t.remove_branches_at_epoch * steps_per_epoch))
                   if t.policy == 'early_removal' else None)
 
-  os.makedirs(workdir, exist_ok=True)
+  paths.path(workdir).mkdir(parents=True, exist_ok=True)
   keep_best = t.get('keep_best', False)
   checkpointer = checkpointing.Checkpointer(workdir, t.keep_checkpoints, keep_best=keep_best,
                                             async_saves=t.get('async_checkpointing', False))
@@ -308,7 +309,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
     main_only_step = jit_step(model.clone(branches=()), {'logits': weights['logits']},
                               tuple(branch_names))
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = metric_writers.create_default_writer(workdir if t.get('tensorboard', True) else None,
+                                                just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   base_rng = jax.random.key(t.seed)
   skipped = {'train': datasets.SkipCounter(), 'eval': datasets.SkipCounter()}
@@ -329,7 +331,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
   start_step = int(state.step)
   logging.info('Training %s for %d steps (%d per epoch) from step %d on %d device(s).',
                config.model.name, num_steps, steps_per_epoch, start_step, jax.device_count())
-  profiler = _Profiler(tuple(t.get('profile_steps', ())), os.path.join(workdir, 'profile'))
+  profiler = _Profiler(tuple(t.get('profile_steps', ())), os.fspath(paths.path(workdir) / 'profile'))
   device_iter = sharding.device_batches(train_iter, mesh)  # Two batches ahead on the devices.
   # Closing the checkpointer waits for a background save, also when training stops on an error.
   with checkpointing.PreemptionWatch() as preemption, profiler, contextlib.closing(checkpointer):

@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Cloud TPU VM pod slice: installs dsop_jax with JAX for TPUs on every worker (from REPO_URL, or
 # the copy already at ~/dsop_jax), then runs the same training command on every worker
-# (jax.distributed.initialize() finds the other workers by itself). WORKDIR must be a directory
-# every worker sees at the same path, e.g. a Cloud Storage bucket mounted with gcsfuse or a
-# Filestore share: dsop_jax writes workdirs through the local filesystem (gs:// paths are refused).
-#   TPU_NAME=my-pod ZONE=us-central2-b launch/tpu_pod.sh configs/imagenet_r50.py /mnt/bucket/r50
+# (jax.distributed.initialize() finds the other workers by itself). WORKDIR must be one every
+# worker sees: a Cloud Storage URL (gs://bucket/run) or a shared filesystem at the same path.
+#   TPU_NAME=my-pod ZONE=us-central2-b launch/tpu_pod.sh configs/imagenet_r50.py gs://bucket/r50
 set -euo pipefail
 usage='usage: TPU_NAME=... ZONE=... [REPO_URL=...] launch/tpu_pod.sh CONFIG WORKDIR [overrides...]'
 config=${1:?$usage}

@@ -20,7 +20,7 @@ LAYERS = [
     {'dsop', 'gsop', 'efficientnet', 'cifar_backbones', 'losses', 'optim', 'sharding'},
     {'branches', 'resnet'},
     {'covpool', 'layers', 'stages', 'config_files', 'onnx_export', 'datasets'},
-    {'image_files'},
+    {'image_files', 'paths'},
 ]
 SAME_LAYER = {('gsop', 'branches'), ('dsop', 'branches'), ('cifar_backbones', 'resnet'),
               ('efficientnet', 'resnet'), ('branches', 'covpool'), ('losses', 'optim'),

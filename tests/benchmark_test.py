@@ -10,7 +10,6 @@ import jax
 import numpy as np
 import pytest
 
-from configs import quickstart
 from dsop_jax import benchmark
 from dsop_jax import covpool
 
@@ -85,11 +84,16 @@ def test_bad_options_are_named(change, message):
     benchmark.validate_options(opts)
 
 
-def test_train_part_refuses_a_config_without_branches():
-  config = quickstart.get_config()
-  config.model.branches.pattern = ''
-  with pytest.raises(ValueError, match='config.model.branches'):
-    benchmark.run(config, benchmark.Options(batch_size=2, parts=('train',)))
+def test_table_of_a_plain_config_has_no_ratio_line():
+  """A config without branches measures its plain network alone (launch/gpu_check.py's ResNet-50-s2
+  row; its test runs it)."""
+  rates = {'step_time_ms': 10.0, 'images_per_s': 800.0, 'xla_gflops_per_step': 1.0,
+           'achieved_tflops': 0.1, 'mfu': None}
+  result = {'device': benchmark.device_info(), 'options': {'batch_size': 8, 'precision': 'float32',
+                                                           'rounds': 1, 'steps': 1, 'warmup': 0},
+            'train': {'plain': rates, 'peak_tflops': None}}
+  text = benchmark.format_report(result)
+  assert 'plain' in text and 'dsop' not in text and 'DSoP/plain' not in text
 
 
 def test_eigh_baseline_equals_converged_newton_schulz():

@@ -65,8 +65,8 @@ def branches_config(**overrides) -> ml_collections.ConfigDict:
 # worker take pending tests from the other, so the short tests fill the end instead of one long
 # test running alone while the other worker waits.
 LONGEST_FIRST = (
-    'train_test.py::test_preemption_', 'soak_test.py::', 'benchmark_test.py::test_quick_cli',
-    'train_test.py::test_data_parallel_', 'notebooks_test.py::test_dsop_anatomy',
+    'gpu_check_test.py::test_quick', 'train_test.py::test_preemption_', 'soak_test.py::',
+    'benchmark_test.py::test_quick_cli', 'remote_workdir_test.py::', 'train_test.py::test_data_parallel_', 'notebooks_test.py::test_dsop_anatomy',
     'notebooks_test.py::test_mock_mode', 'notebooks_test.py::test_quickstart',
     'pretrained_test.py::test_the_cub_', 'pretrained_test.py::test_fine_tuning_',
     'optim_test.py::test_adahessian_trains')

@@ -368,13 +368,15 @@ def test_a_workdir_is_trained_by_one_run_at_a_time(tmp_path):
     assert str(os.getpid()) in open(os.path.join(workdir, 'train.lock')).read()
 
 
-def test_remote_workdirs_are_refused_not_written_locally(tmp_path, monkeypatch):
+def test_urls_orbax_cannot_write_are_refused_not_written_locally(tmp_path, monkeypatch):
+  """gs:// works (remote_workdir_test); other schemes are refused by name, before anything is
+  written (formerly they became a local directory named after the scheme)."""
   monkeypatch.chdir(tmp_path)
-  with pytest.raises(ValueError, match=r"--workdir='gs://bucket/run' is invalid: remote URLs are "
-                                       r'not supported; .* gcsfuse'):
-    train.train_and_evaluate(train_helpers.tiny_digits_config(), 'gs://bucket/run')
-  with pytest.raises(ValueError, match=r"--output_dir='gs://bucket/export' is invalid"):
-    export.export(str(tmp_path), 'gs://bucket/export')
+  with pytest.raises(ValueError, match=r"--workdir='s3://bucket/run' is invalid: s3:// is not "
+                                       r'supported; .* gs:// URL'):
+    train.train_and_evaluate(train_helpers.tiny_digits_config(), 's3://bucket/run')
+  with pytest.raises(ValueError, match=r"--output_dir='memory://export' is invalid"):
+    export.export(str(tmp_path), 'memory://export')
   assert not os.listdir(tmp_path)
 
 
