@@ -58,7 +58,7 @@ def load_network(export_dir: str, fmt: str = 'orbax') -> Tuple[Callable[[np.ndar
                                                                 Dict[str, Any]]:
   """(images -> logits, preprocessing recipe) of an export, run from its Orbax variables or from
   its StableHLO module or ONNX model."""
-  directory = paths_lib.path(export_dir, 'EXPORT_DIR')
+  directory = paths_lib.path(export_dir, '--export_dir')
   recipe = json.loads((directory / 'preprocessing.json').read_text())
   if fmt in ('stablehlo', 'onnx'):
     path = directory / (export.STABLEHLO_FILE if fmt == 'stablehlo' else export.ONNX_FILE)
