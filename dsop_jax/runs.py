@@ -149,9 +149,15 @@ def repair_metrics(path: paths.PathLike) -> None:
   path = paths.path(path)
   if not path.exists():
     return
-  content = path.read_bytes()
-  if not content or content.endswith(b'\n'):
-    return
+  with path.open('rb') as f:  # The last byte first: a whole line is the usual case.
+    size = f.seek(0, os.SEEK_END)
+    if not size:
+      return
+    f.seek(size - 1)
+    if f.read(1) == b'\n':
+      return
+    f.seek(0)
+    content = f.read()
   start = content.rfind(b'\n') + 1
   torn = content[start:]
   try:
