@@ -118,9 +118,10 @@ def get_config() -> ml_collections.ConfigDict:
   # TFDS data_dir holding the prepared dataset ('' = TFDS's default); for fashion_mnist, the
   # directory of its four IDX files (gzipped or not).
   config.data.data_dir = ''
-  # Examples of the training split to keep ('digits' and 'fashion_mnist' only): a fixed (seed 0)
-  # random subset, the same for every seed; 0 = the whole split.
+  # Examples of the training split to keep ('digits' and 'fashion_mnist' only): a random subset
+  # fixed by train_subset_seed, the same for every config.train.seed; 0 = the whole split.
   config.data.train_subset = 0
+  config.data.train_subset_seed = 0  # Which subset: the seed of the permutation that draws it.
   config.data.fit = 'pad'  # fashion_mnist's 28x28 images to image_size: 'pad' (zeros) or 'resize'.
   config.data.image_size = 224  # Training crop size.
   config.data.shuffle_buffer = 16384  # Examples in the shuffle buffer (on every process).

@@ -157,10 +157,11 @@ def _full_arrays(config: ml_collections.ConfigDict) -> Dict[str, Tuple[np.ndarra
                                config.data.get('fit', 'pad'))
 
 
-def subset_indices(total: int, subset: int) -> np.ndarray:
-  """The training examples config.data.train_subset = `subset` keeps: a fixed (seed 0) random
-  choice, the same for every config.train.seed, in the split's order."""
-  return np.sort(np.random.default_rng(0).permutation(total)[:subset])
+def subset_indices(total: int, subset: int, seed: int = 0) -> np.ndarray:
+  """The training examples config.data.train_subset = `subset` keeps: a random choice fixed by
+  config.data.train_subset_seed = `seed` (the same for every config.train.seed), in the split's
+  order."""
+  return np.sort(np.random.default_rng(seed).permutation(total)[:subset])
 
 
 def _arrays(config: ml_collections.ConfigDict, split: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -168,7 +169,7 @@ def _arrays(config: ml_collections.ConfigDict, split: str) -> Tuple[np.ndarray, 
   images, labels = _full_arrays(config)[split]
   subset = config.data.get('train_subset', 0)
   if split == dataset_info(config).train_split and subset:
-    keep = subset_indices(len(labels), subset)
+    keep = subset_indices(len(labels), subset, config.data.get('train_subset_seed', 0))
     images, labels = images[keep], labels[keep]
   return images, labels
 
@@ -248,6 +249,10 @@ def validate_source(config: ml_collections.ConfigDict) -> None:
   if not isinstance(subset, int) or isinstance(subset, bool) or subset < 0:
     raise ValueError(f'config.data.train_subset = {subset!r} is invalid: must be an integer >= 0 '
                      '(0 = the whole training split).')
+  subset_seed = d.get('train_subset_seed', 0)
+  if not isinstance(subset_seed, int) or isinstance(subset_seed, bool) or subset_seed < 0:
+    raise ValueError(f'config.data.train_subset_seed = {subset_seed!r} is invalid: must be an '
+                     'integer >= 0 (the seed of the permutation that draws the training subset).')
   if subset and d.dataset not in ARRAY_DATASETS:
     raise ValueError(f'config.data.train_subset = {subset} is invalid for config.data.dataset = '
                      f'{d.dataset!r}: a training subset is kept only of the in-memory datasets '

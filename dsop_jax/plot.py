@@ -7,6 +7,10 @@
 - A markdown table of the final (and best) error of every head of every run (Tables III, V), and,
   when several runs share a configuration (e.g. seeds 1-3 of a plain and of a DSoP run), the mean
   and standard deviation of their main head's final top-1 error.
+- Plain runs paired with DSoP runs of the same training subset and seed (`launch/seeds.sh`): each
+  pair's gain, the mean gain per subset, the paired mean gain with its 95% t-interval, DSoP-Net's
+  training time over plain's, and (`--pairs_output`) a figure of each pair's final error and of the
+  two configurations' mean curves with a band over runs, on an axis that shows the last epochs.
 
   python -m dsop_jax.plot --workdir=/tmp/dsop_quickstart --workdir=/tmp/plain --output=curves.png
 
@@ -19,12 +23,14 @@ import json
 import math
 import os
 import statistics
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
 from absl import logging
 from matplotlib import figure as mpl_figure
+import numpy as np
+from scipy import stats
 
 from dsop_jax import models
 from dsop_jax import paths
@@ -44,6 +50,18 @@ class Run:
   main_order: int = 1
   group: str = ''  # The configuration's label: runs that differ only in their seed share it.
   seed: int = 0
+  subset: int = 0  # config.data.train_subset_seed: which training subset.
+  branches: int = 0  # Auxiliary branches trained (0: a plain network).
+
+  @property
+  def train_seconds(self) -> Optional[float]:
+    """Wall seconds of training to the last evaluation (None for runs that did not record it)."""
+    return self.records[-1].get('train_seconds')
+
+  @property
+  def final_error(self) -> float:
+    """The main head's top-1 error (%) at the last evaluation."""
+    return self.curve(MAIN_HEAD, 'top1')[1][-1]
 
   def head_label(self, head: str) -> str:
     order = 'first' if self.main_order == 1 else 'second'
@@ -138,7 +156,10 @@ def load_runs(workdirs: Sequence[str], labels: Optional[Sequence[str]] = None) -
   orders = [1 if models.head_spec(c.model) is None else 2 for c in configs]
   groups = [config_label(c) for c in configs]
   seeds = [c.train.seed for c in configs]
-  return [Run(*args) for args in zip(workdirs, labels, records, orders, groups, seeds)]
+  subsets = [c.data.get('train_subset_seed', 0) for c in configs]
+  branches = [len(models.branch_specs(c.model)) for c in configs]
+  return [Run(*args) for args in zip(workdirs, labels, records, orders, groups, seeds, subsets,
+                                     branches)]
 
 
 def _axes_style(ax: Any, metric: str, title: str) -> None:
@@ -217,30 +238,131 @@ def seeds_table(runs: Sequence[Run]) -> str:
   return '\n'.join(lines)
 
 
-def render(workdirs: Sequence[str], output: str, labels: Optional[Sequence[str]] = None,
-           dpi: int = 100) -> str:
-  """Draws the curves of `workdirs` to `output` (format from its extension: png, pdf, svg, ...)
-  and returns the markdown summary table."""
-  fig = mpl_figure.Figure()
-  formats = fig.canvas.get_supported_filetypes()
+def pairs(runs: Sequence[Run]) -> List[Tuple[Run, Run]]:
+  """(plain, DSoP) runs of the same training subset and seed, ordered by (subset, seed); [] unless
+  the runs are of exactly two configurations, one of them plain."""
+  groups = {run.group: run.branches for run in runs}
+  if len(groups) != 2 or sorted(b == 0 for b in groups.values()) != [False, True]:
+    return []
+  found: Dict[Tuple[int, int], Dict[bool, Run]] = {}
+  for run in runs:
+    found.setdefault((run.subset, run.seed), {})[run.branches == 0] = run
+  return [(pair[True], pair[False]) for _, pair in sorted(found.items()) if len(pair) == 2]
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> Tuple[float, float]:
+  """The two-sided Student-t interval of the mean of `values` (at least two)."""
+  mean, sem = statistics.mean(values), statistics.stdev(values) / math.sqrt(len(values))
+  half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * sem
+  return mean - half, mean + half
+
+
+def paired_table(runs: Sequence[Run]) -> str:
+  """Plain against DSoP-Net on the same subset and seed (`pairs`): each pair's main-head final
+  top-1 error, gain (plain's error minus DSoP's, points) and training minutes; the mean gain per
+  subset; and over all pairs the mean gain, its sample standard deviation, its 95% t-interval and
+  DSoP-Net's training time over plain's (mean of the pairs' ratios). '' without pairs."""
+  matched = pairs(runs)
+  if not matched:
+    return ''
+  minutes = lambda run: ('n/a' if run.train_seconds is None  # noqa: E731
+                         else f'{run.train_seconds / 60:.1f}')
+  lines = ['| subset | seed | plain err (%) | DSoP-Net err (%) | gain (points) | plain min | '
+           'DSoP-Net min |', '|---|---|---|---|---|---|---|']
+  gains, by_subset, ratios = [], {}, []
+  for plain, dsop in matched:
+    gain = plain.final_error - dsop.final_error
+    gains.append(gain)
+    by_subset.setdefault(plain.subset, []).append(gain)
+    if plain.train_seconds and dsop.train_seconds:
+      ratios.append(dsop.train_seconds / plain.train_seconds)
+    lines.append(f'| {plain.subset} | {plain.seed} | {plain.final_error:.2f} | '
+                 f'{dsop.final_error:.2f} | {gain:+.2f} | {minutes(plain)} | {minutes(dsop)} |')
+  lines += ['', '| subset | pairs | mean gain (points) |', '|---|---|---|']
+  lines += [f'| {subset} | {len(g)} | {statistics.mean(g):+.2f} |'
+            for subset, g in sorted(by_subset.items())]
+  summary = f'Paired mean gain over {len(gains)} pairs: {statistics.mean(gains):+.2f} points'
+  if len(gains) > 1:
+    low, high = t_interval(gains)
+    summary += (f', standard deviation {statistics.stdev(gains):.2f}, 95% t-interval '
+                f'[{low:+.2f}, {high:+.2f}]; DSoP-Net ahead in {sum(g > 0 for g in gains)} of '
+                f'{len(gains)} pairs')
+  if ratios:
+    summary += f'; DSoP-Net\'s training time over plain\'s: {statistics.mean(ratios):.2f}x'
+  return '\n'.join(lines + ['', summary + '.'])
+
+
+def pairs_figure(runs: Sequence[Run]) -> mpl_figure.Figure:
+  """Left: each (subset, seed) pair's final main-head top-1 error, plain beside DSoP-Net joined by
+  a line, coloured by subset. Right: each configuration's mean main-head top-1 error curve with a
+  band of +- one standard deviation over its runs, the axis fitted to the second half of training
+  so that differences of a fraction of a point show."""
+  matched = pairs(runs)
+  if not matched:
+    raise ValueError('--pairs_output: the runs hold no plain and DSoP run of the same subset and '
+                     'seed (train them with launch/seeds.sh).')
+  fig = mpl_figure.Figure(figsize=(12, 4.5), layout='constrained')
+  left, right = fig.subplots(1, 2)
+  subsets = sorted({plain.subset for plain, _ in matched})
+  colours = {s: f'C{i % 10}' for i, s in enumerate(subsets)}
+  for plain, dsop in matched:
+    left.plot([0, 1], [plain.final_error, dsop.final_error], marker='o',
+              color=colours[plain.subset], alpha=0.8)
+  for subset in subsets:
+    left.plot([], [], color=colours[subset], marker='o', label=f'subset {subset}')
+  left.set_xticks([0, 1], ['plain', 'DSoP-Net'])
+  left.set_xlim(-0.3, 1.3)
+  _axes_style(left, 'top1', 'Final main-head error of each (subset, seed) pair')
+  low, high = math.inf, -math.inf
+  for index, members in enumerate(([p for p, _ in matched], [d for _, d in matched])):
+    epochs = np.asarray(members[0].curve(MAIN_HEAD, 'top1')[0])
+    curves = np.stack([np.interp(epochs, *run.curve(MAIN_HEAD, 'top1')) for run in members])
+    mean, std = curves.mean(0), curves.std(0)
+    right.plot(epochs, mean, marker='.', color=f'C{index}',
+               label=f'{members[0].group} (mean of {len(members)})')
+    right.fill_between(epochs, mean - std, mean + std, color=f'C{index}', alpha=0.2)
+    late = epochs >= epochs[-1] / 2
+    low, high = min(low, (mean - std)[late].min()), max(high, (mean + std)[late].max())
+  margin = 0.1 * (high - low) + 0.05
+  right.set_ylim(low - margin, high + margin)
+  right.set_xlim(epochs[-1] / 2 - 0.5, epochs[-1] + 0.5)
+  _axes_style(right, 'top1', 'Main head, mean +- std over runs (second half of training)')
+  return fig
+
+
+def _image_target(output: str, flag: str) -> Tuple[Any, str]:
+  formats = mpl_figure.Figure().canvas.get_supported_filetypes()
   extension = os.path.splitext(output)[1].lstrip('.').lower()
   if extension not in formats:
-    raise ValueError(f'--output={output!r}: the extension {extension!r} is not an image format; '
+    raise ValueError(f'{flag}={output!r}: the extension {extension!r} is not an image format; '
                      f'allowed: {", ".join(sorted(formats))}.')
-  runs = load_runs(workdirs, labels)
-  target = paths.path(output, '--output')
+  target = paths.path(output, flag)
   target.parent.mkdir(parents=True, exist_ok=True)
-  with target.open('wb') as f:
-    figure(runs).savefig(f, dpi=dpi, format=extension)
-  seeds = seeds_table(runs)
-  return markdown_table(runs) + (f'\n\n{seeds}' if seeds else '')
+  return target, extension
+
+
+def render(workdirs: Sequence[str], output: str, labels: Optional[Sequence[str]] = None,
+           dpi: int = 100, pairs_output: Optional[str] = None) -> str:
+  """Draws the curves of `workdirs` to `output` (format from its extension: png, pdf, svg, ...)
+  and, with `pairs_output`, the pairs figure; returns the markdown summary tables."""
+  target, extension = _image_target(output, '--output')
+  pairs_target = pairs_output and _image_target(pairs_output, '--pairs_output')
+  runs = load_runs(workdirs, labels)
+  figures = [(figure(runs), target, extension)]
+  if pairs_target:
+    figures.append((pairs_figure(runs), *pairs_target))
+  for fig, path, ext in figures:
+    with path.open('wb') as f:
+      fig.savefig(f, dpi=dpi, format=ext)
+  tables = [markdown_table(runs), seeds_table(runs), paired_table(runs)]
+  return '\n\n'.join(t for t in tables if t)
 
 
 def _main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  table = render(f.workdir, f.output, f.label, f.dpi)
+  table = render(f.workdir, f.output, f.label, f.dpi, f.pairs_output)
   if f.table:
     paths.path(f.table, '--table').write_text(table + '\n')
   print(table)
@@ -255,6 +377,8 @@ def cli() -> None:
   flags.DEFINE_multi_string('label', None, 'Legend label per --workdir (default: from the config).')
   flags.DEFINE_string('table', None, 'Also write the markdown summary table to this file.')
   flags.DEFINE_integer('dpi', 100, 'Resolution of raster output.')
+  flags.DEFINE_string('pairs_output', None, 'Also draw plain against DSoP runs of the same subset '
+                      'and seed (each pair, and mean curves with a band) to this image.')
   flags.mark_flags_as_required(['workdir'])
   app.run(_main)
 

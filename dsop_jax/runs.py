@@ -1,7 +1,8 @@
 """The training workdir's contract: what a run writes beside its checkpoints, and reading it back.
 
 A workdir holds `config.json` (the config it was trained with), `metrics.jsonl` (one JSON object per
-evaluation: {"step", "epoch", "time", "eval": {head: {"top1", "top5", "loss"}}, "train": {...}}),
+evaluation: {"step", "epoch", "time", "train_seconds" (wall seconds of training so far, resumed
+segments summed), "eval": {head: {"top1", "top5", "loss"}}, "train": {...}}),
 `checkpoints/` (Orbax, `checkpointing.Checkpointer`), TensorBoard summaries and `train.lock` (held
 by the training run that writes the workdir, `workdir_lock`). This module writes and reads the
 first two, holds the lock, decides whether a config may resume a workdir's checkpoints, and
@@ -219,7 +220,8 @@ def _structure_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 
 # Data fields added after workdirs may have been written, with the value that reads the data a
 # config without them read.
-_LEGACY_DATA_FIELDS = {'config.data.train_subset': 0, 'config.data.fit': 'pad',
+_LEGACY_DATA_FIELDS = {'config.data.train_subset': 0, 'config.data.train_subset_seed': 0,
+                       'config.data.fit': 'pad',
                        'config.data.train_split': '', 'config.data.eval_split': '',
                        'config.data.augment': '', 'config.data.mean': [], 'config.data.std': []}
 _SCHEDULE_FIELDS = ('learning_rate', 'schedule', 'decay_epochs', 'decay_factor', 'warmup_epochs',

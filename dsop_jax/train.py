@@ -329,6 +329,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
 
   history, window_start, rejected_in_a_row = [], int(state.step), 0
   start_step = int(state.step)
+  # Wall seconds of training so far, over every segment of a resumed run (metrics' train_seconds).
+  earlier = runs.evaluation_at(workdir, start_step) if start_step else None
+  clock = (earlier or {}).get('train_seconds', 0.0) - time.monotonic()
   logging.info('Training %s for %d steps (%d per epoch) from step %d on %d device(s).',
                config.model.name, num_steps, steps_per_epoch, start_step, jax.device_count())
   profiler = _Profiler(tuple(t.get('profile_steps', ())), os.fspath(paths.path(workdir) / 'profile'))
@@ -366,7 +369,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
         if ema_heads_fn is not None:  # The moving average's main head, as a head of its own.
           eval_metrics['ema'] = steps.evaluate(state.ema, ema_heads_fn, eval_batches(None),
                                                mesh)['logits']
-        _log_eval(writer, workdir, step + 1, steps_per_epoch, eval_metrics, train_summary)
+        _log_eval(writer, workdir, step + 1, steps_per_epoch, eval_metrics, train_summary,
+                  clock + time.monotonic())
       if save_now:
         save(step + 1, None if eval_metrics is None else eval_metrics['logits']['top1'])
       if preempted:
@@ -406,14 +410,15 @@ class _Profiler:
 
 
 def _log_eval(writer: Any, workdir: str, step: int, steps_per_epoch: int,
-              eval_metrics: Mapping[str, Mapping[str, float]], train_summary: Mapping[str, float]
-              ) -> None:
+              eval_metrics: Mapping[str, Mapping[str, float]], train_summary: Mapping[str, float],
+              train_seconds: float) -> None:
   writer.write_scalars(step, {f'eval/{h}/{m}': v for h, ms in eval_metrics.items()
                               for m, v in ms.items()})
   line = ', '.join(f'{h} top1 {m["top1"]:.4f}' for h, m in eval_metrics.items())
   logging.info('Eval at step %d (epoch %.2f): %s', step, step / steps_per_epoch, line)
   runs.append_metrics(workdir, {'step': step, 'epoch': step / steps_per_epoch, 'time': time.time(),
-                                'eval': eval_metrics, 'train': _nested(train_summary)})
+                                'train_seconds': round(train_seconds, 3), 'eval': eval_metrics,
+                                'train': _nested(train_summary)})
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,

@@ -213,6 +213,12 @@ def test_resuming_with_other_data_or_schedule_is_refused_unless_allowed(two_step
   cosine.train.num_epochs = 5.0
   with pytest.raises(ValueError, match=r'config.train.num_epochs = 5.0 \(checkpoints: 0.25\)'):
     runs.check_resume_config(cosine, workdir)
+  # Another training subset (config.data.train_subset_seed) is other data.
+  cosine.train.num_epochs = 0.25
+  cosine.data.train_subset_seed = 2
+  with pytest.raises(ValueError, match=r'differs in: config.data.train_subset_seed = 2 '
+                                       r'\(checkpoints: 0\)\.'):
+    runs.check_resume_config(cosine, workdir)
 
 
 def test_a_workdir_from_before_the_newer_model_fields_resumes(tmp_path):

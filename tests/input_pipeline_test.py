@@ -210,6 +210,12 @@ def test_train_subset_is_fixed_over_seeds_and_only_for_in_memory_datasets(tmp_pa
   for seed in (0, 1):  # One epoch of each seed: the same 16 examples, in another order.
     (batch,) = _take(ip.train_batches(config, local_batch_size=16, start_step=0, seed=seed), 1)
     assert sorted(batch['label']) == expected
+  # config.data.train_subset_seed draws another subset, as fixed over training seeds.
+  other = fashion_config(config.data.data_dir, train_subset=16, train_subset_seed=3)
+  other_kept = datasets.subset_indices(40, 16, 3)
+  assert sorted(other_kept) != sorted(kept)
+  (batch,) = _take(ip.train_batches(other, local_batch_size=16, start_step=0, seed=0), 1)
+  assert sorted(batch['label']) == sorted(np.arange(40)[other_kept] % 10) != expected
   digits = quickstart.get_config()
   digits.data.train_subset = 100
   assert datasets.num_examples(digits, 'train') == 100 and datasets.num_examples(digits, 'test') == 360
@@ -217,6 +223,8 @@ def test_train_subset_is_fixed_over_seeds_and_only_for_in_memory_datasets(tmp_pa
       (dict(train_subset=41), r'config.data.train_subset = 41 is invalid: the training split of '
                               r'fashion_mnist has 40 examples'),
       (dict(train_subset=-1), r'config.data.train_subset = -1 is invalid: must be an integer >= 0'),
+      (dict(train_subset_seed=-2), r'config.data.train_subset_seed = -2 is invalid: must be an '
+                                   r'integer >= 0'),
       (dict(fit='crop'), r"config.data.fit = 'crop' is invalid: allowed: pad, resize"),
       (dict(data_dir=str(tmp_path / 'none')), r"config.data.data_dir = '.*none' is invalid for "
                                               r'fashion_mnist: it has no train-images-idx3-ubyte, '

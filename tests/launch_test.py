@@ -33,18 +33,19 @@ def test_missing_arguments_are_reported():
   assert result.returncode != 0 and 'usage: launch/local.sh CONFIG WORKDIR' in result.stderr
 
 
-def test_seeds_script_trains_plain_and_dsop_per_seed_then_plots_them():
+def test_seeds_script_trains_plain_and_dsop_per_subset_and_seed_then_plots_them():
   out = subprocess.run(['bash', os.path.join(ROOT, 'launch', 'seeds.sh'), 'configs/quickstart.py',
                         '/tmp/o', '1 2', '--config.train.num_epochs=1'],
-                       env={**os.environ, 'DRY_RUN': '1'}, capture_output=True, text=True,
-                       check=True).stdout.strip().splitlines()
-  train = 'python -m dsop_jax.main --config=configs/quickstart.py --workdir=/tmp/o/{}_seed{} ' \
-          '--config.train.seed={} --config.train.num_epochs=1'
-  assert out[:4] == [train.format('plain', 1, 1) + ' --config.model.branches.pattern=',
-                     train.format('dsop', 1, 1),
-                     train.format('plain', 2, 2) + ' --config.model.branches.pattern=',
-                     train.format('dsop', 2, 2)]
-  assert out[4] == ('python -m dsop_jax.plot --workdir=/tmp/o/plain_seed1 --workdir=/tmp/o/dsop_seed1 '
-                    '--workdir=/tmp/o/plain_seed2 --workdir=/tmp/o/dsop_seed2 '
-                    '--output=/tmp/o/curves.png --table=/tmp/o/table.md')
-  assert len(out) == 5
+                       env={**os.environ, 'DRY_RUN': '1', 'SUBSETS': '0 3'}, capture_output=True,
+                       text=True, check=True).stdout.strip().splitlines()
+  train = ('python -m dsop_jax.main --config=configs/quickstart.py '
+           '--workdir=/tmp/o/{0}_subset{1}_seed{2} --config.train.seed={2} '
+           '--config.data.train_subset_seed={1} --config.train.num_epochs=1')
+  expected = [train.format(name, subset, seed) + plain for subset in (0, 3) for seed in (1, 2)
+              for name, plain in (('plain', ' --config.model.branches.pattern='), ('dsop', ''))]
+  assert out[:8] == expected
+  assert out[8] == ('python -m dsop_jax.plot ' + ' '.join(
+      f'--workdir=/tmp/o/{name}_subset{subset}_seed{seed}' for subset in (0, 3) for seed in (1, 2)
+      for name in ('plain', 'dsop')) + ' --output=/tmp/o/curves.png --pairs_output=/tmp/o/pairs.png'
+      ' --table=/tmp/o/table.md')
+  assert len(out) == 9

@@ -64,7 +64,7 @@ def test_cli_renders_png_and_table_from_real_runs(runs, tmp_path):
   assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 50  # Not a blank canvas.
   table = table_path.read_text()
   assert table.strip() in result.stdout
-  rows = [line for line in table.splitlines()[2:]]
+  rows = table.split('\n\n')[0].splitlines()[2:]
   assert len(rows) == 5  # 4 DSoP heads + the plain main head.
   final = _records(runs[0])[-1]
   assert final['step'] == 6
@@ -119,6 +119,50 @@ def test_runs_of_one_configuration_are_summarised_over_seeds(runs, tmp_path):
           in table)
   plain = 100 * (1 - _records(runs[1])[-1]['eval']['logits']['top1'])
   assert f'| preact_resnet20 (plain) | 1 | {plain:.2f} | 0: {plain:.2f} |' in table
+
+
+def test_plain_and_dsop_runs_pair_by_subset_and_seed(runs, tmp_path):
+  """Copies of the plain and the DSoP run as training subsets 0-1 x seeds 1-2, with chosen final
+  errors and training times: each pair's gain, the per-subset means, the paired mean gain with its
+  95% t-interval (t quantile for 3 degrees of freedom, 3.182446305284263, from a table), DSoP-Net's
+  time over plain's, and the pairs figure (one line per pair, from plain's error to DSoP's)."""
+  errors = {(0, 1): (12.0, 11.0), (0, 2): (11.0, 11.5), (1, 1): (13.0, 11.0), (1, 2): (12.5, 12.0)}
+  workdirs = []
+  for (subset, seed), pair in errors.items():
+    for source, error, seconds in zip((runs[1], runs[0]), pair, (60.0, 150.0)):
+      copy = tmp_path / f'{os.path.basename(source)}_subset{subset}_seed{seed}'
+      os.makedirs(copy)
+      config = runs_lib.workdir_config(source)
+      config.train.seed, config.data.train_subset_seed = seed, subset
+      (copy / 'config.json').write_text(config.to_json())
+      records = _records(source)
+      records[-1]['eval']['logits']['top1'] = 1 - error / 100
+      records[-1]['train_seconds'] = seconds
+      (copy / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+      workdirs.append(str(copy))
+  table = plot.render(workdirs, str(tmp_path / 'curves.png'),
+                      pairs_output=str(tmp_path / 'pairs.png'))
+  for row in ('| 0 | 1 | 12.00 | 11.00 | +1.00 | 1.0 | 2.5 |', '| 0 | 2 | 11.00 | 11.50 | -0.50 |',
+              '| 1 | 1 | 13.00 | 11.00 | +2.00 |', '| 1 | 2 | 12.50 | 12.00 | +0.50 |',
+              '| 0 | 2 | +0.25 |', '| 1 | 2 | +1.25 |'):
+    assert row in table
+  gains = np.array([1.0, -0.5, 2.0, 0.5])
+  half = 3.182446305284263 * gains.std(ddof=1) / 2
+  assert (f'Paired mean gain over 4 pairs: +0.75 points, standard deviation '
+          f'{gains.std(ddof=1):.2f}, 95% t-interval [{0.75 - half:+.2f}, {0.75 + half:+.2f}]; '
+          "DSoP-Net ahead in 3 of 4 pairs; DSoP-Net's training time over plain's: 2.50x.") in table
+  fig = plot.pairs_figure(plot.load_runs(workdirs))
+  each, curves = fig.axes
+  np.testing.assert_allclose([line.get_ydata() for line in each.lines[:4]], list(errors.values()))
+  # The mean curves (plain: 12.125% at the end; DSoP: 11.375%), framed on the second half.
+  assert len(curves.lines) == 2
+  np.testing.assert_allclose([line.get_ydata()[-1] for line in curves.lines], [12.125, 11.375])
+  epochs = curves.lines[0].get_xdata()
+  assert curves.get_xlim() == pytest.approx((epochs[-1] / 2 - 0.5, epochs[-1] + 0.5))
+  assert curves.get_ylim()[0] < 11.375 and curves.get_ylim()[1] > 12.125
+  assert mpl_image.imread(str(tmp_path / 'pairs.png')).shape[:2] == (450, 1200)
+  with pytest.raises(ValueError, match='--pairs_output: the runs hold no plain and DSoP run'):
+    plot.pairs_figure(plot.load_runs(workdirs[1::2]))  # DSoP runs only.
 
 
 def _write(path, lines):

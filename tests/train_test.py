@@ -74,6 +74,13 @@ def test_digits_train_evaluate_resume_and_export(tmp_path, capsys):
   train.train_and_evaluate(train_helpers.tiny_digits_config(num_epochs=0.25,
                                                             async_checkpointing=True), interrupted)
   assert checkpointing.Checkpointer(interrupted).manager.all_steps() == [3, 6]
+  # Training time adds up over a resumed run's segments: the first one's, as recorded, plus the
+  # second's (recorded as 1000 s to tell them apart).
+  first_segment = _metrics(interrupted)
+  assert 0 < first_segment[-1]['train_seconds'] < 1000
+  first_segment[-1]['train_seconds'] = 1000.0
+  with open(os.path.join(interrupted, 'metrics.jsonl'), 'w') as f:
+    f.write(''.join(json.dumps(r) + '\n' for r in first_segment))
   resumed = train.train_and_evaluate(train_helpers.tiny_digits_config(
       num_epochs=0.5, async_checkpointing=True), interrupted)
   assert int(resumed.step) == 11
@@ -81,6 +88,7 @@ def test_digits_train_evaluate_resume_and_export(tmp_path, capsys):
                   _leaves((resumed.params, resumed.batch_stats, resumed.opt_state))):
     np.testing.assert_array_equal(a, b)
   assert _metrics(interrupted)[-1]['eval'] == records[0]['eval']
+  assert 1000 < _metrics(interrupted)[-1]['train_seconds'] < 1000 + records[0]['train_seconds'] * 3
 
   # Export -> load gives the trained main head's predictions.
   out = str(tmp_path / 'export')
