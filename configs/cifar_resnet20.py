@@ -7,7 +7,8 @@ plain numbers are theirs (AdaHessian's paper: SGD 7.92, AdaHessian 7.87; RAdam's
 Each row therefore runs the recipe of the optimiser paper it compares with:
   SGD:        7.59 / 7.92   AdaHessian's SGD run (github.com/amirgholami/adahessian,
                             image_classification/config/resnet20_cifar10/sgd.sh and main.py's
-                            defaults): batch 256, 160 epochs, lr 0.1 divided by 10 at 80 and 120,
+                            defaults): batch 256, 160 epochs, lr 0.1 divided by 10 after 79 and 119
+                            completed epochs (its scheduler steps before each epoch),
                             momentum 0.9, weight decay 5e-4 (coupled).
                             python -m dsop_jax.main --config=configs/cifar_resnet20.py:cifar10 --workdir=...
                             python -m dsop_jax.main --config=configs/cifar_resnet20.py:cifar10,plain --workdir=...
@@ -30,15 +31,15 @@ cifar_base = config_files.sibling(__file__, 'cifar_base')
 
 def sgd_schedule(config: ml_collections.ConfigDict) -> None:
   """Table IX(a)'s SGD row: the SGD run of AdaHessian's CIFAR code (sgd.sh: --lr 0.1 --optimizer
-  sgd --depth 20, main.py's defaults otherwise): batch 256, 160 epochs, lr divided by 10 at 80 and
-  120, momentum 0.9, weight decay 5e-4."""
+  sgd --depth 20, main.py's defaults otherwise): batch 256, 160 epochs, lr divided by 10 after 79
+  and 119 completed epochs (cifar_base.STEP_BEFORE_EACH_EPOCH), momentum 0.9, weight decay 5e-4."""
   config.train.batch_size = 256
   config.train.num_epochs = 160.0
   config.optim.name = 'sgd'
   config.optim.learning_rate = 0.1
   config.optim.momentum = 0.9
   config.optim.weight_decay = 5e-4
-  config.optim.decay_epochs = (80, 120)
+  config.optim.decay_epochs = cifar_base.STEP_BEFORE_EACH_EPOCH
   config.optim.decay_factor = 0.1
 
 

@@ -8,7 +8,9 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from dsop_jax import checkpointing
@@ -92,13 +94,53 @@ def test_unreadable_checkpoints_are_skipped_and_the_run_ends_as_uninterrupted(tm
   assert checkpointing.Checkpointer(workdir).manager.all_steps() == [3, 6]
 
 
-def test_flipped_bits_in_a_checkpoint_are_caught_by_its_checksum(two_step_run, tmp_path, caplog):
-  """100 inverted bytes in the middle of the largest data file of the newest checkpoint: Orbax
-  restores it without an error (measured), the checksum saved with it does not match, and the step
-  is skipped as unreadable: readers use the one before, training moves it aside."""
-  config, workdir = _two_step_config(), _copy(two_step_run, tmp_path)
+def _damaged_step_2_is_skipped_for_step_1(config, workdir, caplog):
+  """Readers skip the damaged step 2 for step 1's values and move nothing; training moves step 2
+  aside and resumes from step 1. Returns what the reader logged."""
   abstract = steps.abstract_initial_state(config, sharding.create_mesh())
   at_1, _ = checkpointing.Checkpointer(workdir, read_only=True).restore(abstract, step=1)
+  with caplog.at_level(logging.WARNING):
+    read = runs.restore_variables(config, workdir)
+  assert 'Checkpoint at step 2' in caplog.text
+  for a, b in zip(_leaves(read), _leaves({'params': at_1.params, 'batch_stats': at_1.batch_stats})):
+    np.testing.assert_array_equal(a, b)
+  assert '2' in os.listdir(os.path.join(workdir, 'checkpoints'))  # A reader moves nothing.
+  state, meta = checkpointing.Checkpointer(workdir).restore(abstract)
+  assert int(state.step) == 1 and meta['step'] == 1
+  assert glob.glob(os.path.join(workdir, 'corrupt_checkpoints', '2-*'))
+  return caplog.text
+
+
+def test_a_flipped_bit_in_a_checkpoints_values_is_caught_by_its_checksum(two_step_run, tmp_path,
+                                                                          caplog):
+  """Damage Orbax cannot see: step 2's state rewritten by Orbax itself with one bit of one weight
+  flipped (a valid checkpoint with a wrong value). Orbax restores it without an error; the
+  checksum saved with step 2 does not match, and the step is skipped as unreadable."""
+  config, workdir = _two_step_config(), _copy(two_step_run, tmp_path)
+  abstract = steps.abstract_initial_state(config, sharding.create_mesh())
+  at_2, _ = checkpointing.Checkpointer(workdir, read_only=True).restore(abstract, step=2)
+  kernel = np.array(at_2.params['backbone']['conv_init']['kernel'])
+  kernel.view(np.uint32).flat[7] ^= 1 << 12  # One bit of the mantissa of one weight.
+  params = jax.tree.map(lambda x: x, at_2.params)
+  params['backbone']['conv_init']['kernel'] = jnp.asarray(kernel)
+  damaged = at_2.replace(params=params)
+  item = os.path.join(workdir, 'checkpoints', '2', 'state')
+  with ocp.StandardCheckpointer() as writer:
+    writer.save(str(tmp_path / 'rewritten'), damaged)
+  shutil.rmtree(item)
+  shutil.copytree(str(tmp_path / 'rewritten'), item)
+  with ocp.StandardCheckpointer() as reader:  # Orbax reads it as a valid checkpoint.
+    restored = reader.restore(item, abstract)
+  np.testing.assert_array_equal(restored.params['backbone']['conv_init']['kernel'], kernel)
+  log = _damaged_step_2_is_skipped_for_step_1(config, workdir, caplog)
+  assert 'do not match the checksum' in log
+
+
+def test_flipped_bytes_in_a_checkpoint_file_skip_the_step(two_step_run, tmp_path, caplog):
+  """100 inverted bytes in the middle of the largest data file of the newest checkpoint: whether
+  Orbax's decoder or the checksum notices first depends on where they land in the compressed
+  file; either way the step is skipped for the one before."""
+  config, workdir = _two_step_config(), _copy(two_step_run, tmp_path)
   data = glob.glob(os.path.join(workdir, 'checkpoints', '2', 'state', 'ocdbt.process_0', 'd', '*'))
   largest = max(data, key=os.path.getsize)
   with open(largest, 'r+b') as f:
@@ -106,15 +148,7 @@ def test_flipped_bits_in_a_checkpoint_are_caught_by_its_checksum(two_step_run, t
     flipped = bytes(b ^ 0xFF for b in f.read(100))
     f.seek(os.path.getsize(largest) // 2)
     f.write(flipped)
-  with caplog.at_level(logging.WARNING):
-    read = runs.restore_variables(config, workdir)
-  assert 'Checkpoint at step 2' in caplog.text and 'do not match the checksum' in caplog.text
-  for a, b in zip(_leaves(read), _leaves({'params': at_1.params, 'batch_stats': at_1.batch_stats})):
-    np.testing.assert_array_equal(a, b)
-  assert '2' in os.listdir(os.path.join(workdir, 'checkpoints'))  # A reader moves nothing.
-  state, meta = checkpointing.Checkpointer(workdir).restore(abstract)
-  assert int(state.step) == 1 and meta['step'] == 1
-  assert glob.glob(os.path.join(workdir, 'corrupt_checkpoints', '2-*'))
+  _damaged_step_2_is_skipped_for_step_1(config, workdir, caplog)
 
 
 def test_a_reader_racing_the_trainers_clean_up_uses_the_newer_checkpoint(two_step_run, tmp_path,

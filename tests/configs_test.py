@@ -93,7 +93,7 @@ def test_imagenet_variants():
   assert r18.get_config('blocks=8-0-0-0').model.branches.blocks == (8, 0, 0, 0)  # Table X.
   radam = r18.get_config('plain,radam').optim  # Table IX(b): RAdam's official ImageNet recipe.
   assert (radam.name, radam.learning_rate, radam.weight_decay, radam.decay_epochs,
-          radam.decay_factor) == ('radam', 3e-4, 1e-4, (31, 61), 0.1)
+          radam.decay_factor) == ('radam', 0.003, 1e-4, (31, 61), 0.1)
   adahessian = r18.get_config('adahessian').optim
   assert (adahessian.name, adahessian.learning_rate, adahessian.decay_epochs) == (
       'adahessian', 0.15, (30, 60))
@@ -122,7 +122,7 @@ def test_cifar_variants():
   config = resnet20.get_config('cifar10,plain,adahessian')
   assert config.model.branches.pattern == '' and config.optim.name == 'adahessian'
   assert (config.train.batch_size, config.train.num_epochs, config.optim.learning_rate,
-          config.optim.decay_epochs) == (256, 160.0, 0.15, (80, 120))
+          config.optim.decay_epochs) == (256, 160.0, 0.15, (79, 119))
   assert resnet20.get_config('cifar10').optim.name == 'sgd'
   config = resnet20.get_config('cifar10,radam')  # Table IX(a): RAdam's official CIFAR recipe.
   assert (config.train.batch_size, config.train.num_epochs, config.optim.name,

@@ -1,9 +1,14 @@
 """Every config trains what the paper, or the official code it cites, trained: each value pinned,
 with its source in the failure message."""
 
+import ast
 import functools
+import glob
 import importlib
 import inspect
+import os
+import re
+
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +33,7 @@ from dsop_jax import optim
 from dsop_jax import sharding
 from dsop_jax import steps
 from tests import conftest
+from tests import doc_commands
 
 cifar_resnet20 = importlib.import_module('configs.cifar_resnet20')
 
@@ -70,12 +76,13 @@ def test_adahessian_weight_decay_is_divided_by_the_initial_rate():
 
 
 @pytest.mark.parametrize('argument, recipe, source', [
-    ('cifar10', (256, 160.0, 'sgd', 0.1, (80, 120), 0.1, 5e-4),
+    ('cifar10', (256, 160.0, 'sgd', 0.1, (79, 119), 0.1, 5e-4),
      'adahessian image_classification/config/resnet20_cifar10/sgd.sh "--lr 0.1 --optimizer sgd '
-     '--depth 20" with main.py defaults batch 256, 160 epochs, decay 0.1 at 80 and 120, wd 5e-4'),
-    ('cifar10,adahessian', (256, 160.0, 'adahessian', 0.15, (80, 120), 0.1, 5e-4),
-     'adahessian image_classification/main.py defaults: batch 256, 160 epochs, lr 0.15, 80/120, '
-     'wd 5e-4'),
+     '--depth 20" with main.py defaults batch 256, 160 epochs, MultiStepLR [80, 120] stepped before '
+     'each 1-based epoch (decays after 79 and 119 completed epochs), wd 5e-4'),
+    ('cifar10,adahessian', (256, 160.0, 'adahessian', 0.15, (79, 119), 0.1, 5e-4),
+     'adahessian image_classification/main.py defaults: batch 256, 160 epochs, lr 0.15, '
+     'MultiStepLR [80, 120] stepped before each epoch: after 79/119 completed, wd 5e-4'),
     ('cifar10,radam', (128, 164.0, 'radam', 0.003, (81, 122), 0.1, 1e-4),
      'RAdam cifar_imagenet/recipes.md: "cifar.py -a resnet --depth 20 --epochs 164 --schedule 81 '
      '122 --wd 1e-4"'),
@@ -87,6 +94,54 @@ def test_table_ix_a_rows_use_their_optimiser_papers_recipe(argument, recipe, sou
       'Both optimiser papers train the post-activation ResNet-20 of bearpaw/pytorch-classification '
       '(models/cifar/resnet.py)')
   assert config.data.dataset == 'cifar10'
+
+
+# github.com/LiyuanLucasLiu/RAdam cifar_imagenet/recipes.md at 312e3c1, "# ImageNet" (paths cut);
+# imagenet.py there: --train-batch default 256, --weight-decay default 1e-4.
+RADAM_IMAGENET_RECIPE = {
+    'radam': 'python imagenet.py -j 16 -a resnet18 --epochs 90 --schedule 31 61 --gamma 0.1 '
+             '--model_name radam_0003 --optimizer radam --lr 0.003 --beta1 0.9 --beta2 0.999',
+    'radam_0005': 'python imagenet.py -j 16 -a resnet18 --epochs 90 --schedule 31 61 --gamma 0.1 '
+                  '--model_name radam_0005 --optimizer radam --lr 0.005 --beta1 0.9 --beta2 0.999',
+}
+
+
+@pytest.mark.parametrize('option', sorted(RADAM_IMAGENET_RECIPE))
+def test_table_ix_b_radam_runs_its_official_imagenet_recipe(option):
+  line = RADAM_IMAGENET_RECIPE[option]
+  words = line.split()
+  value = lambda flag, n=1: words[words.index(flag) + 1:words.index(flag) + 1 + n]  # noqa: E731
+  expected = (256, float(value('--epochs')[0]), value('--optimizer')[0], float(value('--lr')[0]),
+              tuple(int(e) for e in value('--schedule', 2)), float(value('--gamma')[0]), 1e-4)
+  config = importlib.import_module('configs.imagenet_r18').get_config(f'plain,{option}')
+  assert _recipe(config) == expected, f'RAdam recipes.md at 312e3c1: "{line}"'
+  defaults = inspect.signature(optim.radam).parameters  # create_optimizer passes no betas.
+  assert (defaults['b1'].default, defaults['b2'].default) == (
+      float(value('--beta1')[0]), float(value('--beta2')[0]))
+  assert config.model.name == 'resnet18'
+
+
+def test_efficientnet_b0_trains_on_the_codes_the_paper_cites():
+  config = imagenet_efficientnet_b0.get_config()
+  assert (config.train.batch_size, config.optim.learning_rate, config.train.num_epochs) == (
+      768, 0.048, 450.0), 'Section V-C: "mini-batch size ... 768 ... learning rate 0.048"'
+  assert config.loss.label_smoothing == 0.1, (
+      'timm c2cd1a33 train.py: --smoothing default 0.1, kept by its efficientnet_b0 command; '
+      'tensorflow/tpu efficientnet/main.py: label_smoothing default 0.1')
+  assert config.optim.ema_decay == 0.9999, 'timm command: --model-ema --model-ema-decay 0.9999'
+  assert config.data.inception_crop, (
+      'baseline ResNet preprocessing in both cited codes: random area (0.08, 1), aspect (3/4, '
+      '4/3), flip (tensorflow/tpu preprocessing.py; timm transforms_imagenet_train)')
+  assert imagenet_r50.get_config().data.inception_crop is False  # The ResNets: Section V-B.
+
+
+def test_resnext29_original_is_the_official_codes_post_activation_command():
+  original = importlib.import_module('configs.cifar_resnext29_8x64d').get_config(
+      'cifar100,plain,original')
+  specs = models.create(original.model).backbone.stage_specs()
+  assert not any(spec.preact for spec in specs), (
+      'facebookresearch/ResNeXt models/resnext.lua has only post-activation bottlenecks')
+  assert original.train.batch_size == 128, 'ResNeXt README: "-batchSize 128"'
 
 
 def test_the_post_activation_resnet20_blocks():
@@ -233,7 +288,8 @@ def test_bn_statistics_groups_of_the_paper():
   for name in ('imagenet_r18', 'imagenet_r50', 'imagenet_seresnext101', 'imagenet_r101'):
     assert importlib.import_module(f'configs.{name}').get_config().model.bn_group_size == 32, (
         'Section V-B: PyTorch DataParallel on 8 GPUs, mini-batch 256: 32 images per BN statistics')
-  assert imagenet_efficientnet_b0.get_config().model.bn_group_size == 384  # timm: 2 GPUs x 384.
+  assert imagenet_efficientnet_b0.get_config().model.bn_group_size == 96, (
+      'Section V-B: one 8-GPU server; batch 768 / 8 GPUs')
   model = _bn_model(0)  # The variables do not depend on the grouping.
   state = models.jit_init(steps.state_init_fn(model, optax.sgd(0.1), 32))(jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
@@ -261,3 +317,53 @@ def test_bn_statistics_groups_of_the_paper():
   np.testing.assert_allclose(whole_var, 0.9 + 0.1 * stem.var(axis=(0, 1, 2)), rtol=1e-5)
   # Within groups the spread is smaller (total variance = within + between groups).
   assert np.all(stats['var'] < whole_var - 0.01), (stats['var'], whole_var)
+
+
+def _docstring_commands():
+  found = []
+  for path in sorted(glob.glob(os.path.join(doc_commands.ROOT, 'configs', '*.py'))):
+    name = os.path.basename(path)
+    docstring = ast.get_docstring(ast.parse(open(path).read()), clean=False) or ''
+    found += doc_commands.commands(docstring, f'configs/{name}', own_config=f'configs/{name}')
+  return found
+
+
+DOCSTRING_COMMANDS = _docstring_commands()
+
+
+@pytest.mark.parametrize('command', DOCSTRING_COMMANDS, ids=lambda c: c.where)
+def test_every_command_in_a_config_docstring_builds_its_recipe(command):
+  """Each `--config=...` command of a config's docstring parses as `python -m dsop_jax.main` would
+  parse it (every override an existing field of the right type), the config validates, and its
+  step schedule decays within its epochs (not a recipe's decay points left for another length)."""
+  config = doc_commands.build(command)
+  models.validate_model_config(config.model)
+  models.validate_loss_config(config)
+  optim.validate_optim_config(config)
+  assert not doc_commands.unreached_decays(config), (
+      f'{command.where}: {command.argv()} trains {config.train.num_epochs} epochs but decays the '
+      f'rate at epochs {tuple(config.optim.decay_epochs)}')
+
+
+def test_docstring_commands_cover_the_documented_recipes():
+  """The commands the docstrings show: the two-phase command of Table III decays after 5 and 10 of
+  15 epochs; the distillation teacher named for ResNet-101 is the standard (-s2) network."""
+  assert len(DOCSTRING_COMMANDS) > 40
+  (two_phase,) = [c for c in DOCSTRING_COMMANDS
+                  if c.where.startswith('configs/imagenet_r50.py') and 'two_phase' in str(c)]
+  config = doc_commands.build(two_phase)
+  assert (config.train.policy, config.train.num_epochs, tuple(config.optim.decay_epochs)) == (
+      'two_phase', 15.0, (5, 10)), 'Section V-C: "reduced to 0.01 and 0.001 after 5 and 10 epochs"'
+  with pytest.raises(AssertionError, match='decays the rate at epochs'):  # The old command.
+    test_every_command_in_a_config_docstring_builds_its_recipe(doc_commands.Command(
+        'old', 'configs/imagenet_r50.py', (('train.policy', 'two_phase'),
+                                           ('train.backbone_checkpoint', 'DIR'),
+                                           ('train.num_epochs', '15'))))
+  docstring = imagenet_r50.__doc__
+  teacher = re.search(r'from ResNet-101 \((imagenet_r101\.py[:\w]*)', docstring).group(1)
+  r101 = doc_commands.build(doc_commands.Command('teacher', f'configs/{teacher}', ()))
+  assert (r101.model.name, r101.model.last_stride) == ('resnet101', 2), (
+      "Table II's distillation teacher is the standard ResNet-101")
+  with pytest.raises(AttributeError, match='Did you mean "blocks"'):  # A misspelt field.
+    doc_commands.build(doc_commands.Command('typo', 'configs/imagenet_r50.py',
+                                            (('model.branches.blok', '(1,1,1,1)'),)))

@@ -1,0 +1,91 @@
+"""Reading the commands a page or a docstring documents, and building the configs they name.
+
+A command is a line holding `--config=PATH[:ARGUMENT]` with the `--config.a.b=VALUE` overrides on
+it and on the lines that continue it (a line ending in a backslash, or a following line that
+starts with `--config.`); override lines with no `--config=` before them configure `own_config`,
+the config a docstring belongs to. `build` parses a command's flags with ml_collections'
+config_flags, as `python -m dsop_jax.main` does, so an override naming a field that does not exist
+or giving a value of the wrong type fails as it would for a user. Shared by the tests of config
+docstrings (recipes_test) and of README.md and docs/ (docs_test).
+"""
+
+import dataclasses
+import os
+import re
+import shlex
+from typing import List, Optional, Tuple
+
+from absl import flags
+import ml_collections
+from ml_collections import config_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_FLAG = re.compile(r'''--config(\.[\w.]+)?=("[^"]*"|'[^']*'|[^\s;)]+)''')
+PLACEHOLDERS = ('...',)  # Values a page leaves to the reader.
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """One documented command: where it stands, its config argument and its overrides."""
+  where: str
+  config: str  # 'configs/NAME.py[:ARGUMENT]'
+  overrides: Tuple[Tuple[str, str], ...]  # ('model.branches.pattern', "''"), as written.
+
+  def argv(self) -> List[str]:
+    args = [f'--config={self.config}']
+    for field, value in self.overrides:
+      if value not in PLACEHOLDERS:
+        unquoted = ' '.join(shlex.split(value)) if value[0] in ('"', "'") else value
+        args.append(f'--config.{field}={unquoted}')
+    return args
+
+
+def _logical_lines(text: str) -> List[Tuple[int, str]]:
+  lines, joined = text.splitlines(), []
+  for number, line in enumerate(lines, 1):
+    stripped = line.strip()
+    continues = joined and (joined[-1][1].endswith('\\') or (
+        stripped.startswith('--config.') and '--config=' in joined[-1][1]))
+    if continues:
+      joined[-1] = (joined[-1][0], joined[-1][1].rstrip('\\') + ' ' + stripped)
+    else:
+      joined.append((number, stripped))
+  return joined
+
+
+def commands(text: str, where: str, own_config: Optional[str] = None) -> List[Command]:
+  """The commands of `text` whose config is a file under configs/ (other paths, such as
+  configs/NAME.py, are examples)."""
+  found = []
+  for number, line in _logical_lines(text):
+    matches = _FLAG.findall(line)
+    config = next((value.rstrip('.,:`') for field, value in matches if not field), own_config)
+    overrides = tuple((field[1:], value) for field, value in matches if field)
+    if config is None or not re.match(r'configs/[a-z0-9_]+\.py(:|$)', config) or not (
+        overrides or any(not field for field, _ in matches)):
+      continue
+    found.append(Command(f'{where}:{number}', config, overrides))
+  return found
+
+
+def build(command: Command) -> ml_collections.ConfigDict:
+  """The config `command` gives `python -m dsop_jax.main`, from the repository root."""
+  argv = ['main'] + command.argv()
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'config', flag_values=values, lock_config=True,
+                                  sys_argv=argv)  # Which overrides to define, as main's argv.
+  cwd = os.getcwd()
+  os.chdir(ROOT)
+  try:
+    values(argv)
+    return values.config
+  finally:
+    os.chdir(cwd)
+
+
+def unreached_decays(config: ml_collections.ConfigDict) -> List[float]:
+  """The step schedule's decay epochs that training never reaches (at or past num_epochs): a
+  command that leaves one has kept a recipe's schedule for another length."""
+  if config.optim.schedule != 'step':
+    return []
+  return [e for e in config.optim.decay_epochs if e >= config.train.num_epochs]
