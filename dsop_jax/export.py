@@ -82,7 +82,7 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
 
   Raises:
     ValueError: WORKDIR has no config.json or no checkpoint (of `step`; evaluated, with `best`),
-      or OUTPUT_DIR already holds an export and `overwrite` is False, or the network has an
+      or OUTPUT_DIR is not a place export may write (`check_output_dir`), or the network has an
       operation the ONNX converter does not translate (with 'onnx') or no torchvision/timm
       counterpart (with 'torchvision'); nothing is written then.
   """
@@ -96,9 +96,7 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
     torch_weights.check_supported(config.model, '--format=torchvision')
     torch_weights.setup_lines(config.model)  # Raises for a network no library builds.
   _recover_replaced_export(output_dir)
-  if (output_dir / 'model_config.json').exists() and not overwrite:
-    raise ValueError(f'--output_dir={output_dir!r} already holds an export; pass --overwrite to '
-                     'replace it.')
+  check_output_dir(output_dir, workdir, overwrite)
   variables, step = runs.restore_variables_and_step(config, workdir, step=step, best=best, ema=ema)
   detached = detach(variables, [s.name for s in models.branch_specs(config.model)])
   bad = [jax.tree_util.keystr(path) for path, x in jax.tree.leaves_with_path(detached)
@@ -126,7 +124,7 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
             'class_names': runs.class_names(config, workdir)}
   _write_json(staging / 'preprocessing.json', recipe)
   _write_json(staging / 'model_card.json',
-              {**_model_card(config, workdir, step, detached, forward, size),
+              {**_model_card(config, workdir, step, detached, forward, size, ema),
                'weights': 'moving average' if ema else 'trained'})
   if 'stablehlo' in formats:
     batch = jax.export.symbolic_shape('batch')[0]
@@ -145,6 +143,47 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
   else:
     paths.move_tree(staging, output_dir)
   return given
+
+
+# Every name an export writes; a directory holding anything else is not (only) an export.
+EXPORT_ENTRIES = frozenset({'variables', 'model_config.json', 'preprocessing.json',
+                            'model_card.json', STABLEHLO_FILE, ONNX_FILE, TORCH_FILE,
+                            TORCH_SETUP_FILE})
+
+
+def _resolved(p: epath.Path) -> str:
+  return str(p) if paths.is_remote(p) else os.path.realpath(os.fspath(p))
+
+
+def check_output_dir(output_dir: epath.Path, workdir: paths.PathLike, overwrite: bool) -> None:
+  """Export writes only where it loses nothing: a path that does not exist, an empty directory,
+  or (with `overwrite`) an export holding nothing but an export's files.
+
+  Raises:
+    ValueError: naming --output_dir and what is there: the training workdir or a directory that
+      holds it, an existing file, a directory with entries an export does not write, or an export
+      without `overwrite`. Nothing is deleted then.
+  """
+  target, source = _resolved(output_dir), _resolved(paths.path(workdir, '--workdir'))
+  if target == source or source.startswith(target.rstrip('/') + '/'):
+    raise ValueError(f'--output_dir={str(output_dir)!r} is invalid: it is the training workdir '
+                     f'{str(workdir)!r} or a directory that holds it; export into a new directory '
+                     '(e.g. beside the workdir).')
+  if not output_dir.exists():
+    return
+  if not output_dir.is_dir():
+    raise ValueError(f'--output_dir={str(output_dir)!r} is invalid: it is an existing file, not a '
+                     'directory; give a path that does not exist (or an earlier export).')
+  entries = sorted(e.name for e in output_dir.iterdir())
+  foreign = [e for e in entries if e not in EXPORT_ENTRIES]
+  if foreign:
+    raise ValueError(f'--output_dir={str(output_dir)!r} is invalid: it holds files that are not '
+                     f'an export\'s ({", ".join(foreign[:5])}{", ..." if len(foreign) > 5 else ""}'
+                     '); export writes only into a new or empty directory, or replaces an earlier '
+                     'export, so nothing of yours is deleted. Give another --output_dir.')
+  if 'model_config.json' in entries and not overwrite:
+    raise ValueError(f'--output_dir={str(output_dir)!r} already holds an export; pass --overwrite '
+                     'to replace it.')
 
 
 def _write_torch(config: ml_collections.ConfigDict, variables: Mapping[str, Any], step: int,
@@ -169,11 +208,13 @@ def _write_json(path: epath.Path, value: Any) -> None:
 
 
 def _model_card(config: ml_collections.ConfigDict, workdir: str, step: int,
-                variables: Mapping[str, Any], forward: Any, size: int) -> Dict[str, Any]:
+                variables: Mapping[str, Any], forward: Any, size: int, ema: bool
+                ) -> Dict[str, Any]:
   """The essentials of what was exported: network, size, cost, and where it came from."""
   cost = forward.lower(jax.ShapeDtypeStruct((1, size, size, 3), jax.numpy.float32)).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # One dict, or one per device.
   evaluation = runs.evaluation_at(workdir, step)
+  scored = None if evaluation is None else evaluation['eval'].get('ema' if ema else 'logits')
   head = config.model.get('head')
   return {
       'architecture': config.model.name, 'num_classes': config.model.num_classes,
@@ -182,7 +223,8 @@ def _model_card(config: ml_collections.ConfigDict, workdir: str, step: int,
       'params': models.count_params(variables['params']),
       'xla_gflops_per_image': float(cost.get('flops', 0.0)) / 1e9,
       'dataset': config.data.dataset, 'step': step,
-      'main_head_eval_top1': None if evaluation is None else evaluation['eval']['logits']['top1'],
+      # The exported weights' own score: with `ema`, the moving average's ('ema' head).
+      'main_head_eval_top1': None if scored is None else scored['top1'],
       'training_config': config.to_dict()}
 
 
@@ -198,6 +240,8 @@ def _recover_replaced_export(output_dir: epath.Path) -> None:
     kind, _, pid = path.name[len(name):].partition('-')
     if kind not in ('.old', '.tmp') or not pid.isdigit() or _alive(int(pid)):
       continue
+    if not path.is_dir() or any(e.name not in EXPORT_ENTRIES for e in path.iterdir()):
+      continue  # Not written by export: left alone.
     if kind == '.old' and not output_dir.exists():
       paths.move_tree(path, output_dir)
     else:

@@ -152,3 +152,42 @@ def test_overwriting_an_export_keeps_a_complete_one_at_every_moment(tmp_path, mo
                                        r"\[\"\['batch_stats'\]\['bn_final'\]\['var'\]\"\]"):
     export.export(workdir, out, overwrite=True)
   export.load(out)  # The previous export is untouched.
+
+
+def test_export_writes_only_where_nothing_is_lost(tmp_path, capsys):
+  """Export refuses, naming --output_dir, a directory holding files of the user's, an existing
+  file, the workdir and a directory that holds it (with --overwrite too), and leaves each as it
+  was; it writes into a new or an empty directory, and leaves alone a sibling that looks like an
+  interrupted export's but holds other files."""
+  config = train_helpers.tiny_digits_config(num_epochs=1 / 22, checkpoint_every_steps=1)
+  workdir = str(tmp_path / 'runs' / 'work')
+  train.train_and_evaluate(config, workdir)
+  before = sorted(os.listdir(workdir))
+  mine = tmp_path / 'mine'
+  (mine / 'photos').mkdir(parents=True)
+  (mine / 'thesis.txt').write_text('four years')
+  (mine / 'photos' / 'a.jpg').write_bytes(b'jpeg')
+  afile = tmp_path / 'notes.txt'
+  afile.write_text('notes')
+  for target, message in [
+      (mine, r"holds files that are not an export's \(photos, thesis.txt\)"),
+      (afile, 'it is an existing file'),
+      (workdir, 'it is the training workdir'),
+      (tmp_path / 'runs', 'it is the training workdir .* or a directory that holds it')]:
+    for overwrite in (False, True):
+      with pytest.raises(ValueError, match=f'--output_dir=.*{message}'):
+        export.export(workdir, str(target), overwrite=overwrite)
+  assert (mine / 'thesis.txt').read_text() == 'four years'
+  assert (mine / 'photos' / 'a.jpg').read_bytes() == b'jpeg'
+  assert afile.read_text() == 'notes' and sorted(os.listdir(workdir)) == before
+  # The command line stops on the error (exit status 1), and the file is still there.
+  with pytest.raises(ValueError, match='thesis.txt'):
+    train_helpers.run_cli(export.cli, ['export', f'--workdir={workdir}', f'--output_dir={mine}'])
+  assert (mine / 'thesis.txt').exists()
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  (tmp_path / 'empty.old-999999999').mkdir()  # Not an export's: a user's folder.
+  (tmp_path / 'empty.old-999999999' / 'keep.txt').write_text('keep')
+  export.export(workdir, str(empty))
+  export.load(str(empty))
+  assert (tmp_path / 'empty.old-999999999' / 'keep.txt').read_text() == 'keep'

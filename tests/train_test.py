@@ -184,6 +184,10 @@ def test_fashion_mnist_trains_from_its_idx_files_on_a_subset(tmp_path, monkeypat
                   jax.tree.leaves(export.detach(state.ema))):
     np.testing.assert_array_equal(a, b)
   (record,) = _metrics(tmp_path / 'work')
+  # The card scores the exported average, not the trained weights beside it.
+  card = json.loads((tmp_path / 'ema_export' / 'model_card.json').read_text())
+  assert card['weights'] == 'moving average'
+  assert card['main_head_eval_top1'] == record['eval']['ema']['top1']
   assert set(record['eval']) == set(models.head_names(config.model)) | {'ema'}
   assert all(np.isfinite(m['loss']) for m in record['eval'].values())
   assert runs.workdir_config(str(tmp_path / 'work')).data.train_subset == 128
