@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dsop_jax import checkpointing
+from dsop_jax import datasets
 from dsop_jax import dsop
 from dsop_jax import input_pipeline
 from dsop_jax import models
@@ -277,6 +278,55 @@ def load(output_dir: paths.PathLike) -> Tuple[Any, dict]:
   with ocp.StandardCheckpointer() as checkpointer:
     variables = checkpointer.restore(paths.path(output_dir) / 'variables', abstract)
   return module, variables
+
+
+def read_json(output_dir: paths.PathLike, name: str) -> Optional[Dict[str, Any]]:
+  """An export's JSON file (`name`: model_config.json, preprocessing.json, model_card.json), or
+  None when the export has none."""
+  path = paths.path(output_dir) / name
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def data_config_for(config: ml_collections.ConfigDict, output_dir: paths.PathLike
+                    ) -> ml_collections.ConfigDict:
+  """`config` (a dataset to evaluate the export of OUTPUT_DIR on) prepared as the export says:
+  its preprocessing.json's mean, standard deviation and input size.
+
+  Raises:
+    ValueError: the export does not fit the dataset, naming both sides: another class count, other
+      class names (where both know them), or another resize rule.
+  """
+  model_config = read_json(output_dir, 'model_config.json')
+  if model_config is None:
+    raise ValueError(f'--export_dir={str(output_dir)!r} is not a dsop_jax export (no '
+                     'model_config.json).')
+  recipe = read_json(output_dir, 'preprocessing.json') or {}
+  config = ml_collections.ConfigDict(config.to_dict())
+  if recipe:
+    config.data.mean, config.data.std = tuple(recipe['mean']), tuple(recipe['std'])
+    config.data.image_size = int(recipe['input_size'][0])
+  where = f'--export_dir={str(output_dir)!r}'
+  data = f'config.data.dataset = {config.data.dataset!r}'
+  config.model.num_classes = model_config['num_classes']  # The export's network is evaluated.
+  try:
+    input_pipeline.validate_data_config(config)
+  except ValueError as e:
+    if not str(e).startswith('config.model.num_classes'):
+      raise
+    raise ValueError(f'{where} is a network of {model_config["num_classes"]} classes and {data} '
+                     f'has {datasets.dataset_info(config).num_classes}: evaluate an export on the '
+                     'data it was trained for.') from None
+  ours, theirs = datasets.class_names(config), recipe.get('class_names')
+  if ours and theirs and list(ours) != list(theirs):
+    differ = [(i, t, o) for i, (t, o) in enumerate(zip(theirs, ours)) if t != o]
+    raise ValueError(f'{where} was trained on other classes than {data} has: label '
+                     + '; '.join(f'{i} is {t!r} in the export, {o!r} in the data'
+                                 for i, t, o in differ[:5]) + '.')
+  rule = input_pipeline.preprocessing(config)
+  if recipe and (rule['resize'] != recipe['resize'] or rule.get('grey') != recipe.get('grey')):
+    raise ValueError(f'{where} prepares images by {recipe["resize"]} and {data} by '
+                     f'{rule["resize"]}: evaluate an export on the data it was trained for.')
+  return config
 
 
 def load_first_order(path: paths.PathLike) -> Tuple[Any, Dict[str, Any]]:

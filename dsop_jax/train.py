@@ -427,9 +427,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """Evaluates WORKDIR's latest checkpoint (or `step`'s, or with `best` the best evaluated one;
   every head, or with `ema` its moving average's main head) or an export (main head) on the eval
   split."""
-  if not export_dir:
+  if export_dir:  # The dataset's images prepared as the export says, its classes checked.
+    config = export.data_config_for(config, export_dir)
+  else:
     models.validate_model_config(config.model)
-  input_pipeline.validate_data_config(config)
+    input_pipeline.validate_data_config(config)
   mesh = sharding.create_mesh()
   if export_dir:
     module, variables = export.load(export_dir)

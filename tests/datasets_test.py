@@ -91,6 +91,31 @@ def test_an_image_folder_trains_and_its_class_names_and_statistics_travel_with_t
   np.testing.assert_allclose(recipe['mean'], info.mean)
   assert recipe['resize']['rule'] == 'resize'
 
+  # Evaluating the export checks it against the data: the digits (classes '0'..'9', not the
+  # words), a folder of 3 classes, a folder whose classes are other words are refused naming both.
+  digits = train_helpers.tiny_digits_config('none')
+  with pytest.raises(ValueError, match=r"--export_dir=.* was trained on other classes than "
+                                       r"config.data.dataset = 'digits' has: label 0 is 'eight' in "
+                                       r"the export, '0' in the data"):
+    train.evaluate_checkpoint(digits, workdir, export_dir=out)
+  three = _write_folder(tmp_path / 'three', per_class=(2, 1))
+  for word in DIGIT_NAMES[3:]:
+    for split in ('train', 'val'):
+      shutil.rmtree(os.path.join(three, split, word))
+  with pytest.raises(ValueError, match=r'is a network of 10 classes and config.data.dataset = '
+                                       r"'folder' has 3: evaluate an export on the data"):
+    train.evaluate_checkpoint(_folder_config(three), workdir, export_dir=out)
+  renamed = _write_folder(tmp_path / 'renamed', per_class=(2, 1))
+  for split in ('train', 'val'):
+    os.rename(os.path.join(renamed, split, 'zero'), os.path.join(renamed, split, 'nought'))
+  with pytest.raises(ValueError, match=r"label 4 is 'one' in the export, 'nought' in the data"):
+    train.evaluate_checkpoint(_folder_config(renamed), workdir, export_dir=out)
+  # The same classes: evaluated with the export's statistics, whatever the config says.
+  again = _folder_config(_write_folder(tmp_path / 'again'))
+  scored = train.evaluate_checkpoint(again, workdir, export_dir=out)['logits']
+  again.data.update(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+  assert train.evaluate_checkpoint(again, workdir, export_dir=out)['logits'] == scored
+
 
 def test_malformed_folders_are_refused_naming_the_field(tmp_path):
   config = _folder_config(str(tmp_path / 'nothing'))
