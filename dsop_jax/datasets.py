@@ -209,7 +209,7 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   if d.get('mean'):
     info = dataclasses.replace(info, mean=tuple(d.mean), std=tuple(d.std))
   elif name == FOLDER:
-    mean, std = image_files.folder_stats(d.data_dir, info.train_split)
+    mean, std = image_files.folder_stats(d.data_dir, info.train_split, d.image_size)
     info = dataclasses.replace(info, mean=mean, std=std)
   return info
 
@@ -309,6 +309,20 @@ def _check_folder(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'config.data.data_dir = {d.data_dir!r} is invalid for dataset {FOLDER}: '
                        f'no .jpg, .jpeg or .png file in {os.path.join(d.data_dir, split)}; '
                        f'{layout}.')
+  # As torchvision's ImageFolder: a class without an image is an error, not a class never seen.
+  counts = image_files.class_counts(d.data_dir, train, tuple(classes))
+  empty = [c for c, n in zip(classes, counts) if not n]
+  if empty:
+    raise ValueError(f'config.data.data_dir = {d.data_dir!r} is invalid for dataset {FOLDER}: the '
+                     f'class director{"y" if len(empty) == 1 else "ies"} {empty[:5]} in '
+                     f'{os.path.join(d.data_dir, train)} hold{"s" if len(empty) == 1 else ""} no '
+                     '.jpg, .jpeg or .png file (subdirectories included): add images or remove '
+                     'the directory.')
+  if len(classes) < 2:
+    raise ValueError(f'config.data.data_dir = {d.data_dir!r} is invalid for dataset {FOLDER}: '
+                     f'{os.path.join(d.data_dir, train)} has one class directory ({classes[0]!r}); '
+                     'a classifier needs at least two classes (one trains to 100% top-1 on '
+                     'nothing).')
 
 
 def _check_prepared(config: ml_collections.ConfigDict) -> None:
@@ -353,17 +367,24 @@ def _folder_split(config: ml_collections.ConfigDict, split: str) -> Tuple[List[s
 
 
 class SkipCounter:
-  """Counts the records a pipeline skipped as unreadable (read by this process so far)."""
+  """Counts the unreadable records a pipeline skipped, each once: every pass over a split (an
+  epoch, its top-up, the next epoch, each evaluation) meets the same records, in whatever order,
+  so the count is the most one pass has skipped, the pass under way included."""
 
   def __init__(self):
-    self._count = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self._this_pass = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self._most = tf.Variable(0, dtype=tf.int64, trainable=False)
 
   @property
   def value(self) -> int:
-    return int(self._count.numpy())
+    return int(self._most.numpy())
 
-  def keep(self, ok: tf.Tensor) -> tf.Tensor:
-    self._count.assign_add(tf.cast(tf.logical_not(ok), tf.int64))
+  def keep(self, ok: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+    """`ok`, counting it when it is False; `index`: the record's position in its pass (0 starts
+    a new pass)."""
+    count = tf.where(index == 0, tf.constant(0, tf.int64), self._this_pass)
+    count = self._this_pass.assign(count + tf.cast(tf.logical_not(ok), tf.int64))
+    self._most.assign(tf.maximum(self._most, count))
     return ok
 
 
@@ -412,7 +433,8 @@ def records(config: ml_collections.ConfigDict, split: str, *, process_index: int
   if name not in ARRAY_DATASETS:
     complete, decode_here = _ENCODED.get(name, (image_files.image_is_complete, True))
     counter = skipped or SkipCounter()
-    ds = ds.filter(lambda ex: counter.keep(complete(ex['image'])))
+    ds = ds.enumerate().filter(lambda i, ex: counter.keep(complete(ex['image']), i)).map(
+        lambda i, ex: ex)
     if decode_here:
       ds = ds.map(lambda ex: {'image': image_files.decode(ex['image']), 'label': ex['label']})
   return ds, count
