@@ -6,17 +6,21 @@ A source is a safetensors file of a torchvision or timm state dict (`torch_weigh
 ResNet-18/34/50/101/152, timm's `seresnext101_32x4d` and `efficientnet_b0`), or a dsop_jax export
 directory or training workdir (its latest checkpoint, branches detached). It fills the backbone's
 variables; the auxiliary branches always start fresh, and so does the classifier when the source's
-has another number of classes (a fine-tuning dataset) or the network has a second-order head.
+has another number of classes (a fine-tuning dataset), other classes (where both sides name them)
+or the network has a second-order head. Weights holding NaN or infinity are refused, naming them.
 -s1 networks take -s2 weights: the stride changes no parameter. Nothing is ever unpickled: a
 PyTorch `.pth` is refused with the line that converts it.
 """
 
-from typing import Any, Dict, List, Mapping, Tuple
+import json
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from absl import logging
 import jax
 import ml_collections
+import numpy as np
 
+from dsop_jax import datasets
 from dsop_jax import export
 from dsop_jax import paths
 from dsop_jax import torch_weights
@@ -56,6 +60,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   header, _, _ = torch_weights.read_safetensors_header(path)
   torch_weights.check_state_dict(config.model, {k: v['shape'] for k, v in header.items()},
                                  source=f'config.{field} = {path!r}')
+  state, _ = torch_weights.read_safetensors(path)
+  check_finite(state, f'config.{field} = {path!r}')
+
+
+def check_finite(tensors: Mapping[str, Any], source: str) -> None:
+  """Raises ValueError naming `source` and the first tensors that hold NaN or infinity (weights
+  that would turn the first step's loss into NaN)."""
+  bad = [k for k, v in tensors.items()
+         if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.all(np.isfinite(v))]
+  if bad:
+    raise ValueError(f'{source} is invalid: {", ".join(repr(k) for k in bad[:5])} '
+                     f'{"holds" if len(bad) == 1 else "hold"} non-finite values (NaN or '
+                     'infinity); these weights cannot be trained from.')
 
 
 def load(config: ml_collections.ConfigDict, fresh: Mapping[str, Any]
@@ -77,10 +94,47 @@ def load(config: ml_collections.ConfigDict, fresh: Mapping[str, Any]
                                                     source=f'config.{field} = {path!r}')
   else:
     _, source = export.load_first_order(path)
+    check_finite({jax.tree_util.keystr(k): v for k, v in jax.tree.leaves_with_path(source)},
+                 f'config.{field} = {path!r}')
     variables, kept = _fit_head(source, fresh)
     export.check_same_structure(fresh, variables, f'backbone variables in {path}')
+    if 'head' in fresh['params'] and not any(k.startswith('the classifier') for k in kept):
+      variables, kept = _check_classes(config, path, fresh, variables, kept)
   logging.info('Backbone initialised from %s%s.', path,
                f'; fresh: {", ".join(kept)}' if kept else '')
+  return variables, kept
+
+
+def source_class_names(path: str) -> Optional[List[str]]:
+  """The class names a dsop_jax export (preprocessing.json) or workdir (class_names.json) was
+  trained on, when it recorded them."""
+  source = paths.path(path)
+  for name, key in (('preprocessing.json', 'class_names'), ('class_names.json', None)):
+    if (source / name).exists():
+      value = json.loads((source / name).read_text())
+      names = value.get(key) if key else value
+      if names:
+        return list(names)
+  return None
+
+
+def _check_classes(config: ml_collections.ConfigDict, path: str, fresh: Mapping[str, Any],
+                   variables: Dict[str, Any], kept: List[str]) -> Tuple[Dict[str, Any], List[str]]:
+  """Keeps the source's classifier only for the same classes in the same order: where both sides
+  name their classes and the names differ, the classifier starts fresh (logged, naming them)."""
+  theirs, ours = source_class_names(path), datasets.class_names(config)
+  rows = fresh['params']['head']['kernel'].shape[-1]
+  if theirs is not None and ours is not None and theirs != list(ours):
+    differ = [(i, t, o) for i, (t, o) in enumerate(zip(theirs, ours)) if t != o]
+    logging.warning('The classifier of %s was trained on other classes (label %s): it starts '
+                    'fresh instead of being kept.', path,
+                    '; '.join(f'{i}: {t!r} there, {o!r} here' for i, t, o in differ[:5]))
+    variables = {c: dict(tree) for c, tree in variables.items()}
+    variables['params']['head'] = fresh['params']['head']
+    return variables, kept + [f'the classifier ({rows} classes)']
+  logging.info('Kept the classifier of %s: its %d rows are labels 0-%d%s.', path, rows, rows - 1,
+               ', the same classes in the same order' if theirs is not None and ours is not None
+               else ' (the class names of one side are unknown: the order is assumed to match)')
   return variables, kept
 
 

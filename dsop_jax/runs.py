@@ -322,6 +322,29 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None
         'Use the config in WORKDIR/config.json, a new --workdir, or allow the change with '
         '--config.train.allow_resume_changes=' + ','.join(
             k.split(' = ')[0][len('config.'):] for k in diff) + '.')
+  _check_same_classes(config, workdir)
+
+
+def _check_same_classes(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses data whose classes are not those the run recorded (class_names.json), in the same
+  order: label i must mean what it meant to the checkpoints (e.g. a folder `data_dir` with other
+  class directories)."""
+  recorded = paths.path(workdir) / CLASS_NAMES_FILE
+  ours = datasets.class_names(config)
+  if ours is None or not recorded.exists():
+    return
+  theirs = json.loads(recorded.read_text())
+  if list(theirs) == list(ours):
+    return
+  raise ValueError(
+      f'{workdir!r} was trained on the classes {_listed(theirs)} (label order) and '
+      f'config.data ({config.data.dataset!r} at {config.data.data_dir!r}) has {_listed(ours)}: '
+      'resuming would give its labels other meanings. Point config.data.data_dir at the data the '
+      'run was trained on, or start a new --workdir.')
+
+
+def _listed(names: Sequence[str]) -> str:
+  return repr(list(names)) if len(names) <= 8 else f'{list(names)[:8]!r} ... ({len(names)})'
 
 
 def restore_variables(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None,

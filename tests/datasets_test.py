@@ -171,6 +171,33 @@ def test_a_folder_is_read_as_imagefolder_reads_it(tmp_path, caplog):
     input_pipeline.validate_data_config(config)
 
 
+def test_a_resume_on_a_folder_of_other_classes_is_refused_naming_them(tmp_path):
+  """Trained on classes [b, c, z]; rerun on a folder of [a, b, c] (same pixels, so the same
+  statistics): refused naming both lists, class_names.json untouched; the same classes resume."""
+  roots = {names: str(tmp_path / names) for names in ('bcz', 'abc')}
+  for names, root in roots.items():
+    for label, name in enumerate(names):
+      for split in ('train', 'val'):
+        for i in range(4):
+          _png(os.path.join(root, split, name, f'{i}.png'), 40 * i + label)
+  first = _folder_config(roots['bcz'])
+  first.model.num_classes, first.train.batch_size, first.train.num_epochs = 3, 12, 1.0
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(first, workdir)
+  recorded = open(os.path.join(workdir, 'class_names.json')).read()
+  assert json.loads(recorded) == ['b', 'c', 'z']
+  other = _folder_config(roots['abc'])
+  other.model.num_classes, other.train.batch_size, other.train.num_epochs = 3, 12, 2.0
+  with pytest.raises(ValueError, match=r"was trained on the classes \['b', 'c', 'z'\] \(label "
+                                       r"order\) and config.data \('folder' at '.*abc'\) has "
+                                       r"\['a', 'b', 'c'\]: resuming would give its labels other "
+                                       'meanings'):
+    train.train_and_evaluate(other, workdir)
+  assert open(os.path.join(workdir, 'class_names.json')).read() == recorded
+  first.train.num_epochs = 2.0
+  assert int(train.train_and_evaluate(first, workdir).step) == 2
+
+
 def test_malformed_folders_are_refused_naming_the_field(tmp_path):
   config = _folder_config(str(tmp_path / 'nothing'))
   with pytest.raises(ValueError, match=r"config.data.data_dir = '.*nothing' is invalid for dataset "

@@ -5,6 +5,7 @@ anything compiles, naming the key; a dsop_jax export of another class count fill
 classifier."""
 
 import json
+import logging
 import os
 import re
 
@@ -99,6 +100,11 @@ def test_sources_that_do_not_fit_are_refused_before_compiling(tmp_path, monkeypa
   short = {k: v for k, v in weights.items() if not k.startswith('layer4.0.downsample.1')}
   cases.append((short, r"missing keys \['layer4.0.downsample.1.bias', "
                        r"'layer4.0.downsample.1.running_mean'"))
+  nan = dict(weights, **{'bn1.running_var': np.full((64,), np.nan, np.float32)})
+  cases.append((nan, r"'bn1.running_var' holds non-finite values \(NaN or infinity\)"))
+  inf = dict(weights, **{'conv1.weight': np.where(np.arange(64 * 3 * 49).reshape(64, 3, 7, 7) == 5,
+                                                  np.inf, weights['conv1.weight'])})
+  cases.append((inf, r"'conv1.weight' holds non-finite values"))
   for i, (state, message) in enumerate(cases):
     path = str(tmp_path / f'{i}.safetensors')
     torch_weights.write_safetensors(path, state)
@@ -175,3 +181,29 @@ def test_the_cub_fine_tuning_recipes_build_and_dsop_net_trains_from_torchvision_
     record = json.loads(f.readlines()[-1])
   assert set(record['eval']) == set(models.head_names(config.model))  # PSDR's side head too.
   assert all(np.isfinite(head['loss']) for head in record['eval'].values())
+
+
+def test_an_exports_classifier_is_kept_only_for_the_same_classes(tmp_path, caplog):
+  """A 10-class export whose preprocessing.json names other classes than the digits' '0'..'9':
+  its classifier starts fresh, logged naming the classes; named as the digits, it is kept."""
+  config = _digits_resnet18()
+  source = train_helpers.write_fresh_export(config.model, str(tmp_path / 'r18'))
+  _, theirs = export.load(source)
+  config.model.init_from = source
+  module = models.create_backbone(config.model)
+  fresh = models.init_variables(module, jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
+  for names, keep in ((['zero', 'one'] + [str(i) for i in range(2, 10)], False),
+                      ([str(i) for i in range(10)], True)):
+    with open(os.path.join(source, 'preprocessing.json'), 'w') as f:
+      json.dump({'class_names': names}, f)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+      variables, kept = pretrained.load(config, fresh)
+    expected = theirs if keep else fresh
+    np.testing.assert_array_equal(variables['params']['head']['kernel'],
+                                  expected['params']['head']['kernel'])
+    assert (kept == ['the classifier (10 classes)']) != keep
+    if not keep:
+      assert "label 0: 'zero' there, '0' here; 1: 'one' there, '1' here" in caplog.text
+    else:
+      assert 'Kept the classifier' in caplog.text and 'the same classes in the same order' in caplog.text
