@@ -31,12 +31,20 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
 
 
 def image_paths(arguments: Sequence[str]) -> List[str]:
-  """The files named, and the image files of each directory named (sorted), in order."""
+  """The files named, and the image files of each directory named (sorted), in order.
+
+  Raises:
+    ValueError: a directory named holds no image file, naming it and the extensions read.
+  """
   paths = []
   for argument in arguments:
     if os.path.isdir(argument):
-      paths.extend(os.path.join(argument, name) for name in sorted(os.listdir(argument))
-                   if name.lower().endswith(IMAGE_EXTENSIONS))
+      found = [os.path.join(argument, name) for name in sorted(os.listdir(argument))
+               if name.lower().endswith(IMAGE_EXTENSIONS)]
+      if not found:
+        raise ValueError(f'{argument}: no image file in this directory (read: '
+                         f'{", ".join(IMAGE_EXTENSIONS)}; subdirectories are not searched).')
+      paths.extend(found)
     else:
       paths.append(argument)
   return paths
@@ -105,7 +113,11 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError('Give one or more image files or directories.')
   if flags.FLAGS.top_k < 1:
     raise app.UsageError(f'--top_k={flags.FLAGS.top_k} is invalid: must be >= 1.')
-  results, errors = predict(flags.FLAGS.export_dir, image_paths(argv[1:]), flags.FLAGS.top_k,
+  try:
+    images = image_paths(argv[1:])
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  results, errors = predict(flags.FLAGS.export_dir, images, flags.FLAGS.top_k,
                             flags.FLAGS.format)
   for result in results:
     if flags.FLAGS.json:

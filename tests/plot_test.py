@@ -364,3 +364,12 @@ def test_export_formats_and_predict_on_images(runs, tmp_path, capsys):
                                              '--top_k=2', str(folder)]) == 1
   printed = capsys.readouterr()
   assert printed.out.count('.png: ') == 3 and 'cut.png: not a readable image' in printed.err
+  # A directory with no image file (empty, or other files only) is an error naming it, exit 1.
+  empty, others = tmp_path / 'empty', tmp_path / 'others'
+  empty.mkdir()
+  others.mkdir()
+  (others / 'notes.txt').write_text('no image')
+  for directory in (empty, others):
+    assert train_helpers.run_cli(predict.cli, ['predict', f'--export_dir={out}',
+                                               str(directory)]) == 1
+    assert f'{directory}: no image file in this directory' in capsys.readouterr().err
