@@ -30,7 +30,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -296,49 +296,78 @@ def _branch_pool_shares(config: ml_collections.ConfigDict, opts: Options) -> Dic
   return shares
 
 
-def _synthetic_jpegs(count: int, seed: int = 0) -> List[bytes]:
-  """JPEGs of ImageNet's typical size (about 500x375) with smooth random content."""
+def _synthetic_jpegs(count: int, seed: int = 0, size: Tuple[int, int] = (375, 500),
+                     quality: int = 90) -> List[bytes]:
+  """JPEGs of `size` (height x width; alternately transposed) with smooth random content and
+  noise: ImageNet's typical 500x375 by default, or larger photo-like ones."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   jpegs = []
   for i in range(count):
-    h, w = (375, 500) if i % 2 else (500, 375)
+    h, w = size if i % 2 else size[::-1]
     coarse = rng.uniform(0, 255, (h // 25 + 1, w // 25 + 1, 3)).astype(np.float32)
     image = tf.image.resize(coarse, (h, w), method='bicubic')
     noise = rng.normal(0, 12, (h, w, 3)).astype(np.float32)
     image = tf.cast(tf.clip_by_value(image + noise, 0, 255), tf.uint8)
-    jpegs.append(tf.io.encode_jpeg(image, quality=90).numpy())
+    jpegs.append(tf.io.encode_jpeg(image, quality=quality).numpy())
   return jpegs
 
 
-def input_benchmark(opts: Options, image_size: int = 224) -> Dict[str, Any]:
-  """Images/s of the ImageNet training preprocessing on one CPU core and on all of them."""
+# The JPEG sets of the input part: ImageNet's typical size, and larger photos.
+INPUT_SETS = {'imagenet': (375, 500), 'photo': (768, 1024)}
+
+
+def _preprocess_rate(jpegs: Sequence[bytes], train: bool, threads: int, images: int,
+                     image_size: int) -> Tuple[float, Any]:
+  """(images/s, one output image) of `input_pipeline.preprocess` over `jpegs` on `threads`."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from dsop_jax import datasets  # pylint: disable=g-import-not-at-top
   from dsop_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  jpegs = _synthetic_jpegs(min(opts.input_images, 64))
   info = datasets.DATASETS['imagenet2012']
+  ds = tf.data.Dataset.from_tensor_slices({'image': list(jpegs),
+                                           'label': np.zeros(len(jpegs), np.int64)})
+  ds = ds.repeat().take(images).enumerate().map(
+      lambda i, ex: input_pipeline.preprocess(ex, tf.stack([tf.constant(0, tf.int64), i]),
+                                              info=info, train=train, image_size=image_size),
+      num_parallel_calls=threads)
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = threads
+  options.autotune.enabled = False
+  ds = ds.with_options(options)
+  for example in ds.take(2):  # Warm-up: graph tracing.
+    image = example['image']
+  start = time.perf_counter()
+  for _ in ds:
+    pass
+  return images / (time.perf_counter() - start), image
+
+
+def input_benchmark(opts: Options, image_size: int = 224) -> Dict[str, Any]:
+  """Images/s of the ImageNet preprocessing, training (scale jitter, crop, flip) and evaluation
+  (shorter side 256, centre crop), on 1 thread and on every core, for each JPEG set of
+  INPUT_SETS: `{split}_{set}_{threads}t_images_per_s`. The training rate on ImageNet-sized JPEGs
+  on one thread is also `one_core_images_per_s` (`all_cores_...` on every core)."""
+  cores = os.cpu_count() or 1
+  sets = {name: _synthetic_jpegs(min(opts.input_images, 64), size=size)
+          for name, size in INPUT_SETS.items()}
   result: Dict[str, Any] = {'image_size': image_size, 'images': opts.input_images,
-                            'mean_jpeg_kb': float(np.mean([len(j) for j in jpegs]) / 1024)}
-  for name, threads in (('one_core', 1), ('all_cores', os.cpu_count() or 1)):
-    ds = tf.data.Dataset.from_tensor_slices({'image': jpegs, 'label': np.zeros(len(jpegs), np.int64)})
-    ds = ds.repeat().take(opts.input_images).enumerate().map(
-        lambda i, ex: input_pipeline.preprocess(ex, tf.stack([tf.constant(0, tf.int64), i]),
-                                                info=info, train=True, image_size=image_size),
-        num_parallel_calls=threads)
-    options = tf.data.Options()
-    options.threading.private_threadpool_size = threads
-    options.autotune.enabled = False
-    ds = ds.with_options(options)
-    for example in ds.take(2):  # Warm-up: graph tracing.
-      image = example['image']
-    result['image_dtype'] = image.dtype.name  # What crosses to the device, per image.
-    result['bytes_per_image'] = int(image.numpy().nbytes)
-    start = time.perf_counter()
-    for _ in ds:
-      pass
-    result[f'{name}_images_per_s'] = opts.input_images / (time.perf_counter() - start)
-    result[f'{name}_threads'] = threads
+                            'threads': sorted({1, cores}),
+                            'mean_jpeg_kb': {name: float(np.mean([len(j) for j in jpegs]) / 1024)
+                                             for name, jpegs in sets.items()}}
+  for split in ('train', 'eval'):
+    for name, jpegs in sets.items():
+      for threads in result['threads']:
+        rate, image = _preprocess_rate(jpegs, split == 'train', threads, opts.input_images,
+                                       image_size)
+        result[f'{split}_{name}_{threads}t_images_per_s'] = rate
+        if name == 'imagenet' and threads == 1:  # What crosses to the device, per image.
+          result[f'{split}_image_dtype'] = image.dtype.name
+          result[f'{split}_bytes_per_image'] = int(image.numpy().nbytes)
+  result['image_dtype'], result['bytes_per_image'] = (result['train_image_dtype'],
+                                                      result['train_bytes_per_image'])
+  result['one_core_images_per_s'] = result['train_imagenet_1t_images_per_s']
+  result['all_cores_images_per_s'] = result[f'train_imagenet_{cores}t_images_per_s']
+  result['all_cores_threads'] = cores
   result['per_core_images_per_s'] = result['one_core_images_per_s']
   return result
 
@@ -411,10 +440,15 @@ def format_report(result: Dict[str, Any]) -> str:
             100 * b['pool_share']))
   if 'input' in result:
     r = result['input']
-    lines += ['', f"input pipeline (ImageNet train preprocessing, {r['image_size']}px, "
-              f"JPEGs of {r['mean_jpeg_kb']:.0f} KB): {r['one_core_images_per_s']:.1f} images/s "
-              f"on 1 core, {r['all_cores_images_per_s']:.1f} on {r['all_cores_threads']} threads; "
-              f"{r['bytes_per_image']} bytes ({r['image_dtype']}) per image to the device"]
+    lines += ['', f"input pipeline (ImageNet preprocessing, {r['image_size']}px), images/s; "
+              f"{r['bytes_per_image']} bytes ({r['image_dtype']}) per training image to the device"]
+    lines.append('{:<8}{:<26}'.format('split', 'JPEGs') + ''.join(
+        '{:>12}'.format(f'{t} thread' + 's' * (t > 1)) for t in r['threads']))
+    for split in ('train', 'eval'):
+      for name, size in INPUT_SETS.items():
+        label = f"{name} {size[1]}x{size[0]}, {r['mean_jpeg_kb'][name]:.0f} KB"
+        lines.append('{:<8}{:<26}'.format(split, label) + ''.join(
+            '{:>12.1f}'.format(r[f'{split}_{name}_{t}t_images_per_s']) for t in r['threads']))
   return '\n'.join(lines)
 
 

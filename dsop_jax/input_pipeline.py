@@ -22,7 +22,7 @@ normalisation by the dataset's per-channel mean and std (config.data.mean/std wh
 """
 
 import math
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 import ml_collections
 import numpy as np
@@ -97,6 +97,45 @@ def _resize_shorter(image: tf.Tensor, shorter: tf.Tensor) -> tf.Tensor:
   return tf.image.resize(image, new, method='bilinear', antialias=True)
 
 
+def _shorter_side_scale(shape: tf.Tensor, shorter: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+  """(resized height and width, int32; per-axis scale, float32) of `_resize_shorter`."""
+  shape = tf.cast(shape[:2], tf.float32)
+  new = tf.cast(tf.math.ceil(shape * (tf.cast(shorter, tf.float32) / tf.reduce_min(shape))),
+                tf.int32)
+  return new, tf.cast(new, tf.float32) / shape
+
+
+def _crop_of_resized_jpeg(jpeg: tf.Tensor, shorter: tf.Tensor, offset: tf.Tensor, size: int
+                          ) -> tf.Tensor:
+  """The `size` x `size` crop at `offset` (top, left) of the JPEG resized to a shorter side of
+  `shorter` (`_resize_shorter`), decoding only the window of the source that the crop's pixels
+  are interpolated from: the crop's span mapped back through the scale, widened by the
+  antialiasing kernel's reach (max(1, 1/scale) source pixels) and one pixel more, clamped to the
+  image. The window is resampled with the scale and translation the whole-image resize uses, so a
+  crop pixel sees the same source pixels with the same weights (float32 rounding aside)."""
+  shape = tf.io.extract_jpeg_shape(jpeg)
+  _, scale = _shorter_side_scale(shape, shorter)
+  reach = tf.math.ceil(tf.maximum(1.0, 1.0 / scale)) + 1.0
+  start = tf.cast(offset, tf.float32)
+  first = tf.maximum(tf.floor((start + 0.5) / scale - 0.5 - reach), 0.0)
+  last = tf.minimum(tf.math.ceil((start + size - 0.5) / scale - 0.5 + reach),
+                    tf.cast(shape[:2], tf.float32) - 1.0)
+  first, extent = tf.cast(first, tf.int32), tf.cast(last - first, tf.int32) + 1
+  window = tf.io.decode_and_crop_jpeg(jpeg, tf.concat([first, extent], 0), channels=3)
+  return tf.raw_ops.ScaleAndTranslate(
+      images=tf.cast(window, tf.float32)[None], size=tf.constant([size, size]), scale=scale,
+      translation=tf.cast(first, tf.float32) * scale - start, kernel_type='triangle',
+      antialias=True)[0]
+
+
+def _random_crop_offset(resized: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
+  """The (top, left) `tf.image.stateless_random_crop(image, (size, size, 3), seed)` takes from an
+  image of height and width `resized`: the same draw, made without the image."""
+  limit = tf.concat([resized - size + 1, [1]], 0)
+  offset = tf.random.stateless_uniform([3], seed, maxval=tf.int32.max, dtype=tf.int32) % limit
+  return offset[:2]
+
+
 def _imagenet_train(image: tf.Tensor, seed: tf.Tensor, size: int, inception: bool) -> tf.Tensor:
   """`image`: JPEG bytes (ImageNet: only the crop window is decoded) or a decoded H x W x 3."""
   encoded = image.dtype == tf.string
@@ -115,8 +154,13 @@ def _imagenet_train(image: tf.Tensor, seed: tf.Tensor, size: int, inception: boo
   else:  # Paper: shorter side random in [256, 512] (for 224 crops), random crop.
     low, high = round(size * 256 / 224), round(size * 512 / 224)
     shorter = tf.random.stateless_uniform((), scale_seed, low, high + 1, dtype=tf.int32)
-    image = _resize_shorter(tf.io.decode_jpeg(image, channels=3) if encoded else image, shorter)
-    image = tf.image.stateless_random_crop(image, (size, size, 3), seed=crop_seed)
+    if encoded:  # Only the window the crop comes from is decoded.
+      resized, _ = _shorter_side_scale(tf.io.extract_jpeg_shape(image), shorter)
+      image = _crop_of_resized_jpeg(image, shorter, _random_crop_offset(resized, size, crop_seed),
+                                    size)
+    else:
+      image = _resize_shorter(image, shorter)
+      image = tf.image.stateless_random_crop(image, (size, size, 3), seed=crop_seed)
   return tf.image.stateless_random_flip_left_right(image, flip_seed)
 
 
@@ -127,8 +171,9 @@ def eval_shorter_side(augment: str, size: int) -> int:
 
 
 def _imagenet_eval(image: tf.Tensor, size: int, shorter: int) -> tf.Tensor:
-  if image.dtype == tf.string:
-    image = tf.io.decode_jpeg(image, channels=3)
+  if image.dtype == tf.string:  # JPEG bytes: only the centre crop's window is decoded.
+    resized, _ = _shorter_side_scale(tf.io.extract_jpeg_shape(image), shorter)
+    return _crop_of_resized_jpeg(image, shorter, (resized - size) // 2, size)
   image = _resize_shorter(image, shorter)
   shape = tf.shape(image)
   top, left = (shape[0] - size) // 2, (shape[1] - size) // 2

@@ -106,8 +106,13 @@ def test_input_pipeline_throughput_runs_the_real_preprocessing():
   opts = benchmark.Options(input_images=6, parts=('input',))
   result = benchmark.run(None, opts)['input']
   assert result['images'] == 6 and result['image_size'] == 224
-  assert result['one_core_threads'] == 1
-  assert result['one_core_images_per_s'] > 0 and result['all_cores_images_per_s'] > 0
-  assert result['mean_jpeg_kb'] > 10  # Realistic JPEGs, not blank ones.
+  assert result['threads'] == sorted({1, os.cpu_count()})
+  for split in ('train', 'eval'):
+    for name in benchmark.INPUT_SETS:
+      for threads in result['threads']:
+        assert result[f'{split}_{name}_{threads}t_images_per_s'] > 0
+  assert result['one_core_images_per_s'] == result['train_imagenet_1t_images_per_s']
+  # Realistic JPEGs, not blank ones; the photos larger.
+  assert 10 < result['mean_jpeg_kb']['imagenet'] < result['mean_jpeg_kb']['photo']
   # uint8 pixels cross to the device (normalised there): a quarter of float32's bytes.
   assert (result['image_dtype'], result['bytes_per_image']) == ('uint8', 224 * 224 * 3)
