@@ -77,11 +77,6 @@ def with_dataset_stats(config: ml_collections.ConfigDict) -> ml_collections.Conf
   return config
 
 
-def _normalise(image: tf.Tensor, info: datasets.DatasetInfo) -> tf.Tensor:
-  image = tf.cast(image, tf.float32)
-  return (image - tf.constant(info.mean)) / tf.constant(info.std)
-
-
 def _pad_crop_flip(image: tf.Tensor, seed: tf.Tensor, pad: int, flip: bool) -> tf.Tensor:
   size = image.shape[0]
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
@@ -183,9 +178,9 @@ def _imagenet_eval(image: tf.Tensor, size: int, shorter: int) -> tf.Tensor:
 def preprocess(example: Dict[str, tf.Tensor], seed: tf.Tensor, *, info: datasets.DatasetInfo,
                train: bool, image_size: int, inception_crop: bool = False
                ) -> Dict[str, tf.Tensor]:
-  """One example -> {'image': HxWx3, 'label': int32}: in training uint8 pixels (resized pixels
-  rounded), which cross to the device at a quarter of float32's size and are normalised there
-  (`steps.normalise_images`); in evaluation float32, normalised here."""
+  """One example -> {'image': HxWx3 uint8, 'label': int32}: pixels (resized ones rounded), in
+  training and evaluation, which cross to the device at a quarter of float32's size and are
+  normalised there (`steps.normalise_images`) with the dataset's mean and std."""
   image = example['image']
   if image.shape.rank == 3 and image.shape[-1] == 1:  # Grey (Fashion-MNIST): the networks take 3 channels.
     image = tf.tile(image, (1, 1, 3))
@@ -201,11 +196,8 @@ def preprocess(example: Dict[str, tf.Tensor], seed: tf.Tensor, *, info: datasets
     if train:
       image = _pad_crop_flip(image, seed, pad=4 if info.augment == 'cifar' else 2,
                              flip=info.augment == 'cifar')
-  if train:
-    if image.dtype != tf.uint8:
-      image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-  else:
-    image = _normalise(image, info)
+  if image.dtype != tf.uint8:  # Resized pixels rounded: uint8 crosses to the device.
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
   image = tf.ensure_shape(image, (image_size, image_size, 3))
   return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
 
@@ -257,7 +249,7 @@ def prepare_image(image: np.ndarray, recipe: Mapping[str, Any]) -> np.ndarray:
     x = tf.convert_to_tensor(datasets.fit_grey(grey[None], size, resize['rule'].rsplit('_', 1)[1])[0][..., None])
   elif tuple(x.shape[:2]) != (size, size):
     x = tf.image.resize(x, (size, size), method='bilinear', antialias=True)
-  x = tf.cast(x, tf.float32)
+  x = tf.round(tf.cast(x, tf.float32))  # Resized pixels rounded, as the evaluation sends them.
   if x.shape[-1] == 1:
     x = tf.tile(x, (1, 1, 3))
   x = (x - tf.constant(recipe['mean'], tf.float32)) / tf.constant(recipe['std'], tf.float32)
@@ -346,7 +338,9 @@ def eval_steps(config: ml_collections.ConfigDict, global_batch_size: int,
 def eval_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, process_index: int = 0,
                  process_count: int = 1, skipped: Optional[datasets.SkipCounter] = None
                  ) -> Iterator[Dict[str, np.ndarray]]:
-  """Every eval example once, in batches padded to full size; 'mask' marks real examples.
+  """Every eval example once, in batches padded to full size; 'mask' marks real examples. Images
+  are uint8: normalise them with `steps.normalise_images` (`steps.evaluate` does, given the
+  dataset's mean and std).
 
   Every process yields the same number of batches (`eval_steps`), all-padding ones included, so the
   collective eval step runs in lockstep on all hosts. With config.data.process_split = 'examples'
@@ -372,7 +366,7 @@ def eval_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, pr
     yield _pad(batch, local_batch_size)
     produced += 1
   size = config.data.image_size
-  empty = {'image': np.zeros((0, size, size, 3), np.float32), 'label': np.zeros((0,), np.int32)}
+  empty = {'image': np.zeros((0, size, size, 3), np.uint8), 'label': np.zeros((0,), np.int32)}
   for _ in range(steps - produced):
     yield _pad(empty, local_batch_size)
 

@@ -179,10 +179,17 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def eval_step(variables: Any, batch: Mapping[str, jax.Array], *,
-              heads_fn: Callable[[Any, jax.Array], Mapping[str, jax.Array]]
+              heads_fn: Callable[[Any, jax.Array], Mapping[str, jax.Array]],
+              input_stats: Optional[Tuple[Sequence[float], Sequence[float]]] = None
               ) -> Dict[str, jax.Array]:
-  """Sums over the real (mask=1) examples of a batch: per-head loss, top-1 and top-5 hits, count."""
-  heads = heads_fn(variables, batch['image'])
+  """Sums over the real (mask=1) examples of a batch: per-head loss, top-1 and top-5 hits, count.
+  uint8 images (the pipeline's) are normalised here with `input_stats` = (mean, std)."""
+  images = batch['image']
+  if images.dtype == jnp.uint8:
+    if input_stats is None:
+      raise ValueError('uint8 eval images need input_stats (mean, std) to be normalised.')
+    images = normalise_images(images, *input_stats)
+  heads = heads_fn(variables, images)
   mask = batch['mask'].astype(jnp.float32)
   sums = {'count': jnp.sum(mask)}
   for name, logits in heads.items():
@@ -209,15 +216,21 @@ def plain_model_heads(model: Any) -> Callable[[Any, jax.Array], Mapping[str, jax
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_eval_step(heads_fn: Callable[..., Mapping[str, jax.Array]]) -> Callable[..., Any]:
-  """One jitted eval step per heads function, so repeated evaluations do not recompile."""
-  return jax.jit(functools.partial(eval_step, heads_fn=heads_fn))
+def _jitted_eval_step(heads_fn: Callable[..., Mapping[str, jax.Array]],
+                      input_stats: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]
+                      ) -> Callable[..., Any]:
+  """One jitted eval step per heads function and statistics, so evaluations do not recompile."""
+  return jax.jit(functools.partial(eval_step, heads_fn=heads_fn, input_stats=input_stats))
 
 
 def evaluate(variables: Any, heads_fn: Callable[..., Mapping[str, jax.Array]],
-             batches: Iterable[Mapping[str, np.ndarray]], mesh: Any) -> Dict[str, Dict[str, float]]:
-  """{head: {'loss', 'top1', 'top5'}} over every eval example (means)."""
-  step = _jitted_eval_step(heads_fn)
+             batches: Iterable[Mapping[str, np.ndarray]], mesh: Any,
+             input_stats: Optional[Tuple[Sequence[float], Sequence[float]]] = None
+             ) -> Dict[str, Dict[str, float]]:
+  """{head: {'loss', 'top1', 'top5'}} over every eval example (means); uint8 batches (the eval
+  pipeline's) are normalised on the device with `input_stats` = (mean, std), as in training."""
+  stats = None if input_stats is None else tuple(tuple(map(float, v)) for v in input_stats)
+  step = _jitted_eval_step(heads_fn, stats)
   totals = None
   for batch in batches:
     sums = step(variables, sharding.shard_batch(batch, mesh))

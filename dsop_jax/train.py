@@ -365,10 +365,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
             process_count=jax.process_count(), skipped=counter)
         eval_metrics = steps.evaluate(
             {'params': state.params, 'batch_stats': state.batch_stats}, heads_fn,
-            eval_batches(skipped['eval']), mesh)
+            eval_batches(skipped['eval']), mesh, (info.mean, info.std))
         if ema_heads_fn is not None:  # The moving average's main head, as a head of its own.
           eval_metrics['ema'] = steps.evaluate(state.ema, ema_heads_fn, eval_batches(None),
-                                               mesh)['logits']
+                                               mesh, (info.mean, info.std))['logits']
         _log_eval(writer, workdir, step + 1, steps_per_epoch, eval_metrics, train_summary,
                   clock + time.monotonic())
       if save_now:
@@ -444,5 +444,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   batches = input_pipeline.eval_batches(
       config, local_batch_size=sharding.local_batch_size(config.eval.batch_size, 'eval.batch_size'),
       process_index=jax.process_index(), process_count=jax.process_count())
-  return steps.evaluate(variables, heads_fn, batches, mesh)
+  info = datasets.dataset_info(config)
+  return steps.evaluate(variables, heads_fn, batches, mesh, (info.mean, info.std))
 

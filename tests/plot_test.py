@@ -8,6 +8,7 @@ import sys
 
 from matplotlib import image as mpl_image
 import jax
+import jax.numpy as jnp
 import numpy as np
 import onnxruntime
 import pytest
@@ -324,7 +325,8 @@ def test_export_formats_and_predict_on_images(runs, tmp_path, capsys):
 
   config = runs_lib.workdir_config(runs[0])
   batch = next(input_pipeline.eval_batches(config, local_batch_size=120))
-  images = batch['image'][:3]
+  info = datasets.dataset_info(config)
+  images = np.asarray(steps.normalise_images(jnp.asarray(batch['image'][:3]), info.mean, info.std))
   logits = np.asarray(jax.jit(lambda x: module.apply(variables, x, train=False)[0])(images))
   np.save(tmp_path / 'images.npy', images)
   subprocess.run([sys.executable, '-c', _STABLEHLO_ALONE, os.path.join(out, 'model.stablehlo'),

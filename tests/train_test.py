@@ -95,6 +95,8 @@ def test_digits_train_evaluate_resume_and_export(tmp_path, capsys):
   export.export(str(tmp_path / 'full'), out)
   module, variables = export.load(out)
   batch = next(input_pipeline.eval_batches(config, local_batch_size=120))
+  info = datasets.dataset_info(config)
+  batch['image'] = steps.normalise_images(jnp.asarray(batch['image']), info.mean, info.std)
   deployed = jax.jit(lambda v, x: module.apply(v, x, train=False)[0])(variables, batch['image'])
   model = models.create(config.model)
   main = jax.jit(lambda v, x: model.apply(v, x, train=False)['logits'])(
@@ -579,6 +581,8 @@ def test_knowledge_distillation_from_a_teacher_inside_the_step(tmp_path):
   tx = optax.sgd(0.1)
   state = steps.init_state(model, tx, config, sharding.create_mesh())
   batch = next(input_pipeline.eval_batches(config, local_batch_size=64))
+  info = datasets.dataset_info(config)
+  batch['image'] = steps.normalise_images(jnp.asarray(batch['image']), info.mean, info.std)
   step = jax.jit(steps.make_train_step(
       losses.distillation_objective(model, teacher, temperature=2.0, soft_weight=0.7), tx))
   _, metrics = step(state, batch, jax.random.PRNGKey(0), teacher_variables)
