@@ -22,6 +22,13 @@ from ml_collections import config_flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _FLAG = re.compile(r'''--config(\.[\w.]+)?=("[^"]*"|'[^']*'|[^\s;)]+)''')
 PLACEHOLDERS = ('...',)  # Values a page leaves to the reader.
+_EXAMPLE = re.compile(r'\.\.\.|<|\b[A-Z](-[A-Z])+\b')  # Config arguments that are templates.
+_MODULE = re.compile(r'python -m (dsop_jax\.\w+)')
+
+
+def modules(text: str) -> List[str]:
+  """The `python -m dsop_jax.X` modules a page runs."""
+  return sorted(set(_MODULE.findall(text)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +66,8 @@ def commands(text: str, where: str, own_config: Optional[str] = None) -> List[Co
   found = []
   for number, line in _logical_lines(text):
     matches = _FLAG.findall(line)
+    if any(not field and _EXAMPLE.search(value) for field, value in matches):
+      continue  # A template (configs/x.py:blocks=A-B-C-D, :<option>, :blocks=...).
     config = next((value.rstrip('.,:`') for field, value in matches if not field), own_config)
     overrides = tuple((field[1:], value) for field, value in matches if field)
     if config is None or not re.match(r'configs/[a-z0-9_]+\.py(:|$)', config) or not (
