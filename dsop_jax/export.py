@@ -280,9 +280,9 @@ def load(output_dir: paths.PathLike) -> Tuple[Any, dict]:
   return module, variables
 
 
-def read_json(output_dir: paths.PathLike, name: str) -> Optional[Dict[str, Any]]:
-  """An export's JSON file (`name`: model_config.json, preprocessing.json, model_card.json), or
-  None when the export has none."""
+def read_json(output_dir: paths.PathLike, name: str) -> Optional[Any]:
+  """A JSON file of an export (`name`: model_config.json, preprocessing.json, model_card.json) or
+  of a workdir (class_names.json), or None when it has none."""
   path = paths.path(output_dir) / name
   return json.loads(path.read_text()) if path.exists() else None
 

@@ -12,7 +12,6 @@ or the network has a second-order head. Weights holding NaN or infinity are refu
 PyTorch `.pth` is refused with the line that converts it.
 """
 
-import json
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from absl import logging
@@ -23,6 +22,7 @@ import numpy as np
 from dsop_jax import datasets
 from dsop_jax import export
 from dsop_jax import paths
+from dsop_jax import runs
 from dsop_jax import torch_weights
 
 HEADS = ('head', 'gsop')  # The backbone's own head: the classifier, or the second-order head.
@@ -108,14 +108,9 @@ def load(config: ml_collections.ConfigDict, fresh: Mapping[str, Any]
 def source_class_names(path: str) -> Optional[List[str]]:
   """The class names a dsop_jax export (preprocessing.json) or workdir (class_names.json) was
   trained on, when it recorded them."""
-  source = paths.path(path)
-  for name, key in (('preprocessing.json', 'class_names'), ('class_names.json', None)):
-    if (source / name).exists():
-      value = json.loads((source / name).read_text())
-      names = value.get(key) if key else value
-      if names:
-        return list(names)
-  return None
+  names = (export.read_json(path, 'preprocessing.json') or {}).get('class_names') or (
+      export.read_json(path, runs.CLASS_NAMES_FILE))
+  return list(names) if names else None
 
 
 def _check_classes(config: ml_collections.ConfigDict, path: str, fresh: Mapping[str, Any],
