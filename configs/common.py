@@ -1,8 +1,9 @@
 """The config schema every dsop_jax config shares, and the one grammar of config arguments.
 
-`get_config()` holds every field with its default and meaning. The family bases override only what
-differs: `imagenet_base.py` (the paper's Sections IV-V on ImageNet, plus the ImageNet-only fields
-`model.last_stride` and `data.inception_crop`) and `cifar_base.py` (Section V-D, Table IV).
+`get_config()` holds every field with its default and meaning, the one source of defaults: a saved
+config is brought up to it by `dsop_jax.config_files.upgrade`, so a field's default must be what a
+run did before the field existed. The family bases override only what differs: `imagenet_base.py`
+(the paper's Sections IV-V on ImageNet) and `cifar_base.py` (Section V-D, Table IV).
 
 Config arguments (`--config=configs/NAME.py:ARGUMENT`) are comma-separated options, each a name
 ('plain') or a 'key=value' ('blocks=2-2-0-0'); `apply_options` applies them in order through the
@@ -51,6 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Backbone blocks per stage; () = the named network's own (ResNet-50: 3, 4, 6, 3). E.g. (1, 1, 1, 1)
   # keeps every width, branch and head of a config on a shallow backbone (a smoke test of a config).
   config.model.stage_sizes = ()
+  # Stride of the last down-sampling stage of the ImageNet networks: 1 = the paper's "-s1" (Tables
+  # I, II), 2 = the standard network (the CIFAR networks have no such stage and ignore it).
+  config.model.last_stride = 2
   # Weights the backbone starts from ('' = random): a safetensors file of a torchvision ResNet-18/
   # 34/50/101/152 or timm seresnext101_32x4d / efficientnet_b0 state dict, or a dsop_jax export
   # directory or training workdir. Branches start fresh; so does the classifier when the source's
@@ -124,6 +128,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.train_subset_seed = 0  # Which subset: the seed of the permutation that draws it.
   config.data.fit = 'pad'  # fashion_mnist's 28x28 images to image_size: 'pad' (zeros) or 'resize'.
   config.data.image_size = 224  # Training crop size.
+  # ImageNet-style augmentation: True = the Inception random-area crop (8%-100% of the area, aspect
+  # 3/4-4/3), False = the paper's random shorter side in [256, 512] and a random crop.
+  config.data.inception_crop = False
   config.data.shuffle_buffer = 16384  # Examples in the shuffle buffer (on every process).
   # How processes share the training data: 'examples' (every process reads the whole split in one
   # order and decodes its slice of each global batch: the data does not depend on the number of

@@ -9,7 +9,7 @@ from typing import Any
 import ml_collections
 
 from dsop_jax import config_files
-from dsop_jax import models
+from dsop_jax.models import registry
 
 common = config_files.sibling(__file__, 'common')
 
@@ -28,7 +28,7 @@ def _number(text: str, kind: type) -> Any:
 
 def _stage_widths(config: ml_collections.ConfigDict) -> tuple:
   """Output channels of each stage of the config's backbone, read from the backbone itself."""
-  constructor, _ = models.BACKBONES[config.model.name]
+  constructor, _ = registry.BACKBONES[config.model.name]
   return tuple(s.channels for s in constructor(num_classes=config.model.num_classes).stage_specs())
 
 
@@ -179,7 +179,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   """ResNet-18-s1 with the Table I branches (common.get_config's fields, the ImageNet values);
   the imagenet_*.py files override `model.name` and the layout."""
   config = common.get_config()
-  config.model.name = 'resnet18'  # resnet18/34/50/101/152, efficientnet_b0, ... (models.BACKBONES).
+  config.model.name = 'resnet18'  # resnet18/34/50/101/152, efficientnet_b0, ... (registry.BACKBONES).
   config.model.last_stride = 1  # Stage-5 stride: 1 = the paper's "-s1" (Tables I, II), 2 = standard.
   # The paper trained with PyTorch DataParallel on 8 GPUs, mini-batch 256: BN statistics over 32.
   config.model.bn_group_size = 32

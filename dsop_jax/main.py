@@ -15,8 +15,8 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from dsop_jax import checkpointing
-from dsop_jax import train
+from dsop_jax.deploy import artifact
+from dsop_jax.training import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summaries, metrics.')
@@ -38,7 +38,7 @@ _CPU_COLLECTIVES = flags.DEFINE_enum('cpu_collectives', None, ['gloo', 'mpi'],
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  checkpointing.quiet_orbax_info_logs()
+  artifact.quiet_orbax_info_logs()
   if _CPU_COLLECTIVES.value:
     jax.config.update('jax_cpu_collectives_implementation', _CPU_COLLECTIVES.value)
   if _DISTRIBUTED.value or _COORDINATOR.value:

@@ -33,12 +33,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from dsop_jax import benchmark
-from dsop_jax import losses
-from dsop_jax import models
-from dsop_jax import optim
-from dsop_jax import sharding
-from dsop_jax import steps
+from dsop_jax.models import registry
+from dsop_jax.tools import benchmark
+from dsop_jax.training import losses
+from dsop_jax.training import optim
+from dsop_jax.training import sharding
+from dsop_jax.training import steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIME_BUDGET_S = 480.0  # The whole check, compilation included, on one H100/H200.
@@ -106,10 +106,10 @@ def training_run(config: Any, opts: Dict[str, Any]) -> Dict[str, Any]:
   n = opts['train_steps']
   config.train.batch_size = opts['batch_size']
   config.optim.lr_reference_batch = 256  # The recipe's rate at batch 256, scaled linearly below it.
-  model = models.create(config.model)
+  model = registry.create(config.model)
   tx = optim.create_optimizer(config, steps_per_epoch=n, num_steps=n)
   state = steps.init_state(model, tx, config, mesh)
-  step = jax.jit(steps.make_train_step(losses.dsop_objective(model, models.loss_weights(config)),
+  step = jax.jit(steps.make_train_step(losses.dsop_objective(model, registry.loss_weights(config)),
                                        tx), donate_argnums=(0,))
   batches = learnable_batches(opts['batch_size'], config.data.image_size, mesh)
   rng, main_losses, times = jax.random.key(0), [], []

@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from dsop_jax import benchmark
-from dsop_jax import covpool
+from dsop_jax.models import covpool
+from dsop_jax.tools import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dsop_jax import branches
-from dsop_jax import models
+from dsop_jax.models import branches
+from dsop_jax.models import registry
 from tests import conftest
 
 
@@ -113,7 +113,7 @@ def test_preact_stage_adds_final_norm():
 
 def test_layout_names_from_pattern():
   cfg = conftest.branches_config(blocks=(), pattern='[1,0,2]', channels=(4, 4, 4))
-  specs = models.layout_branches(conftest.TinyPreAct().stage_specs(), cfg)
+  specs = registry.layout_branches(conftest.TinyPreAct().stage_specs(), cfg)
   assert [(s.name, s.attach, s.num_blocks, s.stage_index) for s in specs] == [
       ('a_pds1_1', 'stage1_block1', 1, 0), ('a_pds1_3', 'stage1_block3', 2, 0),
       ('a_pds2_1', 'stage2_block1', 1, 1), ('a_pds2_3', 'stage2_block3', 2, 1),

@@ -5,6 +5,7 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 
 import jax
@@ -13,11 +14,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from dsop_jax import checkpointing
-from dsop_jax import runs
-from dsop_jax import sharding
-from dsop_jax import steps
-from dsop_jax import train
+from dsop_jax.configs import common
+from dsop_jax.deploy import artifact
+from dsop_jax.models import registry
+from dsop_jax.training import checkpointing
+from dsop_jax.training import runs
+from dsop_jax.training import sharding
+from dsop_jax.training import steps
+from dsop_jax.training import train
 from tests import train_helpers
 
 
@@ -274,8 +278,94 @@ def test_a_workdir_from_before_the_newer_model_fields_resumes(tmp_path):
     runs.check_resume_config(config, str(tmp_path))
 
 
+# Fields added to the schema after the first workdirs were written (configs/common.py gives each
+# the default that does what those runs did).
+NEWER_FIELDS = {'model': ('stage_sizes', 'head', 'last_stride', 'bn_group_size', 'init_from'),
+                'loss': ('mixup_alpha', 'cutmix_alpha', 'label_smoothing'),
+                'data': ('train_subset', 'train_subset_seed', 'fit', 'train_split', 'eval_split',
+                         'augment', 'mean', 'std', 'inception_crop', 'process_split'),
+                'train': ('accumulate_steps', 'keep_best', 'async_checkpointing', 'tensorboard',
+                          'profile_steps', 'allow_resume_changes', 'checkpoint_every_epoch',
+                          'on_nonfinite', 'max_consecutive_skips'),
+                'optim': ('ema_decay', 'clip_grad_norm', 'lr_reference_batch',
+                          'backbone_lr_scale', 'decay_every_epochs', 'rms_decay')}
+
+
+def test_a_workdir_and_an_export_written_before_the_newer_fields_resume_evaluate_and_export(
+    two_step_run, tmp_path):
+  """config.json without the fields added since (and without config.distill), and an export's
+  model_config.json without the newer model fields, are brought up to the schema in one step
+  (`config_files.upgrade`): the run resumes, evaluates and exports, and the export loads; a field
+  the schema does not have is refused by name."""
+  workdir = _copy(two_step_run, tmp_path)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = json.load(f)
+  defaults = json.loads(common.get_config().to_json_best_effort())
+  for section, fields in NEWER_FIELDS.items():  # Those a run from before them could have had.
+    for field in fields:
+      if saved[section][field] == defaults[section][field]:
+        del saved[section][field]
+  assert sum(len(v) for v in saved.values()) < 40  # Most newer fields were at their defaults.
+  del saved['distill']
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(saved, f)
+  upgraded = runs.workdir_config(workdir)
+  assert upgraded.model.head.pool == 'gap' and upgraded.train.accumulate_steps == 1
+  assert upgraded.distill.teacher == '' and upgraded.data.train_subset_seed == 0
+  config = _two_step_config()
+  config.train.num_epochs = 3 / 22
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(saved, f)
+  state = train.train_and_evaluate(config, workdir)  # Resumed at step 2.
+  assert int(state.step) == 3
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(saved, f)  # What train wrote is the full schema: put the old file back.
+  metrics = train.evaluate_checkpoint(runs.workdir_config(workdir), workdir)
+  assert 0 <= metrics['logits']['top1'] <= 1
+  from dsop_jax.training import export  # pylint: disable=g-import-not-at-top
+  out = export.export(workdir, str(tmp_path / 'export'))
+  with open(os.path.join(out, 'model_config.json')) as f:
+    model_config = json.load(f)
+  for field in NEWER_FIELDS['model']:
+    if model_config[field] == defaults['model'][field]:
+      del model_config[field]
+  assert 'head' not in model_config and 'last_stride' not in model_config
+  with open(os.path.join(out, 'model_config.json'), 'w') as f:
+    json.dump(model_config, f)
+  module, variables = artifact.load(out)
+  assert registry.count_params(variables['params']) > 0 and module is not None
+  saved['optim']['momentum_typo'] = 0.9
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(saved, f)
+  with pytest.raises(ValueError, match=r'work/config.json: config.optim.momentum_typo is not a field '
+                                       r'of dsop_jax configs'):
+    runs.workdir_config(workdir)
+  model_config['num_classes'] = 'ten'
+  with open(os.path.join(out, 'model_config.json'), 'w') as f:
+    json.dump(model_config, f)
+  with pytest.raises(ValueError, match=r"model_config.json: config.model.num_classes = 'ten' is "
+                                       r'invalid: the field holds int values'):
+    artifact.load(out)
+
+
+def test_no_config_default_is_restated_in_the_package():
+  """Library code reads `config.x.field`: a `config.x.get('field', default)` would restate a
+  default of configs/common.py (the one source), which `config_files.upgrade` makes needless."""
+  pattern = re.compile(r"\b(?:config|model_config|[cdmot])(?:\.(?:model|data|train|optim|loss|eval|"
+                       r"distill|head|branches))*\.get\(")
+  package = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'dsop_jax')
+  found = []
+  for folder, _, files in os.walk(package):
+    for name in files:
+      if name.endswith('.py'):
+        with open(os.path.join(folder, name)) as f:
+          found += [f'{name}:{i + 1}: {line.strip()}' for i, line in enumerate(f)
+                    if pattern.search(line)]
+  assert not found, found
+
+
 def test_export_of_a_workdir_without_config_or_checkpoint_or_with_a_damaged_config_is_refused(tmp_path):
-  from dsop_jax import export  # pylint: disable=g-import-not-at-top
+  from dsop_jax.training import export  # pylint: disable=g-import-not-at-top
   workdir, out = str(tmp_path / 'work'), str(tmp_path / 'export')
   os.makedirs(workdir)
   with pytest.raises(ValueError, match='holds no config.json: not a dsop_jax training workdir'):

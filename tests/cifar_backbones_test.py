@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from dsop_jax import cifar_backbones as cb
-from dsop_jax import models
+from dsop_jax.models import cifar_backbones as cb
+from dsop_jax.models import registry
 
 
 def _abstract(module):
@@ -29,7 +29,7 @@ def _abstract(module):
 ])
 def test_parameter_counts(cls, count):
   _, variables = _abstract(cls(num_classes=10))
-  assert models.count_params(variables['params']) == count
+  assert registry.count_params(variables['params']) == count
 
 
 @pytest.mark.parametrize('cls, blocks, channels', [

@@ -10,12 +10,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from configs import imagenet_r18
-from configs import imagenet_r34
-from configs import imagenet_r50
-from configs import imagenet_seresnext101
-from dsop_jax import complexity
-from dsop_jax import covpool
+from dsop_jax.configs import imagenet_r18
+from dsop_jax.configs import imagenet_r34
+from dsop_jax.configs import imagenet_r50
+from dsop_jax.configs import imagenet_seresnext101
+from dsop_jax.models import covpool
+from dsop_jax.tools import complexity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dsop_jax import complexity
-from dsop_jax import losses
-from dsop_jax import models
-from dsop_jax import optim
-from dsop_jax import steps
+from dsop_jax.models import registry
+from dsop_jax.tools import complexity
+from dsop_jax.training import losses
+from dsop_jax.training import optim
+from dsop_jax.training import steps
 
 # Every config file but the schema (common.py: every field's default, which the bases complete).
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
@@ -36,25 +36,25 @@ def test_config_builds_and_runs_forward(name):
   """At full depth abstractly (every layer's variables and every head's output shape, nothing
   computed: XLA's CPU compilation of a 164-layer forward alone took 10-24 s per config), and one
   real forward of the same config on one block per stage and branch, every width kept."""
-  config = importlib.import_module(f'configs.{name}').get_config()
+  config = importlib.import_module(f'dsop_jax.configs.{name}').get_config()
   size = 32 if config.data.image_size >= 224 else 8
   x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
   abstract_init = lambda model: jax.eval_shape(  # noqa: E731
       lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-  model = models.create(config.model)
+  model = registry.create(config.model)
   abstract = abstract_init(model)
   out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), abstract, x)
   heads = losses.head_logits(out)
-  assert sorted(heads) == sorted(models.head_names(config.model))
+  assert sorted(heads) == sorted(registry.head_names(config.model))
   for logits in heads.values():
     assert logits.shape == (2, config.model.num_classes) and logits.dtype == jnp.float32
   # Every block of the full-depth backbone has its variables (ResNet-164: 54 blocks).
-  specs = models.create_backbone(config.model).stage_specs()
+  specs = registry.create_backbone(config.model).stage_specs()
   blocks = [k for k in abstract['params']['backbone'] if re.fullmatch(r'stage\d+_block\d+', k)]
   assert len(blocks) == sum(s.num_blocks for s in specs) > len(specs), (name, blocks)
 
   config = _one_block_per_stage_and_branch(config)
-  model = models.create(config.model)
+  model = registry.create(config.model)
   abstract = abstract_init(model)
   rng = np.random.default_rng(1)
   variables = jax.tree.map(
@@ -63,21 +63,21 @@ def test_config_builds_and_runs_forward(name):
   images = jnp.asarray(np.random.default_rng(0).normal(size=x.shape), jnp.float32)
   out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
   heads = losses.head_logits(out)
-  assert sorted(heads) == sorted(models.head_names(config.model))
+  assert sorted(heads) == sorted(registry.head_names(config.model))
   for logits in heads.values():
     assert logits.shape == (2, config.model.num_classes)
     assert bool(jnp.all(jnp.isfinite(logits)))
   total, _ = losses.dsop_loss(outputs=out, labels=jnp.zeros(2, jnp.int32),
-                              weights=models.loss_weights(config))
+                              weights=registry.loss_weights(config))
   assert bool(jnp.isfinite(total))
 
 
 def test_imagenet_variants():
-  r50 = importlib.import_module('configs.imagenet_r50')
+  r50 = importlib.import_module('dsop_jax.configs.imagenet_r50')
   assert r50.get_config().model.last_stride == 1
   config = r50.get_config('s2,plain')
   assert config.model.last_stride == 2 and config.model.branches.blocks == (0, 0, 0, 0)
-  assert models.branch_specs(config.model) == []
+  assert registry.branch_specs(config.model) == []
   with pytest.raises(ValueError, match=r"config argument option 's3' is invalid: allowed: s2, plain"):
     r50.get_config('s3')
   gap = r50.get_config('gap')  # Table VII: GAP, no reduction layer in any branch.
@@ -86,7 +86,7 @@ def test_imagenet_variants():
       complexity.report(gap)['branches'].values(), (256, 512, 1024, 2048)))
   early = r50.get_config('early45')
   assert (early.train.policy, early.train.remove_branches_at_epoch) == ('early_removal', 45.0)
-  r18 = importlib.import_module('configs.imagenet_r18')
+  r18 = importlib.import_module('dsop_jax.configs.imagenet_r18')
   for option, params in (('ch64', 32.7), ('ch128', 51.3)):  # Table VIII's #Param (M).
     assert complexity.report(r18.get_config(option))['params_train'] / 1e6 == pytest.approx(
         params, rel=0.003)
@@ -106,11 +106,11 @@ def test_imagenet_variants():
 
 
 def test_cifar_variants():
-  wrn = importlib.import_module('configs.cifar_wrn28_10')
+  wrn = importlib.import_module('dsop_jax.configs.cifar_wrn28_10')
   config = wrn.get_config('cifar10,plain')
   assert config.model.num_classes == 10 and config.model.branches.pattern == ''
   assert config.optim.decay_epochs == (60, 120, 160) and config.optim.decay_factor == 0.2
-  assert len(models.branch_specs(wrn.get_config('cifar100').model)) == 6
+  assert len(registry.branch_specs(wrn.get_config('cifar100').model)) == 6
   # One grammar for every config: options by name, refused with every allowed one named.
   with pytest.raises(ValueError, match=r"option 'dsop' is invalid: allowed: cifar10, cifar100, "
                                        r"plain, original\.$"):
@@ -118,7 +118,7 @@ def test_cifar_variants():
   with pytest.raises(ValueError, match=r"option 'adahessian' is invalid"):
     wrn.get_config('cifar10,adahessian')  # Table IX uses AdaHessian with ResNet-20 only.
   assert wrn.get_config('plain,cifar10').model.num_classes == 10  # In any order.
-  resnet20 = importlib.import_module('configs.cifar_resnet20')
+  resnet20 = importlib.import_module('dsop_jax.configs.cifar_resnet20')
   config = resnet20.get_config('cifar10,plain,adahessian')
   assert config.model.branches.pattern == '' and config.optim.name == 'adahessian'
   assert (config.train.batch_size, config.train.num_epochs, config.optim.learning_rate,
@@ -129,7 +129,7 @@ def test_cifar_variants():
           config.optim.learning_rate, config.optim.weight_decay, config.optim.decay_epochs) == (
               128, 164.0, 'radam', 0.003, 1e-4, (81, 122))
   with pytest.raises(ValueError, match="option 'foo' is invalid: this config takes no options"):
-    importlib.import_module('configs.quickstart').get_config('foo')
+    importlib.import_module('dsop_jax.configs.quickstart').get_config('foo')
   with pytest.raises(ValueError, match="'adahessian' and 'radam' are two optimisers"):
     resnet20.get_config('cifar10,adahessian,radam')
 
@@ -165,15 +165,15 @@ def test_every_row_of_the_experiments_page_names_commands_that_build():
     assert commands, f'{heading}: no command in {row}'
     assert row.rstrip(' |').split('|')[-1].strip().startswith('runs'), row
     for name, variant, overrides in commands:
-      config = importlib.import_module(f'configs.{name}').get_config(variant or '')
+      config = importlib.import_module(f'dsop_jax.configs.{name}').get_config(variant or '')
       for override in overrides.split():
         field, value = override[len('--config.'):].split('=', 1)
         assert value == 'DIR', override  # Only directories the user supplies, then set below.
         config.update_from_flattened_dict({field: '/a/trained/run'})
-      models.validate_model_config(config.model)
-      models.validate_loss_config(config)
+      registry.validate_model_config(config.model)
+      registry.validate_loss_config(config)
       optim.validate_optim_config(config)
-      models.create(config.model)
+      registry.create(config.model)
       built.add((name, variant))
   assert (len(rows), len(built)) == (63, 72)
 
@@ -185,7 +185,7 @@ def _one_block_per_stage_and_branch(config):
   second-order features (32,896 x 1000 for a 256-channel covariance) most of the work, while their
   shapes are checked at full size by complexity_test."""
   config.model.num_classes = min(config.model.num_classes, 10)
-  num_stages = len(models.create_backbone(config.model).stage_specs())
+  num_stages = len(registry.create_backbone(config.model).stage_specs())
   config.model.stage_sizes = (1,) * num_stages
   if config.model.branches.pattern:
     config.model.branches.pattern = '[1]'
@@ -214,19 +214,19 @@ IMAGE_SIZE = {'cifar_resnext29_8x64d': 16}
 
 @pytest.mark.parametrize('name, variant', DEEP)
 def test_deep_config_trains_on_one_block_per_stage_and_branch(name, variant):
-  config = _one_block_per_stage_and_branch(importlib.import_module(f'configs.{name}').get_config(variant))
-  model = models.create(config.model)
+  config = _one_block_per_stage_and_branch(importlib.import_module(f'dsop_jax.configs.{name}').get_config(variant))
+  model = registry.create(config.model)
   # One step, at the schedule's first rate: no warm-up, whose first rate is 0.
   config.optim.warmup_epochs = 0.0
   tx = optim.create_optimizer(config, steps_per_epoch=1, num_steps=100)
   size = IMAGE_SIZE.get(name, 32)
-  state = models.jit_init(steps.state_init_fn(model, tx, size))(jax.random.PRNGKey(0))
+  state = registry.jit_init(steps.state_init_fn(model, tx, size))(jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.normal(size=(4, size, size, 3)), jnp.float32),
            'label': jnp.asarray([0, 1, 2, 3], jnp.int32), 'mask': jnp.asarray([1, 1, 1, 0], bool)}
   step = jax.jit(steps.make_train_step(
-      losses.dsop_objective(model, models.loss_weights(config)), tx))
-  heads = models.head_names(config.model)
+      losses.dsop_objective(model, registry.loss_weights(config)), tx))
+  heads = registry.head_names(config.model)
   new_state, metrics = step(state, batch, jax.random.PRNGKey(1))
   assert float(metrics['nonfinite']) == 0.0 and np.isfinite(float(metrics['loss']))
   assert {f'{h}/top1' for h in heads} <= set(metrics)

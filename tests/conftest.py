@@ -25,8 +25,8 @@ os.environ['XLA_FLAGS'] = ' '.join(f for f in (XLA_USER_FLAGS, XLA_TEST_FLAGS) i
 import jax  # noqa: E402  (after XLA_FLAGS)
 import ml_collections  # noqa: E402
 
-from dsop_jax import cifar_backbones  # noqa: E402
-from dsop_jax import resnet  # noqa: E402
+from dsop_jax.models import cifar_backbones  # noqa: E402
+from dsop_jax.models import resnet  # noqa: E402
 
 _CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.pytest_cache',
                       'jax_compilation_cache')

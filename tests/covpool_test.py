@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dsop_jax import covpool
+from dsop_jax.models import covpool
 
 
 def official_isqrt_cov(x_nhwc: np.ndarray, iter_n: int = 5) -> np.ndarray:

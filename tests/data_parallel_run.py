@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from dsop_jax import train  # pylint: disable=g-import-not-at-top
+from dsop_jax.training import train  # pylint: disable=g-import-not-at-top
 from tests import train_helpers  # pylint: disable=g-import-not-at-top
 
 

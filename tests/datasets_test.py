@@ -14,11 +14,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dsop_jax import datasets
-from dsop_jax import export
-from dsop_jax import image_files
-from dsop_jax import input_pipeline
-from dsop_jax import train
+from dsop_jax.data import datasets
+from dsop_jax.data import image_files
+from dsop_jax.data import input_pipeline
+from dsop_jax.training import export
+from dsop_jax.training import train
 from tests import train_helpers
 
 NAMES = ['eight', 'five', 'four', 'nine', 'one', 'seven', 'six', 'three', 'two', 'zero']

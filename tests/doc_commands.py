@@ -98,3 +98,75 @@ def unreached_decays(config: ml_collections.ConfigDict) -> List[float]:
   if config.optim.schedule != 'step':
     return []
   return [e for e in config.optim.decay_epochs if e >= config.train.num_epochs]
+
+
+# Console scripts (pyproject.toml's [project.scripts]) and the modules they run.
+SCRIPTS = {'dsop-train': 'dsop_jax.main', 'dsop-export': 'dsop_jax.export',
+           'dsop-plot': 'dsop_jax.plot', 'dsop-benchmark': 'dsop_jax.benchmark',
+           'dsop-complexity': 'dsop_jax.complexity', 'dsop-gradients': 'dsop_jax.gradients',
+           'dsop-predict': 'dsop_jax.predict'}
+_INVOCATION = re.compile(r'(?:python -m (dsop_jax\.\w+)|(?<![\w-])(dsop-[a-z]+))(?=\s|$|`)')
+_END = re.compile(r'`|\s#|&&|\|\||\s\|\s|;|\$\(')
+
+
+@dataclasses.dataclass(frozen=True)
+class Invocation:
+  """One documented command line of a dsop_jax entry point: where, which module, its --flags."""
+  where: str
+  module: str
+  flags: Tuple[str, ...]  # '--name' or '--name=value', as written (quotes removed).
+
+
+def invocations(text: str, where: str) -> List[Invocation]:
+  """Every `python -m dsop_jax.X ...` and console-script command line of `text` (continued lines
+  joined), with the flags written after it."""
+  found = []
+  for number, line in _logical_lines(text):
+    for match in _INVOCATION.finditer(line):
+      module = match.group(1) or SCRIPTS.get(match.group(2))
+      if module is None:
+        continue
+      rest = line[match.end():]
+      end = _END.search(rest)
+      rest = rest[:end.start()] if end else rest
+      try:
+        tokens = shlex.split(rest)
+      except ValueError:  # An unbalanced quote in prose: the plain split.
+        tokens = rest.split()
+      found.append(Invocation(f'{where}:{number}', module,
+                              tuple(t.rstrip('.,') for t in tokens if t.startswith('--'))))
+  return found
+
+
+def is_placeholder(value: str) -> bool:
+  """A value a page leaves to the reader: DIR, OUT, '...', <path>, $VAR."""
+  return not value or bool(re.fullmatch(r'[A-Z][A-Z_]*', value)) or any(
+      s in value for s in ('...', '<', '$', '['))
+
+
+# Run in a subprocess per module (two entry points may define the same flag name): defines the
+# module's flags as its command line does, then checks each documented flag's name and value.
+FLAG_CHECK = r'''
+import importlib, json, sys
+from absl import app, flags
+sys.path.insert(0, sys.argv[3])
+from doc_commands import is_placeholder
+app.run = lambda *args, **kwargs: None  # cli() defines the flags, then would run.
+module = importlib.import_module(sys.argv[1])
+module.cli()
+problems = []
+for where, given in json.loads(sys.argv[2]):
+  for token in given:
+    name, equals, value = token[2:].partition('=')
+    if name == 'config' or name.startswith('config.') or name in ('help', 'helpfull'):
+      continue  # --config and its overrides: doc_commands.build parses them.
+    bare = name[2:] if name.startswith('no') and not equals else None
+    if name not in flags.FLAGS and not (bare in flags.FLAGS and flags.FLAGS[bare].boolean):
+      problems.append(f'{where}: {sys.argv[1]} has no flag --{name}')
+    elif equals and not is_placeholder(value):
+      try:
+        flags.FLAGS[name].parse(value)
+      except (ValueError, flags.Error) as e:
+        problems.append(f'{where}: --{name}={value} is refused by {sys.argv[1]}: {e}')
+print(json.dumps(problems))
+'''

@@ -5,18 +5,22 @@ the config it names, with every override an existing field of the right type."""
 
 import glob
 import importlib.util
+import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
-from dsop_jax import models
-from dsop_jax import optim
+from dsop_jax.models import registry
+from dsop_jax.training import optim
 from tests import doc_commands
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGES = ['README.md', 'BENCHMARKS.md'] + sorted(
+PAGES = ['README.md'] + sorted(
     os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'docs', '*.md')))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
 
 
 @pytest.mark.parametrize('page', PAGES)
@@ -42,8 +46,61 @@ def test_documented_commands_build_and_their_modules_exist(page):
     assert importlib.util.find_spec(module) is not None, f'{page} runs {module}, which does not exist'
   for command in doc_commands.commands(text, page):
     config = doc_commands.build(command)
-    models.validate_model_config(config.model)
+    registry.validate_model_config(config.model)
     optim.validate_optim_config(config)
     assert not doc_commands.unreached_decays(config), (
         f'{command.where}: {command.argv()} decays the rate past its {config.train.num_epochs} '
         'epochs')
+
+
+def _documented_invocations():
+  found = []
+  for page in PAGES:
+    with open(os.path.join(ROOT, page)) as f:
+      found += doc_commands.invocations(f.read(), page)
+  for path in CONFIGS:
+    with open(path) as f:
+      found += doc_commands.invocations(f.read(), os.path.relpath(path, ROOT))
+  return found
+
+
+def flag_problems(found):
+  """Each documented command line's flags checked against its entry point's own flags, one
+  subprocess per entry point, all at once."""
+  by_module = {}
+  for invocation in found:
+    by_module.setdefault(invocation.module, []).append((invocation.where, invocation.flags))
+  procs = {module: subprocess.Popen(
+      [sys.executable, '-c', doc_commands.FLAG_CHECK, module, json.dumps(calls),
+       os.path.dirname(os.path.abspath(doc_commands.__file__))],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+      for module, calls in by_module.items()}
+  problems = []
+  for module, proc in procs.items():
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, f'{module}: {err[-2000:]}'
+    problems += json.loads(out.strip().splitlines()[-1])
+  return problems
+
+
+def test_documented_command_lines_accept_their_flags():
+  """Every `python -m dsop_jax.X` and `dsop-*` command of README.md, docs/ and the config
+  docstrings names flags its entry point defines, with values it accepts (placeholders such as DIR
+  aside); every entry point and console script is documented somewhere."""
+  found = _documented_invocations()
+  assert {i.module for i in found} == set(doc_commands.SCRIPTS.values())
+  assert len(found) > 40
+  assert flag_problems(found) == []
+
+
+def test_a_misspelt_or_mistyped_flag_is_found():
+  """The check above fails on a documented flag that does not exist or whose value is refused."""
+  text = ('python -m dsop_jax.predict --export_dir=OUT photo.png --top_kk=3\n'
+          'dsop-export --workdir=W --output_dir=O --format=onnx\n'
+          '`python -m dsop_jax.main --config=configs/quickstart.py --workdir=/tmp/q --mode=evaluate`\n'
+          'python -m dsop_jax.predict --export_dir=OUT --top_k=three x.png\n')
+  problems = flag_problems(doc_commands.invocations(text, 'planted.md'))
+  assert len(problems) == 3, problems
+  assert 'planted.md:1: dsop_jax.predict has no flag --top_kk' in problems
+  assert any(p.startswith('planted.md:3: --mode=evaluate is refused') for p in problems)
+  assert any(p.startswith('planted.md:4: --top_k=three is refused') for p in problems)

@@ -6,21 +6,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dsop_jax import dsop
-from dsop_jax import losses
-from dsop_jax import models
+from dsop_jax.models import dsop
+from dsop_jax.models import registry
+from dsop_jax.training import losses
 from tests import conftest
 
 
 def _model(backbone, **layout):
   cfg = conftest.branches_config(**layout)
-  specs = models.layout_branches(backbone.stage_specs(), cfg)
+  specs = registry.layout_branches(backbone.stage_specs(), cfg)
   return dsop.DSoPNet(backbone=backbone, branches=tuple(specs), num_classes=5)
 
 
 def _init(model, size=32):
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, size, size, 3)), jnp.float32)
-  return models.init_variables(model, jax.random.PRNGKey(0), x), x
+  return registry.init_variables(model, jax.random.PRNGKey(0), x), x
 
 
 def test_variables_are_backbone_subtree_plus_one_subtree_per_branch():

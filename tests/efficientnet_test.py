@@ -8,16 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import imagenet_efficientnet_b0
-from dsop_jax import complexity
-from dsop_jax import dsop
-from dsop_jax import efficientnet
-from dsop_jax import gsop
-from dsop_jax import layers
-from dsop_jax import losses as dsop_losses
-from dsop_jax import models
-from dsop_jax import optim
-from dsop_jax import steps
+from dsop_jax.configs import imagenet_efficientnet_b0
+from dsop_jax.models import dsop
+from dsop_jax.models import efficientnet
+from dsop_jax.models import gsop
+from dsop_jax.models import layers
+from dsop_jax.models import registry
+from dsop_jax.tools import complexity
+from dsop_jax.training import losses as dsop_losses
+from dsop_jax.training import optim
+from dsop_jax.training import steps
 from tests import conftest
 
 IMAGE = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
@@ -68,12 +68,12 @@ def test_stochastic_depth_drops_whole_residual_branches_per_image():
 
 def test_dsop_and_second_order_configs():
   dsop = imagenet_efficientnet_b0.get_config()
-  specs = models.branch_specs(dsop.model)
+  specs = registry.branch_specs(dsop.model)
   assert [(s.name, s.attach, s.num_blocks, s.pool_channels, s.activation, s.dropout)
           for s in specs] == [('a_pds4', 'stage4', 3, 64, 'swish', 0.2),
                               ('a_pds7', 'head_conv', 1, 64, 'swish', 0.2)]
   second = imagenet_efficientnet_b0.get_config('plain,isqrt_cov')
-  head = models.head_spec(second.model)
+  head = registry.head_spec(second.model)
   assert (head.attach, head.pool_channels, head.activation, head.dropout) == (
       'head_conv', 64, 'swish', 0.2)
   rep = complexity.report(second)
@@ -86,7 +86,7 @@ def test_dsop_and_second_order_configs():
 def test_swish_reduction_in_the_branches():
   """The branch DR uses the backbone's activation: with all-ones weights and BN statistics, a
   -1 input gives the pre-activation (-3 - 1) / sqrt(1 + 1e-5) + 1, which swish keeps negative."""
-  spec = models.branch_specs(imagenet_efficientnet_b0.get_config().model)[1]
+  spec = registry.branch_specs(imagenet_efficientnet_b0.get_config().model)[1]
   dr = layers.ConvNormAct(4, layers.conv_def(), layers.norm_def(False),
                           layers.ACTIVATIONS[spec.activation])
   x = -jnp.ones((1, 2, 2, 3))
@@ -109,16 +109,16 @@ def test_tiny_efficientnet_dsop_trains_with_the_configs_rmsprop():
   layout = conftest.branches_config(blocks=(1, 1), channels=(8, 8), reduction=('direct',) * 2,
                                     dropout=0.2)
   # The last branch reads the head conv's output, with one block of the head's conv + BN + swish.
-  branches = models.layout_branches(backbone.stage_specs(), layout, 'swish',
+  branches = registry.layout_branches(backbone.stage_specs(), layout, 'swish',
                                     backbone.branch_end_stage())
   assert [b.attach for b in branches] == ['stage1', 'head_conv']
-  head = models.head_spec(config.model, backbone)
+  head = registry.head_spec(config.model, backbone)
   sides = gsop.side_specs(head, 32)
   model = dsop.DSoPNet(backbone=backbone.clone(head=functools.partial(gsop.GSoPHead, head)),
                        branches=tuple(branches + sides), num_classes=10)
   weights = {'logits': 1.0, **{s.name: 1.0 for s in branches + sides}}
   tx = optim.create_optimizer(config, steps_per_epoch=2, num_steps=20)
-  state = models.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
+  state = registry.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.normal(size=(16, 32, 32, 3)), jnp.float32),
            'label': jnp.asarray(rng.integers(0, 10, 16), jnp.int32),

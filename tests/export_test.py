@@ -9,14 +9,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import cifar_resnet20
-from configs import imagenet_r18
-from dsop_jax import checkpointing
-from dsop_jax import export
-from dsop_jax import models
-from dsop_jax import sharding
-from dsop_jax import steps
-from dsop_jax import train
+from dsop_jax import export as export_cli
+from dsop_jax.configs import cifar_resnet20
+from dsop_jax.configs import imagenet_r18
+from dsop_jax.deploy import artifact
+from dsop_jax.models import registry
+from dsop_jax.training import checkpointing
+from dsop_jax.training import export
+from dsop_jax.training import sharding
+from dsop_jax.training import steps
+from dsop_jax.training import train
 from tests import train_helpers
 
 
@@ -57,11 +59,11 @@ def _cifar_psdr_config():
                                          lambda: (cifar_resnet20.get_config('cifar100'), 32)])
 def test_detached_network_is_bit_identical(make_config):
   config, size = make_config()
-  model, plain = models.create(config.model), models.create_backbone(config.model)
+  model, plain = registry.create(config.model), registry.create_backbone(config.model)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(3, size, size, 3)), jnp.float32)
-  variables = _randomise(models.init_variables(model, jax.random.PRNGKey(0), x), seed=1)
+  variables = _randomise(registry.init_variables(model, jax.random.PRNGKey(0), x), seed=1)
 
-  detached = export.detach(variables, [s.name for s in models.branch_specs(config.model)])
+  detached = export.detach(variables, [s.name for s in registry.branch_specs(config.model)])
   # The deployed network, as it is called for inference (logits only).
   deployed = jax.jit(lambda v, x: plain.apply(v, x, train=False)[0])(detached, x)
   assert not np.allclose(np.asarray(deployed), 0.0)
@@ -88,9 +90,9 @@ def test_detached_network_is_bit_identical(make_config):
                              atol=1e-5 * float(np.abs(deployed).max()))
 
   fresh = jax.eval_shape(lambda x: plain.init(jax.random.PRNGKey(0), x, train=False), x)
-  export.check_same_structure(fresh, detached)
-  assert models.count_params(detached['params']) == models.count_params(fresh['params'])
-  assert models.count_params(detached['params']) < models.count_params(variables['params'])
+  artifact.check_same_structure(fresh, detached)
+  assert registry.count_params(detached['params']) == registry.count_params(fresh['params'])
+  assert registry.count_params(detached['params']) < registry.count_params(variables['params'])
 
 
 def test_detach_refuses_non_dsop_variables_and_unknown_keys():
@@ -105,13 +107,13 @@ def test_detach_refuses_non_dsop_variables_and_unknown_keys():
 def test_structure_mismatch_names_the_keys():
   config = imagenet_r18.get_config()
   x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
-  r18 = jax.eval_shape(lambda x: models.create_backbone(config.model).init(
+  r18 = jax.eval_shape(lambda x: registry.create_backbone(config.model).init(
       jax.random.PRNGKey(0), x, train=False), x)
   config.model.name = 'resnet34'
-  r34 = jax.eval_shape(lambda x: models.create_backbone(config.model).init(
+  r34 = jax.eval_shape(lambda x: registry.create_backbone(config.model).init(
       jax.random.PRNGKey(0), x, train=False), x)
   with pytest.raises(ValueError, match=r"missing \[.*stage2_block3"):
-    export.check_same_structure(r34, r18)
+    artifact.check_same_structure(r34, r18)
 
 
 def test_overwriting_an_export_keeps_a_complete_one_at_every_moment(tmp_path, monkeypatch):
@@ -122,7 +124,7 @@ def test_overwriting_an_export_keeps_a_complete_one_at_every_moment(tmp_path, mo
   workdir, out = str(tmp_path / 'work'), str(tmp_path / 'export')
   train.train_and_evaluate(config, workdir)
   export.export(workdir, out)
-  _, before = export.load(out)
+  _, before = artifact.load(out)
   real_save = ocp.StandardCheckpointer.save
 
   def killed_while_saving(self, path, *args, **kwargs):
@@ -133,14 +135,14 @@ def test_overwriting_an_export_keeps_a_complete_one_at_every_moment(tmp_path, mo
   with pytest.raises(KeyboardInterrupt):
     export.export(workdir, out, overwrite=True)
   monkeypatch.setattr(ocp.StandardCheckpointer, 'save', real_save)
-  _, after = export.load(out)  # Still the whole old export.
+  _, after = artifact.load(out)  # Still the whole old export.
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
     np.testing.assert_array_equal(a, b)
   # Killed between the renames: the old export is aside under OUTPUT_DIR.old-PID.
   os.rename(out, out + '.old-999999999')
   assert export.export(workdir, out, overwrite=True) == out
   assert sorted(os.listdir(tmp_path)) == ['export', 'work']
-  export.load(out)
+  artifact.load(out)
   # A checkpoint holding Inf (written before the step checked its new state) is never exported.
   checkpointer = checkpointing.Checkpointer(workdir)
   state, meta = checkpointer.restore(steps.abstract_initial_state(config, sharding.create_mesh()))
@@ -151,7 +153,7 @@ def test_overwriting_an_export_keeps_a_complete_one_at_every_moment(tmp_path, mo
   with pytest.raises(ValueError, match=r"holds non-finite values in 1 variable\(s\), e\.g\. "
                                        r"\[\"\['batch_stats'\]\['bn_final'\]\['var'\]\"\]"):
     export.export(workdir, out, overwrite=True)
-  export.load(out)  # The previous export is untouched.
+  artifact.load(out)  # The previous export is untouched.
 
 
 def test_export_writes_only_where_nothing_is_lost(tmp_path, capsys):
@@ -182,12 +184,12 @@ def test_export_writes_only_where_nothing_is_lost(tmp_path, capsys):
   assert afile.read_text() == 'notes' and sorted(os.listdir(workdir)) == before
   # The command line stops on the error (exit status 1), and the file is still there.
   with pytest.raises(ValueError, match='thesis.txt'):
-    train_helpers.run_cli(export.cli, ['export', f'--workdir={workdir}', f'--output_dir={mine}'])
+    train_helpers.run_cli(export_cli.cli, ['export', f'--workdir={workdir}', f'--output_dir={mine}'])
   assert (mine / 'thesis.txt').exists()
   empty = tmp_path / 'empty'
   empty.mkdir()
   (tmp_path / 'empty.old-999999999').mkdir()  # Not an export's: a user's folder.
   (tmp_path / 'empty.old-999999999' / 'keep.txt').write_text('keep')
   export.export(workdir, str(empty))
-  export.load(str(empty))
+  artifact.load(str(empty))
   assert (tmp_path / 'empty.old-999999999' / 'keep.txt').read_text() == 'keep'

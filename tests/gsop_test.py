@@ -7,15 +7,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import imagenet_r18
-from configs import imagenet_r50_gsop
-from dsop_jax import branches
-from dsop_jax import complexity
-from dsop_jax import export
-from dsop_jax import gsop
-from dsop_jax import losses
-from dsop_jax import models
-from dsop_jax import resnet
+from dsop_jax import config_files
+from dsop_jax.configs import imagenet_r18
+from dsop_jax.configs import imagenet_r50_gsop
+from dsop_jax.models import branches
+from dsop_jax.models import gsop
+from dsop_jax.models import registry
+from dsop_jax.models import resnet
+from dsop_jax.tools import complexity
+from dsop_jax.training import export
+from dsop_jax.training import losses
 
 R50_PARAMS = 25_557_032  # torchvision's ResNet-50, of which the FC is 2048 * 1000 + 1000.
 
@@ -61,27 +62,27 @@ def test_table_ii_isqrt_cov_resnet50_parameters_and_macs():
 @pytest.mark.parametrize('option, chain, num_sides', TABLE_XI)
 def test_table_xi_rows_build_their_reduction_and_side_branches(option, chain, num_sides):
   config = imagenet_r50_gsop.get_config(option)
-  head = models.head_spec(config.model)
+  head = registry.head_spec(config.model)
   assert branches.reduction_channels(head, 2048) == chain
-  sides = models.branch_specs(config.model)
+  sides = registry.branch_specs(config.model)
   assert [s.name for s in sides] == [f'gsop_psdr{i + 1}' for i in range(num_sides)]
-  assert models.head_names(config.model) == ['logits'] + [s.name for s in sides]
+  assert registry.head_names(config.model) == ['logits'] + [s.name for s in sides]
   config.loss.alpha = 0.5  # Side branches take the main head's weight, not stage 5's beta (1).
-  assert set(models.loss_weights(config).values()) == {0.5}
+  assert set(registry.loss_weights(config).values()) == {0.5}
   feature = jax.ShapeDtypeStruct((1, 14, 14, 2048), jnp.float32)
   variables = jax.eval_shape(lambda x: gsop.GSoPHead(head).init(
       jax.random.PRNGKey(0), x, train=False), feature)
   layers = [(cin, cout) for cin, cout in zip([2048] + chain, chain)]
-  assert models.count_params(variables['params']) == sum(
+  assert registry.count_params(variables['params']) == sum(
       _conv_bn(*layer) for layer in layers) + _classifier(chain[-1])
   names = ['dr'] if option.startswith('dr=') else [f'psdr{i + 1}' for i in range(len(chain))]
   assert sorted(variables['params']) == sorted(names + ['fc'])
-  stage5 = models.create_backbone(config.model).stage_specs()[-1]
+  stage5 = registry.create_backbone(config.model).stage_specs()[-1]
   for side, channels in zip(sides, chain):  # Each side branch reduces straight to the target.
     side_vars = jax.eval_shape(lambda x, s=side: branches.AuxBranch(
         s, stage5, 1000).init(jax.random.PRNGKey(0), x, train=False),
                                jax.ShapeDtypeStruct((1, 14, 14, channels), jnp.float32))
-    assert models.count_params(side_vars['params']) == _conv_bn(channels, chain[-1]) + _classifier(
+    assert registry.count_params(side_vars['params']) == _conv_bn(channels, chain[-1]) + _classifier(
         chain[-1])
 
 
@@ -97,11 +98,11 @@ def _tiny_config(variant: str):
 @pytest.mark.parametrize('variant', ['isqrt_cov,psdr=8,delta=0.5,psdr_aux', 'mpn_cov,dr=8'])
 def test_detached_second_order_network_is_bit_identical(variant):
   config = _tiny_config(variant)
-  model, deployed = models.create(config.model), models.create_backbone(config.model)
+  model, deployed = registry.create(config.model), registry.create_backbone(config.model)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
-  variables = models.init_variables(model, jax.random.PRNGKey(0), x)
+  variables = registry.init_variables(model, jax.random.PRNGKey(0), x)
   outputs = jax.jit(lambda v: model.apply(v, x, train=False))(variables)
-  names = [s.name for s in models.branch_specs(config.model)]
+  names = [s.name for s in registry.branch_specs(config.model)]
   detached = export.detach(variables, names)
   logits, features = jax.jit(lambda v: deployed.apply(v, x, train=False))(detached)
   np.testing.assert_array_equal(logits, outputs['logits'])
@@ -111,7 +112,7 @@ def test_detached_second_order_network_is_bit_identical(variant):
   # ResNet-18's 512 channels: PSDR 256, 128, 64, 32, 16, 8 (delta 0.5), side branches on the first 5.
   assert len(names) == (6 if variant.startswith('isqrt') else 1)
   assert features['pre_logits'].shape == (2, 36)  # 8 channels -> 8 * 9 / 2.
-  assert sorted(losses.head_logits(outputs)) == sorted(models.head_names(config.model))
+  assert sorted(losses.head_logits(outputs)) == sorted(registry.head_names(config.model))
 
 
 def _sgd_losses(pool: str, steps: int) -> list:
@@ -124,7 +125,7 @@ def _sgd_losses(pool: str, steps: int) -> list:
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(8, 32, 32, 3)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 10, 8), jnp.int32)
-  variables = models.init_variables(model, jax.random.PRNGKey(0), x)
+  variables = registry.init_variables(model, jax.random.PRNGKey(0), x)
 
   def loss_fn(params):
     (logits, _), _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
@@ -162,15 +163,16 @@ def test_invalid_head_fields_are_named():
     bad = imagenet_r18.get_config('isqrt_cov')
     setattr(bad.model.head, field, value)
     with pytest.raises(ValueError, match=f'config.model.head.{field} = .* is invalid: .*{allowed}'):
-      models.validate_model_config(bad.model)
-  assert models.head_spec(config.model).pool == 'isqrt_cov'
-  from configs import cifar_resnet20  # pylint: disable=g-import-not-at-top
+      registry.validate_model_config(bad.model)
+  assert registry.head_spec(config.model).pool == 'isqrt_cov'
+  from dsop_jax.configs import cifar_resnet20  # pylint: disable=g-import-not-at-top
   cifar = cifar_resnet20.get_config('cifar10')
   cifar.model.head = config.model.head
   with pytest.raises(ValueError, match='built on the ImageNet networks .* not on resnet20'):
-    models.validate_model_config(cifar.model)
-  del cifar.model['head']  # Configs from before the field existed: the first-order network.
-  assert models.head_spec(cifar.model) is None
+    registry.validate_model_config(cifar.model)
+  old = cifar_resnet20.get_config('cifar10').model.to_dict()
+  del old['head']  # A model_config.json from before the field existed: the first-order network.
+  assert registry.head_spec(config_files.upgrade(old, 'old', section='model')) is None
 
 
 def test_head_options_need_a_second_order_head():

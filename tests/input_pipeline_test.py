@@ -10,12 +10,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from configs import cifar_resnet20
-from configs import imagenet_r18
-from configs import quickstart
-from dsop_jax import datasets
-from dsop_jax import input_pipeline as ip
-from dsop_jax import steps
+from dsop_jax.configs import cifar_resnet20
+from dsop_jax.configs import imagenet_r18
+from dsop_jax.configs import quickstart
+from dsop_jax.data import datasets
+from dsop_jax.data import input_pipeline as ip
+from dsop_jax.training import steps
 from tests import train_helpers
 
 METADATA = datasets.MOCK_METADATA

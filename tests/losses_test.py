@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dsop_jax import losses
+from dsop_jax.training import losses
 
 
 def _np_ce(logits, labels, smoothing=0.0):

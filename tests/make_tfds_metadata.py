@@ -2,14 +2,14 @@
 imagenet2012, cifar10, cifar100 and caltech_birds2011 (CUB-200-2011: the fine-tuning recipes, and
 a dataset read by its TFDS name) with real split names and small split sizes, without any download.
 
-  python tests/make_tfds_metadata.py   # rewrites dsop_jax/tfds-metadata/ (datasets.MOCK_METADATA)
+  python tests/make_tfds_metadata.py   # rewrites dsop_jax/data/tfds-metadata/ (datasets.MOCK_METADATA)
 """
 
 import os
 
 import tensorflow_datasets as tfds
 
-from dsop_jax import datasets
+from dsop_jax.data import datasets
 
 OUT = datasets.MOCK_METADATA
 SPLITS = {'imagenet2012': {'train': 64, 'validation': 64},

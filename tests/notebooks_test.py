@@ -13,8 +13,8 @@ import nbformat
 import numpy as np
 import pytest
 
-from dsop_jax import models
-from dsop_jax import runs
+from dsop_jax.models import registry
+from dsop_jax.training import runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, 'notebooks')
@@ -81,7 +81,7 @@ def test_mock_mode_runs_every_cell(tmp_path, monkeypatch, name, picture, workdir
     with open(out / workdir / 'metrics.jsonl') as f:
       (record,) = [json.loads(line) for line in f]
     assert record['step'] == 2
-    heads = set(models.head_names(runs.workdir_config(str(out / workdir)).model))
+    heads = set(registry.head_names(runs.workdir_config(str(out / workdir)).model))
     assert set(record['eval']) == set(record['train']) == heads
     assert len(heads) == (1 if workdir.endswith('plain') else 4 if name == 'reproduce_cifar' else 3)
     assert all(np.isfinite(m['loss']) for m in record['eval'].values())

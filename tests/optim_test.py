@@ -9,13 +9,13 @@ import numpy as np
 import optax
 import pytest
 
-from configs import cifar_wrn28_10
-from configs import imagenet_r50
-from dsop_jax import dsop
-from dsop_jax import losses as losses_lib
-from dsop_jax import models
-from dsop_jax import optim
-from dsop_jax import steps
+from dsop_jax.configs import cifar_wrn28_10
+from dsop_jax.configs import imagenet_r50
+from dsop_jax.models import dsop
+from dsop_jax.models import registry
+from dsop_jax.training import losses as losses_lib
+from dsop_jax.training import optim
+from dsop_jax.training import steps
 from tests import conftest
 
 
@@ -102,7 +102,7 @@ def test_radam_matches_the_official_update_with_decoupled_weight_decay():
   """The official RAdam step by hand (LiyuanLucasLiu/RAdam, cifar_imagenet/utils/radam.py) over 8
   steps: plain bias-corrected momentum while rho_t < 5 (steps 1-5 with beta2 0.999), the rectified
   adaptive step after, and weight decay p -= lr * wd * p, not added to the gradient."""
-  from configs import cifar_resnet20  # pylint: disable=g-import-not-at-top
+  from dsop_jax.configs import cifar_resnet20  # pylint: disable=g-import-not-at-top
   config = cifar_resnet20.get_config('cifar10,radam')
   assert (config.optim.learning_rate, config.optim.weight_decay) == (0.003, 1e-4)
   # Rates at which coupled decay (wd * p added to the gradient) would move w measurably.
@@ -132,7 +132,7 @@ def test_radam_matches_the_official_update_with_decoupled_weight_decay():
 
 def test_efficientnet_exponential_schedule_after_warmup():
   """lr 0.048 x 0.97^floor(epoch / 2.4), counted from step 0, after a 3-epoch linear warm-up."""
-  from configs import imagenet_efficientnet_b0  # pylint: disable=g-import-not-at-top
+  from dsop_jax.configs import imagenet_efficientnet_b0  # pylint: disable=g-import-not-at-top
   config = imagenet_efficientnet_b0.get_config()
   lr = optim.learning_rate_schedule(config, steps_per_epoch=10, num_steps=4500)
   steps = (0, 15, 30, 47, 48, 95, 96, 4499)
@@ -144,7 +144,7 @@ def test_efficientnet_exponential_schedule_after_warmup():
 def test_rmsprop_matches_tensorflow_style_updates_by_hand():
   """TF/timm rmsproptf: ms starts at 1, ms = 0.9 ms + 0.1 g^2, mom = 0.9 mom + lr g / sqrt(ms + eps),
   with the coupled weight decay added to g; three steps at a constant rate."""
-  from configs import imagenet_efficientnet_b0  # pylint: disable=g-import-not-at-top
+  from dsop_jax.configs import imagenet_efficientnet_b0  # pylint: disable=g-import-not-at-top
   config = imagenet_efficientnet_b0.get_config()
   config.optim.schedule, config.optim.warmup_epochs = 'step', 0.0
   config.optim.decay_epochs = ()
@@ -308,11 +308,11 @@ def test_adahessian_trains_a_tiny_dsop_model_in_the_train_step():
   layout = conftest.branches_config(blocks=(0, 0, 0), pattern='[1]', channels=(4, 8, 8),
                                     reduction=('direct',) * 3)
   model = dsop.DSoPNet(backbone=backbone, num_classes=5,
-                       branches=tuple(models.layout_branches(backbone.stage_specs(), layout)))
+                       branches=tuple(registry.layout_branches(backbone.stage_specs(), layout)))
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.normal(size=(16, 16, 16, 3)), jnp.float32),
            'label': jnp.asarray(rng.integers(0, 5, size=16), jnp.int32)}
-  variables = models.init_variables(model, jax.random.PRNGKey(0), batch['image'])
+  variables = registry.init_variables(model, jax.random.PRNGKey(0), batch['image'])
   tx = optim.adahessian(0.15, weight_decay=5e-4)  # The official CIFAR settings.
   state = steps.TrainState(step=jnp.zeros([], jnp.int32), params=variables['params'],
                            batch_stats=variables['batch_stats'],

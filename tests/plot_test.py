@@ -14,18 +14,20 @@ import onnxruntime
 import pytest
 import tensorflow as tf
 
-from dsop_jax import checkpointing
-from dsop_jax import datasets
-from dsop_jax import export
-from dsop_jax import gradients
-from dsop_jax import input_pipeline
-from dsop_jax import losses
-from dsop_jax import models
-from dsop_jax import plot
-from dsop_jax import predict
-from dsop_jax import runs as runs_lib
-from dsop_jax import steps
-from dsop_jax import train
+from dsop_jax import predict as predict_cli
+from dsop_jax.data import datasets
+from dsop_jax.data import input_pipeline
+from dsop_jax.deploy import artifact
+from dsop_jax.deploy import predict
+from dsop_jax.models import registry
+from dsop_jax.tools import gradients
+from dsop_jax.tools import plot
+from dsop_jax.training import checkpointing
+from dsop_jax.training import export
+from dsop_jax.training import losses
+from dsop_jax.training import runs as runs_lib
+from dsop_jax.training import steps
+from dsop_jax.training import train
 from tests import train_helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -208,7 +210,7 @@ def test_torn_last_lines_are_repaired_before_a_resumed_run_appends(tmp_path, cap
 
 
 def test_labels_of_second_order_networks():
-  from configs import imagenet_r50_gsop  # pylint: disable=g-import-not-at-top
+  from dsop_jax.configs import imagenet_r50_gsop  # pylint: disable=g-import-not-at-top
   assert plot.config_label(imagenet_r50_gsop.get_config('psdr=64,delta=0.5,psdr_aux')) == (
       'resnet50 + isqrt_cov head (psdr to 64)')  # Its 4 PSDR side branches are not DSoP branches.
   config = imagenet_r50_gsop.get_config('mpn_cov')
@@ -247,7 +249,7 @@ def test_head_gradients_add_up_to_eq1s_and_follow_eq2(runs):
   """The per-head backbone gradients of the trained DSoP run sum to the gradient of the whole
   Eq. 1 loss, and a branch sends nothing into the stages after it (Eq. 2)."""
   config = runs_lib.workdir_config(runs[0])
-  model, weights = models.create(config.model), models.loss_weights(config)
+  model, weights = registry.create(config.model), registry.loss_weights(config)
   variables = runs_lib.restore_variables(config, runs[0])
   batch = next(input_pipeline.train_batches(config, local_batch_size=32, start_step=0, seed=0))
   info = datasets.dataset_info(config)
@@ -285,7 +287,7 @@ def test_keep_best_keeps_and_exports_the_best_evaluated_step(runs, tmp_path):
   assert checkpointing.Checkpointer(runs[1], read_only=True).steps() == [6]
   config = runs_lib.workdir_config(runs[0])
   out = export.export(runs[0], str(tmp_path / 'best'), best=True)
-  _, exported = export.load(out)
+  _, exported = artifact.load(out)
   at_best = export.detach(runs_lib.restore_variables(config, runs[0], step=best))
   for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(at_best)):
     np.testing.assert_array_equal(a, b)
@@ -318,8 +320,8 @@ def test_export_formats_and_predict_on_images(runs, tmp_path, capsys):
   assert recipe['class_names'] == [str(i) for i in range(10)]
   with open(os.path.join(out, 'model_card.json')) as f:
     card = json.load(f)
-  module, variables = export.load(out)
-  assert card['params'] == models.count_params(variables['params']) and card['step'] == 6
+  module, variables = artifact.load(out)
+  assert card['params'] == registry.count_params(variables['params']) and card['step'] == 6
   assert card['main_head_eval_top1'] == _records(runs[0])[-1]['eval']['logits']['top1']
   assert card['architecture'] == 'preact_resnet20' and card['xla_gflops_per_image'] > 0
 
@@ -347,7 +349,7 @@ def test_export_formats_and_predict_on_images(runs, tmp_path, capsys):
   (folder / 'cut.png').write_bytes((folder / '0.png').read_bytes()[:60])
   (folder / 'notes.png').write_text('not an image')
   for i, image in enumerate(raw):  # The evaluation's own input.
-    np.testing.assert_allclose(input_pipeline.prepare_image(image, recipe), images[i], atol=1e-6)
+    np.testing.assert_allclose(predict.prepare_image(image, recipe), images[i], atol=1e-6)
   expected = np.exp(logits - logits.max(-1, keepdims=True))
   expected /= expected.sum(-1, keepdims=True)
   for fmt in ('orbax', 'stablehlo', 'onnx'):
@@ -362,7 +364,7 @@ def test_export_formats_and_predict_on_images(runs, tmp_path, capsys):
       np.testing.assert_allclose([t['probability'] for t in result['top']], probabilities[top],
                                  rtol=1e-4)
   # The command line: a line per image, the damaged files named, exit code 1.
-  assert train_helpers.run_cli(predict.cli, ['predict', f'--export_dir={out}', '--format=stablehlo',
+  assert train_helpers.run_cli(predict_cli.cli, ['predict', f'--export_dir={out}', '--format=stablehlo',
                                              '--top_k=2', str(folder)]) == 1
   printed = capsys.readouterr()
   assert printed.out.count('.png: ') == 3 and 'cut.png: not a readable image' in printed.err
@@ -372,6 +374,6 @@ def test_export_formats_and_predict_on_images(runs, tmp_path, capsys):
   others.mkdir()
   (others / 'notes.txt').write_text('no image')
   for directory in (empty, others):
-    assert train_helpers.run_cli(predict.cli, ['predict', f'--export_dir={out}',
+    assert train_helpers.run_cli(predict_cli.cli, ['predict', f'--export_dir={out}',
                                                str(directory)]) == 1
     assert f'{directory}: no image file in this directory' in capsys.readouterr().err

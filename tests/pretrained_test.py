@@ -11,19 +11,21 @@ import re
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import finetune_cub
-from dsop_jax import datasets
-from dsop_jax import export
-from dsop_jax import input_pipeline
-from dsop_jax import models
-from dsop_jax import optim
-from dsop_jax import pretrained
-from dsop_jax import torch_weights
-from dsop_jax import train
+from dsop_jax import export as export_cli
+from dsop_jax.configs import finetune_cub
+from dsop_jax.data import datasets
+from dsop_jax.data import input_pipeline
+from dsop_jax.deploy import artifact
+from dsop_jax.deploy import torch_weights
+from dsop_jax.models import registry
+from dsop_jax.training import optim
+from dsop_jax.training import pretrained
+from dsop_jax.training import train
 from tests import train_helpers
 import torch_fixtures
 
@@ -65,7 +67,7 @@ def test_fine_tuning_from_torchvision_weights_and_exporting_them_back(tmp_path):
   assert np.abs(backbone['params']['head']['kernel']).sum() > 0
 
   out = str(tmp_path / 'export')
-  assert not train_helpers.run_cli(export.cli, ['export', f'--workdir={workdir}', f'--output_dir={out}',
+  assert not train_helpers.run_cli(export_cli.cli, ['export', f'--workdir={workdir}', f'--output_dir={out}',
                                                 '--format=orbax,torchvision'])
   exported, metadata = torch_weights.read_safetensors(os.path.join(out, 'model.safetensors'))
   assert metadata['format'] == 'pt'
@@ -87,7 +89,7 @@ def test_fine_tuning_from_torchvision_weights_and_exporting_them_back(tmp_path):
 
 
 def test_sources_that_do_not_fit_are_refused_before_compiling(tmp_path, monkeypatch):
-  monkeypatch.setattr(models, 'init_variables', None)  # Nothing may compile.
+  monkeypatch.setattr(registry, 'init_variables', None)  # Nothing may compile.
   monkeypatch.setattr(jax, 'jit', None)
   weights = torch_fixtures.seeded_state_dict(_first_blocks_of_resnet18())
   cases = []
@@ -131,11 +133,11 @@ def test_an_export_of_another_class_count_fills_all_but_the_classifier(tmp_path)
   imagenet = _digits_resnet18().model
   imagenet.num_classes = 1000
   source = train_helpers.write_fresh_export(imagenet, str(tmp_path / 'r18'))
-  _, theirs = export.load(source)
+  _, theirs = artifact.load(source)
   config = _digits_resnet18()
   config.model.init_from = source
-  module = models.create_backbone(config.model)
-  fresh = models.init_variables(module, jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
+  module = registry.create_backbone(config.model)
+  fresh = registry.init_variables(module, jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
   variables, kept = pretrained.load(config, fresh)
   assert kept == ['the classifier (10 classes)']
   np.testing.assert_array_equal(variables['params']['head']['kernel'],
@@ -161,7 +163,7 @@ def test_the_cub_fine_tuning_recipes_build_and_dsop_net_trains_from_torchvision_
       config = finetune_cub.get_config(variant)
       config.model.update(stage_sizes=(1, 1, 1, 1), init_from=source)
       config.model.branches.blocks = tuple(min(b, 1) for b in config.model.branches.blocks)
-      models.validate_model_config(config.model)
+      registry.validate_model_config(config.model)
       optim.validate_optim_config(config)
       input_pipeline.validate_data_config(config)
       pretrained.validate(config)
@@ -179,7 +181,7 @@ def test_the_cub_fine_tuning_recipes_build_and_dsop_net_trains_from_torchvision_
   assert int(state.step) == 1
   with open(tmp_path / 'run' / 'metrics.jsonl') as f:
     record = json.loads(f.readlines()[-1])
-  assert set(record['eval']) == set(models.head_names(config.model))  # PSDR's side head too.
+  assert set(record['eval']) == set(registry.head_names(config.model))  # PSDR's side head too.
   assert all(np.isfinite(head['loss']) for head in record['eval'].values())
 
 
@@ -188,10 +190,10 @@ def test_an_exports_classifier_is_kept_only_for_the_same_classes(tmp_path, caplo
   its classifier starts fresh, logged naming the classes; named as the digits, it is kept."""
   config = _digits_resnet18()
   source = train_helpers.write_fresh_export(config.model, str(tmp_path / 'r18'))
-  _, theirs = export.load(source)
+  _, theirs = artifact.load(source)
   config.model.init_from = source
-  module = models.create_backbone(config.model)
-  fresh = models.init_variables(module, jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
+  module = registry.create_backbone(config.model)
+  fresh = registry.init_variables(module, jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
   for names, keep in ((['zero', 'one'] + [str(i) for i in range(2, 10)], False),
                       ([str(i) for i in range(10)], True)):
     with open(os.path.join(source, 'preprocessing.json'), 'w') as f:
@@ -207,3 +209,37 @@ def test_an_exports_classifier_is_kept_only_for_the_same_classes(tmp_path, caplo
       assert "label 0: 'zero' there, '0' here; 1: 'one' there, '1' here" in caplog.text
     else:
       assert 'Kept the classifier' in caplog.text and 'the same classes in the same order' in caplog.text
+
+
+@pytest.mark.parametrize('dtype', [ml_dtypes.bfloat16, np.float16])
+def test_a_half_precision_state_dict_initialises_the_backbone_as_its_float32_values(tmp_path, dtype):
+  """A bfloat16 or float16 torchvision state dict (as `model.half()` / `.bfloat16()` saves it)
+  passes `pretrained.validate` and loads through config.model.init_from: the backbone's logits are
+  bit-identical to those of the float32 file of the same rounded values, and within the rounding
+  of the float32 original's."""
+  original = torch_fixtures.seeded_state_dict(_first_blocks_of_resnet18())
+  half = {k: v.astype(dtype) if v.dtype == np.float32 else v for k, v in original.items()}
+  config = _digits_resnet18()
+  module = registry.create_backbone(config.model)
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
+  fresh = registry.init_variables(module, jax.random.key(1), images)
+  logits = {}
+  for name, state in (('half', half), ('rounded', {k: np.asarray(v, np.float32) if v.dtype == dtype
+                                                  else v for k, v in half.items()}),
+                      ('original', original)):
+    config.model.init_from = str(tmp_path / f'{name}.safetensors')
+    torch_weights.write_safetensors(config.model.init_from, state)
+    pretrained.validate(config)
+    variables, _ = pretrained.load(config, fresh)
+    logits[name] = np.asarray(module.apply(variables, images, train=False)[0])
+  header, _ = torch_weights.read_safetensors_header(str(tmp_path / 'half.safetensors'))
+  assert header['conv1.weight']['dtype'] == ('BF16' if dtype == ml_dtypes.bfloat16 else 'F16')
+  np.testing.assert_array_equal(logits['half'], logits['rounded'])
+  scale = np.abs(logits['original']).max()
+  error = np.abs(logits['half'] - logits['original']).max() / scale
+  assert 0 < error < (0.05 if dtype == ml_dtypes.bfloat16 else 0.01), error
+  nan = dict(half, **{'fc.bias': np.full(half['fc.bias'].shape, np.nan, dtype)})
+  config.model.init_from = str(tmp_path / 'nan.safetensors')
+  torch_weights.write_safetensors(config.model.init_from, nan)
+  with pytest.raises(ValueError, match="'fc.bias' holds non-finite values"):
+    pretrained.validate(config)

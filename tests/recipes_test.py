@@ -16,26 +16,26 @@ import numpy as np
 import optax
 import pytest
 
-from configs import imagenet_efficientnet_b0
-from configs import imagenet_r101
-from configs import imagenet_r50
-from configs import imagenet_seresnext101
-from dsop_jax import cifar_backbones
-from dsop_jax import complexity
-from dsop_jax import covpool
-from dsop_jax import datasets
-from dsop_jax import dsop
-from dsop_jax import efficientnet
-from dsop_jax import layers
-from dsop_jax import losses
-from dsop_jax import models
-from dsop_jax import optim
-from dsop_jax import sharding
-from dsop_jax import steps
+from dsop_jax.configs import imagenet_efficientnet_b0
+from dsop_jax.configs import imagenet_r101
+from dsop_jax.configs import imagenet_r50
+from dsop_jax.configs import imagenet_seresnext101
+from dsop_jax.data import datasets
+from dsop_jax.models import cifar_backbones
+from dsop_jax.models import covpool
+from dsop_jax.models import dsop
+from dsop_jax.models import efficientnet
+from dsop_jax.models import layers
+from dsop_jax.models import registry
+from dsop_jax.tools import complexity
+from dsop_jax.training import losses
+from dsop_jax.training import optim
+from dsop_jax.training import sharding
+from dsop_jax.training import steps
 from tests import conftest
 from tests import doc_commands
 
-cifar_resnet20 = importlib.import_module('configs.cifar_resnet20')
+cifar_resnet20 = importlib.import_module('dsop_jax.configs.cifar_resnet20')
 
 
 def _recipe(config):
@@ -113,7 +113,7 @@ def test_table_ix_b_radam_runs_its_official_imagenet_recipe(option):
   value = lambda flag, n=1: words[words.index(flag) + 1:words.index(flag) + 1 + n]  # noqa: E731
   expected = (256, float(value('--epochs')[0]), value('--optimizer')[0], float(value('--lr')[0]),
               tuple(int(e) for e in value('--schedule', 2)), float(value('--gamma')[0]), 1e-4)
-  config = importlib.import_module('configs.imagenet_r18').get_config(f'plain,{option}')
+  config = importlib.import_module('dsop_jax.configs.imagenet_r18').get_config(f'plain,{option}')
   assert _recipe(config) == expected, f'RAdam recipes.md at 312e3c1: "{line}"'
   defaults = inspect.signature(optim.radam).parameters  # create_optimizer passes no betas.
   assert (defaults['b1'].default, defaults['b2'].default) == (
@@ -136,9 +136,9 @@ def test_efficientnet_b0_trains_on_the_codes_the_paper_cites():
 
 
 def test_resnext29_original_is_the_official_codes_post_activation_command():
-  original = importlib.import_module('configs.cifar_resnext29_8x64d').get_config(
+  original = importlib.import_module('dsop_jax.configs.cifar_resnext29_8x64d').get_config(
       'cifar100,plain,original')
-  specs = models.create(original.model).backbone.stage_specs()
+  specs = registry.create(original.model).backbone.stage_specs()
   assert not any(spec.preact for spec in specs), (
       'facebookresearch/ResNeXt models/resnext.lua has only post-activation bottlenecks')
   assert original.train.batch_size == 128, 'ResNeXt README: "-batchSize 128"'
@@ -194,12 +194,12 @@ def test_preact_bottleneck_strides_its_first_1x1_convolution():
 
 def test_efficientnet_end_branch_reads_the_head_convolution():
   config = imagenet_efficientnet_b0.get_config()
-  ends = [s for s in models.branch_specs(config.model) if s.name == 'a_pds7']
+  ends = [s for s in registry.branch_specs(config.model) if s.name == 'a_pds7']
   assert [(s.attach, s.stage, s.stage_index, s.num_blocks) for s in ends] == [
       ('head_conv', 'head_conv', 6, 1)], (
           'Section III-A: "we always insert the last auxiliary branch B^N right before the '
           'first-order pooling layer"')
-  assert models.head_names(config.model) == ['logits', 'a_pds4', 'a_pds7']
+  assert registry.head_names(config.model) == ['logits', 'a_pds4', 'a_pds7']
   report = complexity.report(config)
   assert report['branches']['a_pds7']['attach'] == 'head_conv'
   assert report['params_test'] == 5_288_548  # Detached: the plain network.
@@ -208,7 +208,7 @@ def test_efficientnet_end_branch_reads_the_head_convolution():
 @functools.cache
 def _efficientnet_params():
   model = efficientnet.EfficientNetB0(num_classes=1000)
-  return models.init_variables(model, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  return registry.init_variables(model, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
 
 
 def test_efficientnet_initialisation_follows_the_reference():
@@ -246,7 +246,7 @@ def test_mpn_cov_eigenvalue_floor_is_the_documented_deviation():
     ('cifar_wrn28_10', 'wrn'), ('cifar_resnext29_8x64d', 'resnext'),
     ('cifar_resnext29_16x64d', 'resnext')])
 def test_cifar_baselines_train_on_their_own_papers_recipe(name, family):
-  module = importlib.import_module(f'configs.{name}')
+  module = importlib.import_module(f'dsop_jax.configs.{name}')
   original = module.get_config('cifar100,plain,original')
   expected = {
       'preact': (128, 164.0, 'sgd', 0.1, (80, 121), 0.1, 1e-4),
@@ -270,7 +270,7 @@ def _bn_model(group_size):
   """A tiny DSoP ResNet with branches after stages 2 and 5 and BN statistics in groups of
   `group_size` (0: the whole batch)."""
   backbone = conftest.TinyResNet(bn_group_size=group_size)
-  specs = models.layout_branches(backbone.stage_specs(), conftest.branches_config(
+  specs = registry.layout_branches(backbone.stage_specs(), conftest.branches_config(
       blocks=(1, 0, 0, 1)))
   return dsop.DSoPNet(backbone=backbone, branches=tuple(specs), num_classes=5,
                       bn_group_size=group_size)
@@ -286,12 +286,12 @@ def _bn_step(group_size, state, batch):
 
 def test_bn_statistics_groups_of_the_paper():
   for name in ('imagenet_r18', 'imagenet_r50', 'imagenet_seresnext101', 'imagenet_r101'):
-    assert importlib.import_module(f'configs.{name}').get_config().model.bn_group_size == 32, (
+    assert importlib.import_module(f'dsop_jax.configs.{name}').get_config().model.bn_group_size == 32, (
         'Section V-B: PyTorch DataParallel on 8 GPUs, mini-batch 256: 32 images per BN statistics')
   assert imagenet_efficientnet_b0.get_config().model.bn_group_size == 96, (
       'Section V-B: one 8-GPU server; batch 768 / 8 GPUs')
   model = _bn_model(0)  # The variables do not depend on the grouping.
-  state = models.jit_init(steps.state_init_fn(model, optax.sgd(0.1), 32))(jax.random.PRNGKey(0))
+  state = registry.jit_init(steps.state_init_fn(model, optax.sgd(0.1), 32))(jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   shift = np.repeat([0.0, 3.0, -3.0, 6.0], 2)[:, None, None, None]  # Pairs far apart.
   batch = {'image': jnp.asarray(rng.normal(size=(8, 32, 32, 3)) + shift, jnp.float32),
@@ -337,8 +337,8 @@ def test_every_command_in_a_config_docstring_builds_its_recipe(command):
   parse it (every override an existing field of the right type), the config validates, and its
   step schedule decays within its epochs (not a recipe's decay points left for another length)."""
   config = doc_commands.build(command)
-  models.validate_model_config(config.model)
-  models.validate_loss_config(config)
+  registry.validate_model_config(config.model)
+  registry.validate_loss_config(config)
   optim.validate_optim_config(config)
   assert not doc_commands.unreached_decays(config), (
       f'{command.where}: {command.argv()} trains {config.train.num_epochs} epochs but decays the '

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dsop_jax import models
-from dsop_jax import resnet
+from dsop_jax.models import registry
+from dsop_jax.models import resnet
 
 
 def _abstract(module, size=32):
@@ -24,7 +24,7 @@ def _abstract(module, size=32):
 @pytest.mark.parametrize('last_stride', [1, 2])
 def test_parameter_counts_equal_torchvision(cls, torchvision_count, last_stride):
   _, variables = _abstract(cls(last_stride=last_stride))
-  assert models.count_params(variables['params']) == torchvision_count
+  assert registry.count_params(variables['params']) == torchvision_count
 
 
 @pytest.mark.parametrize('last_stride, stage5_size', [(2, 2), (1, 4)])

@@ -3,7 +3,7 @@ transferred ahead of the one in use."""
 
 import numpy as np
 
-from dsop_jax import sharding
+from dsop_jax.training import sharding
 
 
 def test_device_batches_keep_the_order_and_read_a_fixed_number_ahead():

@@ -17,7 +17,8 @@ import sys
 import numpy as np
 import pytest
 
-from dsop_jax import export
+from dsop_jax.deploy import artifact
+from dsop_jax.training import export
 from tests import conftest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +84,7 @@ def test_soak_steady_memory_files_and_step_time(tmp_path):
   assert [r['step'] for r in records] == [180, 360, 540, 720, 900, 1080, 1200]
   assert sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))) == [1100, 1200]
   # The export command line is tested in train_test; here the long run's last checkpoint exports.
-  module, variables = export.load(export.export(workdir, str(tmp_path / 'export')))
+  module, variables = artifact.load(export.export(workdir, str(tmp_path / 'export')))
   logits, _ = module.apply(variables, np.zeros((2, 32, 32, 3), np.float32), train=False)
   assert logits.shape == (2, 10) and np.isfinite(np.asarray(logits)).all()
   assert records[-1]['eval']['logits']['top1'] > 0.8  # It learned, too.

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from configs import imagenet_r18
-from configs import quickstart
-from dsop_jax import datasets
+from dsop_jax.configs import imagenet_r18
+from dsop_jax.configs import quickstart
+from dsop_jax.data import datasets
 
 
 # The tiny digits configs' branch layouts: `config.model.branches` (pattern, blocks).
@@ -77,12 +77,12 @@ def write_fresh_export(model_config: ml_collections.ConfigDict, directory: str) 
   """An export directory (real Orbax checkpoint + model_config.json) of the plain network of
   `model_config`, freshly initialised: a stand-in for another network's trained weights."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from dsop_jax import models  # pylint: disable=g-import-not-at-top
-  module = models.create_backbone(model_config)
+  from dsop_jax.models import registry  # pylint: disable=g-import-not-at-top
+  module = registry.create_backbone(model_config)
   os.makedirs(directory)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(os.path.abspath(directory), 'variables'),
-                      models.init_variables(module, jax.random.PRNGKey(0),
+                      registry.init_variables(module, jax.random.PRNGKey(0),
                                              jnp.zeros((1, 32, 32, 3))))
   with open(os.path.join(directory, 'model_config.json'), 'w') as f:
     f.write(model_config.to_json())

@@ -23,19 +23,21 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import cifar_resnet20
-from dsop_jax import checkpointing
-from dsop_jax import datasets
-from dsop_jax import dsop
-from dsop_jax import export
-from dsop_jax import input_pipeline
-from dsop_jax import losses
-from dsop_jax import models
-from dsop_jax import optim
-from dsop_jax import runs
-from dsop_jax import sharding
-from dsop_jax import steps
-from dsop_jax import train
+from dsop_jax import export as export_cli
+from dsop_jax.configs import cifar_resnet20
+from dsop_jax.data import datasets
+from dsop_jax.data import input_pipeline
+from dsop_jax.deploy import artifact
+from dsop_jax.models import dsop
+from dsop_jax.models import registry
+from dsop_jax.training import checkpointing
+from dsop_jax.training import export
+from dsop_jax.training import losses
+from dsop_jax.training import optim
+from dsop_jax.training import runs
+from dsop_jax.training import sharding
+from dsop_jax.training import steps
+from dsop_jax.training import train
 from tests import conftest
 from tests import data_parallel_run
 from tests import train_helpers
@@ -93,19 +95,19 @@ def test_digits_train_evaluate_resume_and_export(tmp_path, capsys):
   # Export -> load gives the trained main head's predictions.
   out = str(tmp_path / 'export')
   export.export(str(tmp_path / 'full'), out)
-  module, variables = export.load(out)
+  module, variables = artifact.load(out)
   batch = next(input_pipeline.eval_batches(config, local_batch_size=120))
   info = datasets.dataset_info(config)
   batch['image'] = steps.normalise_images(jnp.asarray(batch['image']), info.mean, info.std)
   deployed = jax.jit(lambda v, x: module.apply(v, x, train=False)[0])(variables, batch['image'])
-  model = models.create(config.model)
+  model = registry.create(config.model)
   main = jax.jit(lambda v, x: model.apply(v, x, train=False)['logits'])(
       {'params': full.params, 'batch_stats': full.batch_stats}, batch['image'])
   np.testing.assert_array_equal(np.asarray(deployed), np.asarray(main))
   with pytest.raises(ValueError, match='already holds an export; pass --overwrite'):
     export.export(str(tmp_path / 'full'), out)
   # The command line, replacing the export (its refusal without --overwrite is the one above).
-  code = train_helpers.run_cli(export.cli, ['export', f'--workdir={tmp_path / "full"}',
+  code = train_helpers.run_cli(export_cli.cli, ['export', f'--workdir={tmp_path / "full"}',
                                             f'--output_dir={out}', '--overwrite', '--step=11'])
   assert not code and f'Exported the detached first-order network to {out}' in capsys.readouterr().out
   evaluated = train.evaluate_checkpoint(config, str(tmp_path / 'full'), export_dir=out)
@@ -153,7 +155,7 @@ def test_fashion_mnist_trains_from_its_idx_files_on_a_subset(tmp_path, monkeypat
   config.data.update(dataset='fashion_mnist', train_subset=128, shuffle_buffer=128,
                      data_dir=train_helpers.write_fashion_mnist(tmp_path / 'idx', 150, 30))
   calls = []  # Each section of the config is validated once per start, by the module owning it.
-  for module, name in ((models, 'validate_model_config'), (models, 'validate_loss_config'),
+  for module, name in ((registry, 'validate_model_config'), (registry, 'validate_loss_config'),
                        (optim, 'validate_optim_config'),
                        (input_pipeline, 'validate_data_config')):
     def spy(*args, _name=name, _real=getattr(module, name)):
@@ -172,9 +174,9 @@ def test_fashion_mnist_trains_from_its_idx_files_on_a_subset(tmp_path, monkeypat
   assert int(state.step) == 2
   assert (int(state.opt_state.gradient_step), int(state.opt_state.mini_step)) == (1, 0)
   # The parameters moved once (the second step), so their average is 0.75 * initial + 0.25 * new.
-  model = models.create(config.model)
+  model = registry.create(config.model)
   tx = optim.create_optimizer(config, steps_per_epoch=2, num_steps=2)
-  initial = models.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
+  initial = registry.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
   for average, start, new in zip(*(jax.tree.leaves(t) for t in (
       state.ema['params'], initial.params, state.params))):
     np.testing.assert_allclose(average, 0.75 * start + 0.25 * new, rtol=1e-5, atol=1e-7)
@@ -182,7 +184,7 @@ def test_fashion_mnist_trains_from_its_idx_files_on_a_subset(tmp_path, monkeypat
   assert evaluated['logits'] == pytest.approx(_metrics(tmp_path / 'work')[-1]['eval']['ema'],
                                               rel=1e-5)
   out = export.export(str(tmp_path / 'work'), str(tmp_path / 'ema_export'), ema=True)
-  for a, b in zip(jax.tree.leaves(export.load(out)[1]),
+  for a, b in zip(jax.tree.leaves(artifact.load(out)[1]),
                   jax.tree.leaves(export.detach(state.ema))):
     np.testing.assert_array_equal(a, b)
   (record,) = _metrics(tmp_path / 'work')
@@ -194,7 +196,7 @@ def test_fashion_mnist_trains_from_its_idx_files_on_a_subset(tmp_path, monkeypat
     out = export.export(str(tmp_path / 'work'), str(tmp_path / f'card_{ema}'), ema=ema)
     card = json.loads((tmp_path / f'card_{ema}' / 'model_card.json').read_text())
     assert (card['weights'], card['main_head_eval_top1']) == (name, top1)
-  assert set(record['eval']) == set(models.head_names(config.model)) | {'ema'}
+  assert set(record['eval']) == set(registry.head_names(config.model)) | {'ema'}
   assert all(np.isfinite(m['loss']) for m in record['eval'].values())
   assert runs.workdir_config(str(tmp_path / 'work')).data.train_subset == 128
 
@@ -261,15 +263,15 @@ def test_overflowing_branch_is_rejected_and_named_by_the_step(caplog):
   untouched), and the host names the head whose loss went bad; 'skip' logs it and goes on."""
   import logging  # pylint: disable=g-import-not-at-top
   config = train_helpers.tiny_digits_config()
-  model = models.create(config.model)
+  model = registry.create(config.model)
   tx = optax.sgd(0.1)
-  state = models.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
+  state = registry.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
   # Huge images overflow float32 in the first BatchNorm's variance; the branch heads go
   # non-finite (the main head stays finite here), and they are the ones named.
   batch = {'image': jnp.full((4, 32, 32, 3), 1e30).at[:, :16].set(-1e30),
            'label': jnp.arange(4, dtype=jnp.int32)}
   step = jax.jit(steps.make_train_step(
-      losses.dsop_objective(model, models.loss_weights(config)), tx))
+      losses.dsop_objective(model, registry.loss_weights(config)), tx))
   new_state, metrics = step(state, batch, jax.random.PRNGKey(1))
   assert float(metrics['nonfinite']) == 1.0 and int(new_state.step) == 1
   for a, b in zip(_leaves((new_state.params, new_state.batch_stats, new_state.opt_state)),
@@ -296,7 +298,7 @@ def test_a_finite_loss_with_a_non_finite_new_state_is_rejected():
   non-finite reaches the state, hence no checkpoint or export."""
   model = dsop.DSoPNet(backbone=conftest.TinyResNet(), branches=(), num_classes=5)
   tx = optax.sgd(0.1)
-  state = models.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
+  state = registry.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
   batch = {'image': jnp.full((4, 32, 32, 3), 1e18, jnp.float32).at[0].set(-1e18),
            'label': jnp.arange(4) % 5, 'mask': jnp.ones(4, bool)}
   step = jax.jit(steps.make_train_step(losses.dsop_objective(model, {'logits': 1.0}), tx))
@@ -370,7 +372,7 @@ def test_a_workdir_is_trained_by_one_run_at_a_time(tmp_path):
   the holder's lock goes with it when it dies (here by SIGKILL), so the workdir is free again."""
   workdir = str(tmp_path / 'work')
   holder = subprocess.Popen(
-      [sys.executable, '-c', 'import sys, time\nfrom dsop_jax import runs\n'
+      [sys.executable, '-c', 'import sys, time\nfrom dsop_jax.training import runs\n'
        'with runs.workdir_lock(sys.argv[1]):\n  print("held", flush=True)\n  time.sleep(600)',
        workdir], cwd=os.path.dirname(HERE), stdout=subprocess.PIPE, text=True)
   try:
@@ -429,7 +431,7 @@ def test_two_phase_trains_branches_on_a_frozen_backbone(tmp_path):
   plain = train_helpers.tiny_digits_config('none', num_epochs=2 / 22)
   train.train_and_evaluate(plain, str(tmp_path / 'plain'))
   export.export(str(tmp_path / 'plain'), str(tmp_path / 'backbone'))
-  _, backbone = export.load(str(tmp_path / 'backbone'))
+  _, backbone = artifact.load(str(tmp_path / 'backbone'))
 
   config = train_helpers.tiny_digits_config(num_epochs=2 / 22, policy='two_phase',
                                             backbone_checkpoint=str(tmp_path / 'backbone'))
@@ -478,7 +480,7 @@ def test_preemption_of_two_processes_and_sigkill_then_rerun_end_bit_identical(tm
   all-reduce is one addition, so even the rounding agrees; they were interrupted at different
   steps, and an interrupted run equals an uninterrupted one in
   test_digits_train_evaluate_resume_and_export). The single-process log holds no Orbax INFO line
-  (`checkpointing.quiet_orbax_info_logs`).
+  (`artifact.quiet_orbax_info_logs`).
   """
   overrides = [*TINY_OVERRIDES, '--config.train.num_epochs=0.5',
                '--config.train.checkpoint_every_steps=3', '--config.train.log_every_steps=1']
@@ -573,11 +575,11 @@ def test_knowledge_distillation_from_a_teacher_inside_the_step(tmp_path):
   teacher_config = train_helpers.tiny_digits_config('none', num_epochs=2 / 22)
   train.train_and_evaluate(teacher_config, str(tmp_path / 'teacher'))
   exported = export.export(str(tmp_path / 'teacher'), str(tmp_path / 'teacher_export'))
-  teacher, teacher_variables = export.load(exported)
+  teacher, teacher_variables = artifact.load(exported)
 
   config = train_helpers.tiny_digits_config('none', num_epochs=2 / 22)
   config.distill.update(teacher=exported, temperature=2.0, soft_weight=0.7)
-  model = models.create(config.model)
+  model = registry.create(config.model)
   tx = optax.sgd(0.1)
   state = steps.init_state(model, tx, config, sharding.create_mesh())
   batch = next(input_pipeline.eval_batches(config, local_batch_size=64))

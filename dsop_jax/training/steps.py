@@ -20,10 +20,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from dsop_jax import losses
-from dsop_jax import models
-from dsop_jax import optim
-from dsop_jax import sharding
+from dsop_jax.models import registry
+from dsop_jax.training import losses
+from dsop_jax.training import optim
+from dsop_jax.training import sharding
 
 
 @flax.struct.dataclass
@@ -247,7 +247,7 @@ def evaluate(variables: Any, heads_fn: Callable[..., Mapping[str, jax.Array]],
 def state_init_fn(model: Any, tx: optax.GradientTransformation, image_size: int,
                   ema: bool = False) -> Callable[[jax.Array], TrainState]:
   """rng -> a fresh TrainState (variables initialised on a 1-image batch), an EMATrainState whose
-  average starts at them with `ema`; jit it with `models.jit_init`."""
+  average starts at them with `ema`; jit it with `registry.jit_init`."""
 
   def init(rng):
     variables = model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)
@@ -263,21 +263,21 @@ def state_init_fn(model: Any, tx: optax.GradientTransformation, image_size: int,
 
 def uses_ema(config: ml_collections.ConfigDict) -> bool:
   """Whether the training state keeps a moving average of the variables (config.optim.ema_decay)."""
-  return config.optim.get('ema_decay', 0.0) > 0
+  return config.optim.ema_decay > 0
 
 
 def init_state(model: Any, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
                mesh: Any) -> TrainState:
   """A fresh TrainState of `model` (seed config.train.seed), replicated over the mesh."""
   init = state_init_fn(model, tx, config.data.image_size, uses_ema(config))
-  return models.jit_init(init, out_shardings=sharding.replicated(mesh))(
+  return registry.jit_init(init, out_shardings=sharding.replicated(mesh))(
       jax.random.key(config.train.seed))
 
 
 def abstract_initial_state(config: ml_collections.ConfigDict, mesh: Any) -> TrainState:
   """Shapes and shardings of a fresh training state of `config` (nothing is computed)."""
   tx = optim.create_optimizer(config, steps_per_epoch=1, num_steps=1)
-  init = state_init_fn(models.create(config.model), tx, config.data.image_size, uses_ema(config))
+  init = state_init_fn(registry.create(config.model), tx, config.data.image_size, uses_ema(config))
   replicated = sharding.replicated(mesh)
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),

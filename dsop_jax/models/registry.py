@@ -30,13 +30,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dsop_jax import branches as branches_lib
-from dsop_jax import cifar_backbones
-from dsop_jax import dsop
-from dsop_jax import efficientnet
-from dsop_jax import gsop
-from dsop_jax import resnet
-from dsop_jax import stages
+from dsop_jax.models import branches as branches_lib
+from dsop_jax.models import cifar_backbones
+from dsop_jax.models import dsop
+from dsop_jax.models import efficientnet
+from dsop_jax.models import gsop
+from dsop_jax.models import resnet
+from dsop_jax.models import stages
 
 # name -> (constructor, whether it is an ImageNet network that takes `last_stride` and can carry a
 # second-order head).
@@ -94,11 +94,11 @@ def create_backbone(model_config: ml_collections.ConfigDict) -> Any:
 def _plain_backbone(model_config: ml_collections.ConfigDict) -> Any:
   constructor, imagenet = BACKBONES[model_config.name]
   kwargs = dict(num_classes=model_config.num_classes, dtype=DTYPES[model_config.dtype],
-                bn_group_size=model_config.get('bn_group_size', 0))
+                bn_group_size=model_config.bn_group_size)
   if imagenet:
-    kwargs['last_stride'] = model_config.get('last_stride', 2)
+    kwargs['last_stride'] = model_config.last_stride
   backbone = constructor(**kwargs)
-  sizes = tuple(model_config.get('stage_sizes') or ())
+  sizes = tuple(model_config.stage_sizes)
   return _with_stage_sizes(backbone, sizes) if sizes else backbone
 
 
@@ -127,10 +127,9 @@ def head_spec(model_config: ml_collections.ConfigDict, backbone: Optional[Any] =
   """The second-order head of `config.model.head` on what the backbone's head pools (a ResNet's
   last stage, EfficientNet's head conv), or None (GAP + FC).
 
-  Configs written before the field existed have no `head` and build the first-order network.
   """
-  head = model_config.get('head')
-  if head is None or head.pool == 'gap':
+  head = model_config.head
+  if head.pool == 'gap':
     return None
   backbone = backbone or _plain_backbone(model_config)
   stage_list = backbone.stage_specs()
@@ -194,7 +193,7 @@ def create(model_config: ml_collections.ConfigDict) -> dsop.DSoPNet:
   its own name."""
   return dsop.DSoPNet(backbone=_backbone(model_config), branches=tuple(branch_specs(model_config)),
                       num_classes=model_config.num_classes, dtype=DTYPES[model_config.dtype],
-                      bn_group_size=model_config.get('bn_group_size', 0))
+                      bn_group_size=model_config.bn_group_size)
 
 
 def head_names(model_config: ml_collections.ConfigDict) -> List[str]:
@@ -232,7 +231,7 @@ def validate_loss_config(config: ml_collections.ConfigDict) -> None:
   if not 0.0 <= config.loss.label_smoothing < 1.0:
     _fail('loss.label_smoothing', config.loss.label_smoothing, 'must lie in [0, 1)')
   for field in ('mixup_alpha', 'cutmix_alpha'):
-    if not config.loss.get(field, 0.0) >= 0:
+    if not config.loss[field] >= 0:
       _fail(f'loss.{field}', config.loss[field], 'must be >= 0 (0 = off)')
 
 
@@ -245,13 +244,13 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
     _fail('model.num_classes', m.num_classes, 'must be a positive integer')
   if m.dtype not in DTYPES:
     _fail('model.dtype', m.dtype, f'allowed: {", ".join(DTYPES)}')
-  group = m.get('bn_group_size', 0)
+  group = m.bn_group_size
   if not isinstance(group, int) or isinstance(group, bool) or group < 0:
     _fail('model.bn_group_size', group, 'must be an integer >= 0 (examples per BatchNorm '
           'statistics group in training; 0 = the whole global batch)')
-  if BACKBONES[m.name][1] and m.get('last_stride', 2) not in (1, 2):  # Absent: the standard 2.
+  if BACKBONES[m.name][1] and m.last_stride not in (1, 2):  # Absent: the standard 2.
     _fail('model.last_stride', m.last_stride, "allowed: 2 (standard, 's2') or 1 ('s1')")
-  sizes = m.get('stage_sizes') or ()
+  sizes = m.stage_sizes or ()
   if sizes:
     own = BACKBONES[m.name][0](num_classes=m.num_classes).stage_specs()
     if len(sizes) != len(own) or any(not isinstance(n, int) or n < 1 for n in sizes):
@@ -299,9 +298,7 @@ def _validate_pooling(prefix: str, c: ml_collections.ConfigDict) -> None:
 
 
 def _validate_head(m: ml_collections.ConfigDict) -> None:
-  h = m.get('head')
-  if h is None:
-    return
+  h = m.head
   if h.pool not in ('gap',) + gsop.POOLS:
     _fail('model.head.pool', h.pool, f'allowed: gap (first-order), {", ".join(gsop.POOLS)}')
   if h.pool == 'gap':

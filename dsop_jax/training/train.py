@@ -25,19 +25,20 @@ import jax
 import ml_collections
 import numpy as np
 
-from dsop_jax import checkpointing
-from dsop_jax import datasets
-from dsop_jax import dsop
-from dsop_jax import export
-from dsop_jax import input_pipeline
-from dsop_jax import losses
-from dsop_jax import models
-from dsop_jax import optim
 from dsop_jax import paths
-from dsop_jax import pretrained
-from dsop_jax import runs
-from dsop_jax import sharding
-from dsop_jax import steps
+from dsop_jax.data import datasets
+from dsop_jax.data import input_pipeline
+from dsop_jax.deploy import artifact
+from dsop_jax.models import dsop
+from dsop_jax.models import registry
+from dsop_jax.training import checkpointing
+from dsop_jax.training import export
+from dsop_jax.training import losses
+from dsop_jax.training import optim
+from dsop_jax.training import pretrained
+from dsop_jax.training import runs
+from dsop_jax.training import sharding
+from dsop_jax.training import steps
 
 
 POLICIES = ('one_phase', 'early_removal', 'two_phase')
@@ -46,8 +47,8 @@ POLICIES = ('one_phase', 'early_removal', 'two_phase')
 def _validate(config: ml_collections.ConfigDict) -> None:
   """Every check that can fail, before anything is compiled: each section once, by its owner
   (config.train, config.eval and config.distill here)."""
-  models.validate_model_config(config.model)
-  models.validate_loss_config(config)
+  registry.validate_model_config(config.model)
+  registry.validate_loss_config(config)
   optim.validate_optim_config(config)
   t = config.train
   if t.policy not in POLICIES:
@@ -64,7 +65,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
                      'config.model.init_from (also a torchvision/timm safetensors file).')
   pretrained.validate(config)
   for field in ('keep_best', 'async_checkpointing', 'checkpoint_every_epoch', 'tensorboard'):
-    if not isinstance(t.get(field, False), bool):
+    if not isinstance(t[field], bool):
       raise ValueError(f'config.train.{field} = {t[field]!r} is invalid: allowed: True, False.')
   for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     if not isinstance(t[field], int) or t[field] < 1:
@@ -72,22 +73,22 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   if not t.eval_every_epochs > 0:
     raise ValueError(f'config.train.eval_every_epochs = {t.eval_every_epochs!r} is invalid: '
                      'must be > 0.')
-  window = tuple(t.get('profile_steps', ()))
+  window = tuple(t.profile_steps)
   if window and (len(window) != 2 or not all(isinstance(n, int) for n in window)
                  or not 0 <= window[0] < window[1]):
     raise ValueError(f'config.train.profile_steps = {window!r} is invalid: give (first, last) '
                      'with 0 <= first < last (steps first..last-1 are traced), or () for none.')
   if not isinstance(t.seed, int) or t.seed < 0:
     raise ValueError(f'config.train.seed = {t.seed!r} is invalid: must be an integer >= 0.')
-  distill = config.get('distill')
-  if distill is not None and distill.teacher:
+  distill = config.distill
+  if distill.teacher:
     if not paths.path(distill.teacher, 'config.distill.teacher').is_dir():
       raise ValueError(f'config.distill.teacher = {distill.teacher!r} is invalid: not a directory '
                        '(give an export directory or a training workdir).')
-    if models.branch_specs(config.model):
+    if registry.branch_specs(config.model):
       raise ValueError('config.distill.teacher is set but the model has branches: distillation '
                        'trains a plain student (add the :plain config option).')
-    if config.loss.get('mixup_alpha', 0.0) or config.loss.get('cutmix_alpha', 0.0):
+    if config.loss.mixup_alpha or config.loss.cutmix_alpha:
       raise ValueError('config.loss.mixup_alpha / cutmix_alpha are set with config.distill.teacher:'
                        ' distillation trains on unmixed batches; set them to 0.')
     if not distill.temperature > 0:
@@ -98,13 +99,13 @@ def _validate(config: ml_collections.ConfigDict) -> None:
                        'in [0, 1].')
   if t.on_nonfinite not in ('stop', 'skip'):
     raise ValueError(f'config.train.on_nonfinite = {t.on_nonfinite!r} is invalid: allowed: stop, skip.')
-  skips = t.get('max_consecutive_skips', 20)
+  skips = t.max_consecutive_skips
   if not isinstance(skips, int) or isinstance(skips, bool) or skips < 1:
     raise ValueError(f'config.train.max_consecutive_skips = {skips!r} is invalid: must be an '
                      'integer >= 1.')
   sharding.local_batch_size(t.batch_size, 'train.batch_size')
   sharding.local_batch_size(config.eval.batch_size, 'eval.batch_size')
-  group = config.model.get('bn_group_size', 0)
+  group = config.model.bn_group_size
   if 0 < group < t.batch_size and t.batch_size % group:
     raise ValueError(f'config.model.bn_group_size = {group} is invalid: it must divide '
                      f'config.train.batch_size ({t.batch_size}), or be 0 (the whole batch).')
@@ -245,8 +246,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
   config = input_pipeline.with_dataset_stats(config)  # Recorded in config.json.
   mesh = sharding.create_mesh()
   teacher, teacher_variables = None, None  # Knowledge distillation (Table II baselines).
-  distill = config.get('distill')
-  if distill is not None and distill.teacher:
+  distill = config.distill
+  if distill.teacher:
     teacher, teacher_variables = export.load_first_order(distill.teacher)
     if teacher.num_classes != config.model.num_classes:
       raise ValueError(f'config.distill.teacher = {distill.teacher!r} has {teacher.num_classes} '
@@ -264,15 +265,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
                   if t.policy == 'early_removal' else None)
 
   paths.path(workdir).mkdir(parents=True, exist_ok=True)
-  keep_best = t.get('keep_best', False)
+  keep_best = t.keep_best
   checkpointer = checkpointing.Checkpointer(workdir, t.keep_checkpoints, keep_best=keep_best,
-                                            async_saves=t.get('async_checkpointing', False))
+                                            async_saves=t.async_checkpointing)
   last_saved = checkpointer.latest_step()
   if last_saved is not None:  # Before anything is compiled or restored.
     runs.check_resume_config(config, workdir)
 
-  model = models.create(config.model)
-  weights = models.loss_weights(config)
+  model = registry.create(config.model)
+  weights = registry.loss_weights(config)
   info = datasets.dataset_info(config)  # Its mean and std normalise the uint8 batches on device.
   lr_fn = optim.learning_rate_schedule(config, steps_per_epoch, num_steps)
   tx = optim.create_optimizer(config, steps_per_epoch, num_steps)
@@ -291,14 +292,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
   def jit_step(module: Any, loss_weights: Dict[str, float], frozen: Sequence[str]) -> Any:
     if teacher is None:
       objective = losses.dsop_objective(module, loss_weights, config.loss.label_smoothing,
-                                        config.loss.get('mixup_alpha', 0.0),
-                                        config.loss.get('cutmix_alpha', 0.0))
+                                        config.loss.mixup_alpha,
+                                        config.loss.cutmix_alpha)
     else:  # A branch-less student (checked): the main head's distillation loss.
       objective = losses.distillation_objective(module, teacher, distill.temperature,
                                                 distill.soft_weight)
     return jax.jit(steps.make_train_step(objective, tx, hessian=optim.needs_hessian(config),
                                          frozen=frozen, learning_rate_fn=lr_fn,
-                                         ema_decay=config.optim.get('ema_decay', 0.0),
+                                         ema_decay=config.optim.ema_decay,
                                          ema_every=per_update,
                                          input_stats=(info.mean, info.std)),
                    donate_argnums=(0,))
@@ -309,7 +310,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
     main_only_step = jit_step(model.clone(branches=()), {'logits': weights['logits']},
                               tuple(branch_names))
 
-  writer = metric_writers.create_default_writer(workdir if t.get('tensorboard', True) else None,
+  writer = metric_writers.create_default_writer(workdir if t.tensorboard else None,
                                                 just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   base_rng = jax.random.key(t.seed)
@@ -334,7 +335,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
   clock = (earlier or {}).get('train_seconds', 0.0) - time.monotonic()
   logging.info('Training %s for %d steps (%d per epoch) from step %d on %d device(s).',
                config.model.name, num_steps, steps_per_epoch, start_step, jax.device_count())
-  profiler = _Profiler(tuple(t.get('profile_steps', ())), os.fspath(paths.path(workdir) / 'profile'))
+  profiler = _Profiler(tuple(t.profile_steps), os.fspath(paths.path(workdir) / 'profile'))
   device_iter = sharding.device_batches(train_iter, mesh)  # Two batches ahead on the devices.
   # Closing the checkpointer waits for a background save, also when training stops on an error.
   with checkpointing.PreemptionWatch() as preemption, profiler, contextlib.closing(checkpointer):
@@ -348,12 +349,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
       done = step + 1 == num_steps
       preempted = preemption.reached(step + 1)
       evaluate_now = (step + 1) % eval_every == 0 or done
-      end_of_epoch = t.get('checkpoint_every_epoch', False) and (step + 1) % steps_per_epoch == 0
+      end_of_epoch = t.checkpoint_every_epoch and (step + 1) % steps_per_epoch == 0
       save_now = ((step + 1) % t.checkpoint_every_steps == 0 or done or preempted
                   or (keep_best and evaluate_now) or end_of_epoch)
       if (step + 1) % t.log_every_steps == 0 or save_now or evaluate_now:
         rejected_in_a_row = _check_finite(history, window_start, t.on_nonfinite, last_saved,
-                                          rejected_in_a_row, t.get('max_consecutive_skips'))
+                                          rejected_in_a_row, t.max_consecutive_skips)
         train_summary = _summarise(history)
         writer.write_scalars(step + 1, {**{f'train/{k}': v for k, v in train_summary.items()},
                                         **host_memory(), **_skipped_records(skipped)})
@@ -430,15 +431,15 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   if export_dir:  # The dataset's images prepared as the export says, its classes checked.
     config = export.data_config_for(config, export_dir)
   else:
-    models.validate_model_config(config.model)
+    registry.validate_model_config(config.model)
     input_pipeline.validate_data_config(config)
   mesh = sharding.create_mesh()
   if export_dir:
-    module, variables = export.load(export_dir)
+    module, variables = artifact.load(export_dir)
     heads_fn = steps.plain_model_heads(module)
   else:
     variables = runs.restore_variables(config, workdir, step=step, best=best, ema=ema)
-    model = models.create(config.model)
+    model = registry.create(config.model)
     heads_fn = steps.main_head(model) if ema else steps.training_model_heads(model)
   variables = jax.device_put(variables, sharding.replicated(mesh))
   batches = input_pipeline.eval_batches(

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from dsop_jax import dsop
+from dsop_jax.models import dsop
 
 OPTIMIZERS = ('sgd', 'radam', 'adahessian', 'rmsprop')
 SCHEDULES = ('step', 'cosine', 'exponential')
@@ -68,30 +68,30 @@ def validate_optim_config(config: ml_collections.ConfigDict) -> None:
   epochs = tuple(o.decay_epochs)
   if any(e <= 0 for e in epochs) or list(epochs) != sorted(set(epochs)):
     _fail('optim.decay_epochs', epochs, 'must be strictly increasing positive epochs')
-  if not 0.0 <= o.get('ema_decay', 0.0) < 1.0:
+  if not 0.0 <= o.ema_decay < 1.0:
     _fail('optim.ema_decay', o.ema_decay, 'must lie in [0, 1) (0 = no moving average)')
-  if not o.get('clip_grad_norm', 0.0) >= 0:
+  if not o.clip_grad_norm >= 0:
     _fail('optim.clip_grad_norm', o.clip_grad_norm, 'must be >= 0 (0 = no clipping)')
   if not 0 <= backbone_lr_scale(config) <= 1:
     _fail('optim.backbone_lr_scale', o.backbone_lr_scale, "must lie in [0, 1] (the backbone's "
           'rate as a fraction of the branches\' and classifier\'s; 1 = one rate)')
-  reference = o.get('lr_reference_batch', 0)
+  reference = o.lr_reference_batch
   if not isinstance(reference, int) or isinstance(reference, bool) or reference < 0:
     _fail('optim.lr_reference_batch', reference, 'must be an integer >= 0 (0 = no scaling)')
-  k = config.train.get('accumulate_steps', 1)
+  k = config.train.accumulate_steps
   if not isinstance(k, int) or isinstance(k, bool) or k < 1:
     _fail('train.accumulate_steps', k, 'must be an integer >= 1 (1 = no accumulation)')
   if k > 1 and o.name == 'adahessian':
     _fail('train.accumulate_steps', k, "AdaHessian's Hessian estimate is per batch: use 1 with it")
   if not 0 < o.decay_factor <= 1:
     _fail('optim.decay_factor', o.decay_factor, 'must lie in (0, 1]')
-  if o.schedule == 'exponential' and not o.get('decay_every_epochs', 0) > 0:
-    _fail('optim.decay_every_epochs', o.get('decay_every_epochs'),
+  if o.schedule == 'exponential' and not o.decay_every_epochs > 0:
+    _fail('optim.decay_every_epochs', o.decay_every_epochs,
           "must be > 0 with schedule 'exponential'")
   if o.name in ('adahessian', 'rmsprop') and not o.eps > 0:
     _fail('optim.eps', o.eps, 'must be > 0')
-  if o.name == 'rmsprop' and not 0 < o.get('rms_decay', 0) < 1:
-    _fail('optim.rms_decay', o.get('rms_decay'), 'must lie in (0, 1)')
+  if o.name == 'rmsprop' and not 0 < o.rms_decay < 1:
+    _fail('optim.rms_decay', o.rms_decay, 'must lie in (0, 1)')
   if o.name == 'adahessian':
     if not 0 <= o.hessian_power <= 1:
       _fail('optim.hessian_power', o.hessian_power, 'must lie in [0, 1]')
@@ -101,7 +101,7 @@ def validate_optim_config(config: ml_collections.ConfigDict) -> None:
 
 def backbone_lr_scale(config: ml_collections.ConfigDict) -> float:
   """The backbone's learning rate as a fraction of the rest's (config.optim.backbone_lr_scale)."""
-  return config.optim.get('backbone_lr_scale', 1.0)
+  return config.optim.backbone_lr_scale
 
 
 def part_labels(params: Mapping[str, Any]) -> Any:
@@ -115,7 +115,7 @@ def part_labels(params: Mapping[str, Any]) -> Any:
 
 def accumulate_steps(config: ml_collections.ConfigDict) -> int:
   """Training steps (batches of config.train.batch_size) per optimiser update."""
-  return config.train.get('accumulate_steps', 1)
+  return config.train.accumulate_steps
 
 
 def base_learning_rate(config: ml_collections.ConfigDict) -> float:
@@ -125,7 +125,7 @@ def base_learning_rate(config: ml_collections.ConfigDict) -> float:
   if not 0 <= backbone_lr_scale(config) <= 1:
     _fail('optim.backbone_lr_scale', o.backbone_lr_scale, "must lie in [0, 1] (the backbone's "
           'rate as a fraction of the branches\' and classifier\'s; 1 = one rate)')
-  reference = o.get('lr_reference_batch', 0)
+  reference = o.lr_reference_batch
   if not reference:
     return o.learning_rate
   return o.learning_rate * config.train.batch_size * accumulate_steps(config) / reference
@@ -289,7 +289,7 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
   if scale != 1.0:  # Fine-tuning: the backbone's whole update (decay included) at `scale` x.
     tx = optax.chain(tx, optax.multi_transform(
         {'backbone': optax.scale(scale), 'new': optax.identity()}, part_labels))
-  if o.get('clip_grad_norm', 0.0) > 0:  # The loss's gradient, before weight decay is added.
+  if o.clip_grad_norm > 0:  # The loss's gradient, before weight decay is added.
     tx = optax.chain(optax.clip_by_global_norm(o.clip_grad_norm), tx)
   if k > 1:  # Averages k gradients, then updates once; the other k-1 steps leave the parameters.
     tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()

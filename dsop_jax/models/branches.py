@@ -21,9 +21,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dsop_jax import covpool
-from dsop_jax import layers
-from dsop_jax import stages
+from dsop_jax.models import covpool
+from dsop_jax.models import layers
+from dsop_jax.models import stages
 
 POOLS = ('isqrt_cov', 'gap')
 REDUCTIONS = ('direct', 'psdr')

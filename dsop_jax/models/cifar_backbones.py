@@ -24,9 +24,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dsop_jax import layers
-from dsop_jax import resnet
-from dsop_jax import stages
+from dsop_jax.models import layers
+from dsop_jax.models import resnet
+from dsop_jax.models import stages
 
 ModuleDef = Any
 

@@ -19,11 +19,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from dsop_jax import datasets
-from dsop_jax import export
 from dsop_jax import paths
-from dsop_jax import runs
-from dsop_jax import torch_weights
+from dsop_jax.data import datasets
+from dsop_jax.deploy import artifact
+from dsop_jax.deploy import torch_weights
+from dsop_jax.training import export
+from dsop_jax.training import runs
 
 HEADS = ('head', 'gsop')  # The backbone's own head: the classifier, or the second-order head.
 
@@ -32,7 +33,7 @@ def source_of(config: ml_collections.ConfigDict) -> Tuple[str, str]:
   """(field, path) of the weights a new run starts its backbone from; ('', '') for none."""
   if config.train.policy == 'two_phase' and config.train.backbone_checkpoint:
     return 'train.backbone_checkpoint', config.train.backbone_checkpoint
-  if config.model.get('init_from', ''):
+  if config.model.init_from:
     return 'model.init_from', config.model.init_from
   return '', ''
 
@@ -41,7 +42,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the field when the weights to start from cannot be used: no such
   file or directory, a file that is not safetensors, or a network with no torchvision/timm
   counterpart for a state dict. Reads only the file's header, before anything compiles."""
-  init_from = config.model.get('init_from', '')
+  init_from = config.model.init_from
   if not isinstance(init_from, str):
     raise ValueError(f'config.model.init_from = {init_from!r} is invalid: give a path (a '
                      'safetensors file, a dsop_jax export or workdir) or \'\' for none.')
@@ -57,7 +58,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not source.is_file():
     raise ValueError(f'config.{field} = {path!r} is invalid: no such file or directory.')
   torch_weights.check_supported(torch_weights.first_order(config.model), f'config.{field}')
-  header, _, _ = torch_weights.read_safetensors_header(path)
+  header, _ = torch_weights.read_safetensors_header(path)
   torch_weights.check_state_dict(config.model, {k: v['shape'] for k, v in header.items()},
                                  source=f'config.{field} = {path!r}')
   state, _ = torch_weights.read_safetensors(path)
@@ -67,8 +68,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def check_finite(tensors: Mapping[str, Any], source: str) -> None:
   """Raises ValueError naming `source` and the first tensors that hold NaN or infinity (weights
   that would turn the first step's loss into NaN)."""
-  bad = [k for k, v in tensors.items()
-         if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.all(np.isfinite(v))]
+  bad = [k for k, v in tensors.items()  # Floats of every width, bfloat16 (kind 'V') included.
+         if np.asarray(v).dtype.kind not in 'biu'
+         and not np.all(np.isfinite(np.asarray(v, np.float64)))]
   if bad:
     raise ValueError(f'{source} is invalid: {", ".join(repr(k) for k in bad[:5])} '
                      f'{"holds" if len(bad) == 1 else "hold"} non-finite values (NaN or '
@@ -97,7 +99,7 @@ def load(config: ml_collections.ConfigDict, fresh: Mapping[str, Any]
     check_finite({jax.tree_util.keystr(k): v for k, v in jax.tree.leaves_with_path(source)},
                  f'config.{field} = {path!r}')
     variables, kept = _fit_head(source, fresh)
-    export.check_same_structure(fresh, variables, f'backbone variables in {path}')
+    artifact.check_same_structure(fresh, variables, f'backbone variables in {path}')
     if 'head' in fresh['params'] and not any(k.startswith('the classifier') for k in kept):
       variables, kept = _check_classes(config, path, fresh, variables, kept)
   logging.info('Backbone initialised from %s%s.', path,
@@ -108,8 +110,8 @@ def load(config: ml_collections.ConfigDict, fresh: Mapping[str, Any]
 def source_class_names(path: str) -> Optional[List[str]]:
   """The class names a dsop_jax export (preprocessing.json) or workdir (class_names.json) was
   trained on, when it recorded them."""
-  names = (export.read_json(path, 'preprocessing.json') or {}).get('class_names') or (
-      export.read_json(path, runs.CLASS_NAMES_FILE))
+  names = (artifact.read_json(path, 'preprocessing.json') or {}).get('class_names') or (
+      artifact.read_json(path, runs.CLASS_NAMES_FILE))
   return list(names) if names else None
 
 

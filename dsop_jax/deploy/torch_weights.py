@@ -13,22 +13,26 @@ weight/bias/running_mean/running_var, and PyTorch adds each BatchNorm's `num_bat
 The architectures are the same (resnet.py, efficientnet.py say how), so converted weights compute
 the same function; tests/torch_weights_test.py checks it against torchvision's own logits.
 
-Weights travel as safetensors files (a JSON header and raw little-endian arrays, read and written
-here with NumPy alone): nothing is ever unpickled.
+Weights travel as safetensors files (the `safetensors` library, without torch): nothing is ever
+unpickled. float32, float16 and bfloat16 state dicts load.
 """
 
+import contextlib
 import functools
 import json
 import re
-import struct
+import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
+import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
 
-from dsop_jax import models
 from dsop_jax import paths
+from dsop_jax.models import registry
 
 # dsop_jax model name -> (library, the constructor a user calls there).
 LIBRARIES: Dict[str, Tuple[str, str]] = {
@@ -59,8 +63,8 @@ def check_supported(model_config: ml_collections.ConfigDict, field: str) -> None
   if model_config.name not in LIBRARIES:
     raise ValueError(f'{field} is invalid for config.model.name = {model_config.name!r}: torchvision '
                      f'and timm weights exist for {", ".join(LIBRARIES)} only.')
-  head = model_config.get('head')
-  if head is not None and head.pool != 'gap':
+  head = model_config.head
+  if head.pool != 'gap':
     raise ValueError(f'{field} is invalid with config.model.head.pool = {head.pool!r}: the '
                      'second-order head has no torchvision/timm counterpart; only the '
                      'first-order network (gap) does.')
@@ -173,8 +177,7 @@ def to_state_dict(model_config: ml_collections.ConfigDict, variables: Mapping[st
 def first_order(model_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`model_config` with the first-order head (GAP + FC) in place of a second-order one."""
   plain = ml_collections.ConfigDict(model_config.to_dict())
-  if plain.get('head') is not None:
-    plain.head.pool = 'gap'
+  plain.head.pool = 'gap'
   return plain
 
 
@@ -231,7 +234,7 @@ def check_state_dict(model_config: ml_collections.ConfigDict,
         f'{" ..." if len(unexpected) > 5 else ""} ({len(missing)} missing, {len(unexpected)} '
         'unexpected).')
   kept = []
-  if model_config.get('head') is not None and model_config.head.pool != 'gap':
+  if model_config.head.pool != 'gap':
     kept.append('the second-order head (gsop)')
   elif tuple(shapes[f'{_classifier(model_config)}.weight'])[0] != model_config.num_classes:
     kept.append(f'the classifier ({model_config.num_classes} classes)')
@@ -261,7 +264,7 @@ def setup_lines(model_config: ml_collections.ConfigDict) -> List[str]:
   """
   library, constructor = LIBRARIES[model_config.name]
   n = model_config.num_classes
-  sizes = list(model_config.get('stage_sizes') or ())
+  sizes = list(model_config.stage_sizes)
   if sizes and library == 'torchvision':
     block = 'BasicBlock' if model_config.name in ('resnet18', 'resnet34') else 'Bottleneck'
     constructor = (f'torchvision.models.resnet.ResNet(torchvision.models.resnet.{block}, {sizes}, '
@@ -270,7 +273,7 @@ def setup_lines(model_config: ml_collections.ConfigDict) -> List[str]:
     raise ValueError(f'--format=torchvision is invalid for {model_config.name} with '
                      f'config.model.stage_sizes = {tuple(sizes)}: timm has no such model.')
   lines = [f'import {library}', f'model = {constructor.format(n=n)}']
-  if model_config.get('last_stride', 2) == 1:
+  if model_config.last_stride == 1:
     if model_config.name == 'efficientnet_b0':
       lines.append('model.blocks[5][0].conv_dw.stride = (1, 1)  # -s1: no down-sampling in '
                    'stage 6')
@@ -284,86 +287,76 @@ def setup_lines(model_config: ml_collections.ConfigDict) -> List[str]:
   return lines
 
 
-# Safetensors: an 8-byte little-endian header length, a JSON header {name: {"dtype", "shape",
-# "data_offsets": [begin, end]}, "__metadata__": {str: str}}, then the tensors' bytes.
-_DTYPES = {'F32': np.float32, 'F64': np.float64, 'F16': np.float16, 'I64': np.int64,
-           'I32': np.int32, 'I16': np.int16, 'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_}
-_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+# The safetensors library parses, checks and writes the files. Its NumPy API has no bfloat16
+# (NumPy has none: ml_dtypes, which JAX uses, gives it), so tensors are read through its
+# framework-free `deserialize` (raw bytes, dtype name, shape) and this table; PyTorch writes
+# bfloat16 state dicts as BF16.
+_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16,
+           'I64': np.int64, 'I32': np.int32, 'I16': np.int16, 'I8': np.int8, 'U8': np.uint8,
+           'BOOL': np.bool_}
 
 
 def write_safetensors(path: str, tensors: Mapping[str, np.ndarray],
                       metadata: Optional[Mapping[str, str]] = None) -> None:
-  """Writes `tensors` (in their order) as a safetensors file, with string `metadata`."""
-  header: Dict[str, Any] = {'__metadata__': dict(metadata)} if metadata else {}
-  offset, blobs = 0, []
-  for name, array in tensors.items():
-    array = np.asarray(array)  # tobytes() writes C order; ascontiguousarray would make 0-d 1-d.
-    if array.dtype not in _NAMES:
-      raise ValueError(f'{name}: dtype {array.dtype} has no safetensors name.')
-    blob = array.astype(array.dtype.newbyteorder('<'), copy=False).tobytes()
-    header[name] = {'dtype': _NAMES[array.dtype], 'shape': list(array.shape),
-                    'data_offsets': [offset, offset + len(blob)]}
-    offset += len(blob)
-    blobs.append(blob)
-  text = json.dumps(header, separators=(',', ':')).encode()
-  text += b' ' * (-len(text) % 8)  # The reference writer aligns the data to 8 bytes.
-  with paths.path(path).open('wb') as f:
-    f.write(struct.pack('<Q', len(text)))
-    f.write(text)
-    for blob in blobs:
-      f.write(blob)
+  """Writes `tensors` as a safetensors file (`safetensors.numpy.save`), with string `metadata`."""
+  data = safetensors.numpy.save({k: np.asarray(v) for k, v in tensors.items()},
+                                metadata=dict(metadata) if metadata else None)
+  paths.path(path).write_bytes(data)
 
 
-def read_safetensors_header(path: str) -> Tuple[Dict[str, Any], Dict[str, str], int]:
-  """(tensor entries, metadata, the data's offset in the file) of a safetensors file, reading
-  only its header.
+def _not_safetensors(path: str) -> ValueError:
+  return ValueError(f'{path!r} is not a safetensors file (convert a PyTorch .pth with '
+                    "safetensors.torch.save_file(torch.load(path), 'model.safetensors')).")
+
+
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[Any]:
+  """`safetensors.safe_open` of the file at `path` (a gs:// one copied to a local file first)."""
+  with contextlib.ExitStack() as stack:
+    local = path
+    if paths.is_remote(path):
+      local = stack.enter_context(tempfile.TemporaryDirectory()) + '/weights.safetensors'
+      with open(local, 'wb') as f:
+        f.write(paths.path(path).read_bytes())
+    try:
+      opened = stack.enter_context(safetensors.safe_open(local, framework='numpy'))
+    except (safetensors.SafetensorError, OSError) as e:
+      raise _not_safetensors(path) from e
+    yield opened
+
+
+def read_safetensors_header(path: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
+  """({name: {'dtype', 'shape'}}, metadata) of a safetensors file, reading only its header.
 
   Raises:
-    ValueError: the file is not a well-formed safetensors file (named), e.g. a pickled `.pth`.
+    ValueError: the file is not a well-formed safetensors file (named), e.g. a pickled `.pth`, or
+      holds a dtype a network's weights cannot have.
   """
-  bad = ValueError(f'{path!r} is not a safetensors file (convert a PyTorch .pth with '
-                   "safetensors.torch.save_file(torch.load(path), 'model.safetensors')).")
-  with paths.path(path).open('rb') as f:
-    start = f.read(8)
-    size = struct.unpack('<Q', start)[0] if len(start) == 8 else -1
-    if not 1 < size < 100_000_000:
-      raise bad
-    try:
-      header = json.loads(f.read(size))
-    except (ValueError, UnicodeDecodeError):
-      raise bad from None
-  if not isinstance(header, dict):
-    raise bad
-  metadata = header.pop('__metadata__', None) or {}
-  for name, info in header.items():
-    if (not isinstance(info, dict) or info.get('dtype') not in _DTYPES or
-        len(info.get('data_offsets', ())) != 2):
-      raise ValueError(f'{path!r}: tensor {name!r} has an entry this reader does not accept '
-                       f'({info!r}); dtypes: {", ".join(_DTYPES)}.')
-  return header, metadata, 8 + size
+  with _opened(path) as f:
+    entries = {k: {'dtype': f.get_slice(k).get_dtype(), 'shape': list(f.get_slice(k).get_shape())}
+               for k in f.keys()}
+    metadata = f.metadata() or {}
+  for name, entry in entries.items():
+    if entry['dtype'] not in _DTYPES:
+      raise ValueError(f'{path!r}: tensor {name!r} has dtype {entry["dtype"]}; this reader '
+                       f'accepts {", ".join(_DTYPES)}.')
+  return entries, metadata
 
 
 def read_safetensors(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
-  """(tensors, metadata) of a safetensors file.
+  """(tensors, metadata) of a safetensors file; bfloat16 tensors come as `ml_dtypes.bfloat16`.
 
   Raises:
     ValueError: the file is not a well-formed safetensors file (named), e.g. a pickled `.pth`.
   """
-  header, metadata, offset = read_safetensors_header(path)
-  with paths.path(path).open('rb') as f:
-    f.seek(offset)
-    body = f.read()
-  tensors = {}
-  for name, info in header.items():
-    begin, end = info['data_offsets']
-    dtype = np.dtype(_DTYPES[info['dtype']])
-    if not 0 <= begin <= end <= len(body) or end - begin != dtype.itemsize * int(
-        np.prod(info['shape'], dtype=np.int64)):
-      raise ValueError(f'{path!r}: tensor {name!r} has offsets {info["data_offsets"]} that do '
-                       f'not fit its shape {info["shape"]} or the file ({len(body)} data bytes).')
-    array = np.frombuffer(body[begin:end], dtype.newbyteorder('<'))
-    tensors[name] = array.reshape(info['shape']).astype(dtype)
-  return tensors, metadata
+  _, metadata = read_safetensors_header(path)
+  try:
+    entries = safetensors.deserialize(paths.path(path).read_bytes())
+  except safetensors.SafetensorError as e:
+    raise _not_safetensors(path) from e
+  return {name: np.frombuffer(entry['data'], np.dtype(_DTYPES[entry['dtype']]).newbyteorder('<'))
+          .reshape(entry['shape']).astype(_DTYPES[entry['dtype']])
+          for name, entry in entries}, metadata
 
 
 def abstract_variables(model_config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -374,6 +367,6 @@ def abstract_variables(model_config: ml_collections.ConfigDict) -> Dict[str, Any
 
 @functools.lru_cache(maxsize=8)
 def _abstract_variables(model_json: str) -> Dict[str, Any]:
-  module = models.create_backbone(ml_collections.ConfigDict(json.loads(model_json)))
+  module = registry.create_backbone(ml_collections.ConfigDict(json.loads(model_json)))
   return jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False),
                         jax.ShapeDtypeStruct((1, 32, 32, 3), jax.numpy.float32))

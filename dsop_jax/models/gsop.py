@@ -25,9 +25,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dsop_jax import branches as branches_lib
-from dsop_jax import covpool
-from dsop_jax import layers
+from dsop_jax.models import branches as branches_lib
+from dsop_jax.models import covpool
+from dsop_jax.models import layers
 
 NAME = 'gsop'
 POOLS = ('isqrt_cov', 'mpn_cov')

@@ -13,8 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dsop_jax import branches as branches_lib
-from dsop_jax import stages
+from dsop_jax.models import branches as branches_lib
+from dsop_jax.models import stages
 
 BACKBONE = 'backbone'
 

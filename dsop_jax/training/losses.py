@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dsop_jax import optim
+from dsop_jax.training import optim
 
 # (params, batch_stats, batch, dropout_rng, loss_args) -> (total, (outputs, new batch_stats, terms)):
 # a model's training-mode loss on a batch. `loss_args` are arrays the loss reads besides the model's

@@ -22,13 +22,14 @@ from absl import logging
 import jax
 import ml_collections
 
-from dsop_jax import checkpointing
-from dsop_jax import datasets
-from dsop_jax import models
-from dsop_jax import optim
+from dsop_jax import config_files
 from dsop_jax import paths
-from dsop_jax import sharding
-from dsop_jax import steps
+from dsop_jax.data import datasets
+from dsop_jax.models import registry
+from dsop_jax.training import checkpointing
+from dsop_jax.training import optim
+from dsop_jax.training import sharding
+from dsop_jax.training import steps
 
 
 @contextlib.contextmanager
@@ -173,18 +174,22 @@ def repair_metrics(path: paths.PathLike) -> None:
 
 
 def workdir_config(workdir: paths.PathLike) -> ml_collections.ConfigDict:
-  """The config a training workdir was trained with (its config.json)."""
+  """The config a training workdir was trained with (its config.json), brought up to the current
+  schema (`config_files.upgrade`: fields added since it was written hold their defaults)."""
   path = paths.path(workdir) / 'config.json'
   if not path.exists():
     raise ValueError(f'{workdir!r} holds no config.json: not a dsop_jax training workdir.')
   try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    saved = json.loads(path.read_text())
+    if not isinstance(saved, dict):
+      raise ValueError(f'a JSON {type(saved).__name__}, not an object')
   except ValueError as e:  # json.JSONDecodeError, or a JSON value that is not an object.
     raise ValueError(
         f'{path} is not a valid config file ({e}): it was damaged or edited by hand. Restore it '
         'from a backup or from a config.until_step_N.json beside it, or write the config the '
         'run was trained with there (`config.to_json()` of the same config file and '
         'overrides); the checkpoints themselves are untouched.') from e
+  return config_files.upgrade(saved, str(path))
 
 
 def _flatten(tree: Any, prefix: str) -> Dict[str, Any]:
@@ -193,41 +198,28 @@ def _flatten(tree: Any, prefix: str) -> Dict[str, Any]:
   return {prefix: list(tree) if isinstance(tree, (list, tuple)) else tree}
 
 
-# Model fields added after checkpoints may have been written, with the value that builds what a
-# config without them built; a saved config.json without them reads as holding these.
-_LEGACY_MODEL_FIELDS = {'config.model.stage_sizes': [], 'config.model.head.pool': 'gap'}
-
-
 def _structure_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The fields that fix a checkpoint's structure: the model's and the optimiser's kind."""
-  fields = {**_LEGACY_MODEL_FIELDS, **_flatten(config.model.to_dict(), 'config.model')}
+  fields = _flatten(config.model.to_dict(), 'config.model')
   fields.pop('config.model.bn_group_size', None)  # How BN groups a batch: no variable depends on it.
   fields.pop('config.model.init_from', None)  # Where the first step's weights came from.
-  if not models.BACKBONES.get(config.model.name, (None, True))[1]:
+  if not registry.BACKBONES.get(config.model.name, (None, True))[1]:
     fields.pop('config.model.last_stride', None)  # CIFAR networks have none (older configs had one).
   if fields['config.model.head.pool'] == 'gap':  # GAP + FC: the other head fields build nothing.
     fields = {k: v for k, v in fields.items()
               if not k.startswith('config.model.head.') or k == 'config.model.head.pool'}
-  fields['config.optim.name'] = config.optim.get('name')
+  fields['config.optim.name'] = config.optim.name
   # Clipping, accumulation and the moving average add to the training state (whatever their
   # values); absent from configs written before they existed, as off.
-  fields['config.optim.clip_grad_norm > 0'] = config.optim.get('clip_grad_norm', 0.0) > 0
+  fields['config.optim.clip_grad_norm > 0'] = config.optim.clip_grad_norm > 0
   fields['config.train.accumulate_steps > 1'] = optim.accumulate_steps(config) > 1
   fields['config.optim.ema_decay > 0'] = steps.uses_ema(config)
   fields['config.optim.backbone_lr_scale != 1'] = optim.backbone_lr_scale(config) != 1.0
   return fields
 
 
-# Data fields added after workdirs may have been written, with the value that reads the data a
-# config without them read.
-_LEGACY_DATA_FIELDS = {'config.data.train_subset': 0, 'config.data.train_subset_seed': 0,
-                       'config.data.fit': 'pad',
-                       'config.data.train_split': '', 'config.data.eval_split': '',
-                       'config.data.augment': '', 'config.data.mean': [], 'config.data.std': []}
 _SCHEDULE_FIELDS = ('learning_rate', 'schedule', 'decay_epochs', 'decay_factor', 'warmup_epochs',
                     'decay_every_epochs')
-_LEGACY_SCHEDULE_FIELDS = {'config.optim.lr_reference_batch': 0, 'config.train.accumulate_steps': 1,
-                           'config.optim.backbone_lr_scale': 1.0}
 
 
 def continuity_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -235,29 +227,24 @@ def continuity_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   state's structure: what each step sees (global batch, steps per update, seed, every data field
   but data_dir, which says where the data lies, not what it is) and the learning-rate schedule
   (with a cosine schedule, num_epochs shapes it too). Changing one mid-run breaks the epoch accounting and exact resume."""
-  fields = {**_LEGACY_DATA_FIELDS, **_LEGACY_SCHEDULE_FIELDS,
-            **_flatten(config.data.to_dict(), 'config.data')}
-  fields.pop('config.data.data_dir', None)
+  fields = _flatten(config.data.to_dict(), 'config.data')
+  fields.pop('config.data.data_dir')
   fields['config.train.batch_size'] = config.train.batch_size
-  if 'accumulate_steps' in config.train:
-    fields['config.train.accumulate_steps'] = config.train.accumulate_steps
-  if 'lr_reference_batch' in config.optim:
-    fields['config.optim.lr_reference_batch'] = config.optim.lr_reference_batch
-  if 'backbone_lr_scale' in config.optim:
-    fields['config.optim.backbone_lr_scale'] = config.optim.backbone_lr_scale
+  fields['config.train.accumulate_steps'] = config.train.accumulate_steps
+  fields['config.optim.lr_reference_batch'] = config.optim.lr_reference_batch
+  fields['config.optim.backbone_lr_scale'] = config.optim.backbone_lr_scale
   fields['config.train.seed'] = config.train.seed
   for k in _SCHEDULE_FIELDS:
-    if k in config.optim:
-      value = config.optim[k]
-      fields[f'config.optim.{k}'] = list(value) if isinstance(value, (list, tuple)) else value
-  if config.optim.get('schedule') == 'cosine':
+    value = config.optim[k]
+    fields[f'config.optim.{k}'] = list(value) if isinstance(value, (list, tuple)) else value
+  if config.optim.schedule == 'cosine':
     fields['config.train.num_epochs'] = config.train.num_epochs
   return fields
 
 
 def allowed_resume_changes(config: ml_collections.ConfigDict) -> List[str]:
   """config.train.allow_resume_changes as full field names ('config.train.batch_size')."""
-  value = config.train.get('allow_resume_changes', '')
+  value = config.train.allow_resume_changes
   names = [n.strip() for n in value.split(',') if n.strip()] if isinstance(value, str) else None
   if names is None:
     raise ValueError(f'config.train.allow_resume_changes = {value!r} is invalid: give a '

@@ -12,7 +12,6 @@ damaged later is skipped at restore (see `Checkpointer.restore`).
 """
 
 import hashlib
-import logging as std_logging
 import signal
 import threading
 import time
@@ -46,18 +45,6 @@ def state_checksum(state: Any) -> str:
 
 def _ranking(metrics: Mapping[str, float]) -> float:
   return metrics[BEST_METRIC]
-
-
-def _not_orbax_info(record: std_logging.LogRecord) -> bool:
-  # `record.levelno` is a Python level (INFO = 20); absl's constants are its own (WARNING = -1).
-  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
-
-
-def quiet_orbax_info_logs() -> None:
-  """Orbax logs every file it writes at INFO; keep its warnings and errors only (idempotent)."""
-  handler = logging.get_absl_handler()
-  if _not_orbax_info not in handler.filters:
-    handler.addFilter(_not_orbax_info)
 
 
 BEST_METRIC = 'top1'  # What a checkpoint's evaluation is ranked by: the main head's top-1.

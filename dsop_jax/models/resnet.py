@@ -20,8 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dsop_jax import layers
-from dsop_jax import stages
+from dsop_jax.models import layers
+from dsop_jax.models import stages
 
 ModuleDef = Any
 

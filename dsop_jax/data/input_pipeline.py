@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from dsop_jax import datasets
+from dsop_jax.data import datasets
 
 tf.config.set_visible_devices([], 'GPU')  # Input pipeline only: never take accelerator memory.
 
@@ -49,15 +49,15 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
   if not isinstance(d.image_size, int) or d.image_size < 32:
     raise ValueError(f'config.data.image_size = {d.image_size!r} is invalid: must be an integer '
                      '>= 32.')
-  if not isinstance(d.get('inception_crop', False), bool):
+  if not isinstance(d.inception_crop, bool):
     raise ValueError(f'config.data.inception_crop = {d.inception_crop!r} is invalid: allowed: '
                      'True, False.')
-  if d.get('fit', 'pad') not in datasets.FITS:
+  if d.fit not in datasets.FITS:
     raise ValueError(f'config.data.fit = {d.fit!r} is invalid: allowed: {", ".join(datasets.FITS)}.')
-  if d.get('augment', '') not in ('',) + datasets.AUGMENTATIONS:
+  if d.augment not in ('',) + datasets.AUGMENTATIONS:
     raise ValueError(f'config.data.augment = {d.augment!r} is invalid: allowed: '
                      f'{", ".join(datasets.AUGMENTATIONS)}, or \'\' for the dataset\'s own.')
-  mean, std = tuple(d.get('mean', ())), tuple(d.get('std', ()))
+  mean, std = tuple(d.mean), tuple(d.std)
   if (mean or std) and (len(mean) != 3 or len(std) != 3 or not all(
       isinstance(v, (int, float)) for v in mean + std) or min(std) <= 0):
     raise ValueError(f'config.data.mean = {mean!r}, config.data.std = {std!r} are invalid: give '
@@ -69,7 +69,7 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
 def with_dataset_stats(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` with config.data.mean and std filled in where the dataset's are computed from its
   images (an image folder), so the run's config.json records what it was normalised with."""
-  if config.data.dataset != datasets.FOLDER or config.data.get('mean'):
+  if config.data.dataset != datasets.FOLDER or config.data.mean:
     return config
   info = datasets.dataset_info(config)
   config = ml_collections.ConfigDict(config.to_dict())
@@ -217,7 +217,7 @@ def preprocessing(config: ml_collections.ConfigDict) -> Dict[str, Any]:
                         'shorter_side': eval_shorter_side(info.augment, size), 'crop': [size, size],
                         'method': 'bilinear, antialiased'}
   elif config.data.dataset == 'fashion_mnist':
-    fit = config.data.get('fit', 'pad')
+    fit = config.data.fit
     recipe['grey'] = True
     recipe['resize'] = {'rule': 'grey_28_then_' + fit, 'source_size': [28, 28],
                         'method': 'bilinear, antialiased'}
@@ -312,7 +312,7 @@ as the train step does on the device) and int32 labels.
       ds = ds.enumerate(start=process_index * 2**40).skip(offset * local_batch_size)
     ds = ds.map(lambda i, ex: preprocess(
         ex, tf.stack([tf.constant(epoch_seed, tf.int64), i]), info=info, train=True,
-        image_size=config.data.image_size, inception_crop=config.data.get('inception_crop', False)),
+        image_size=config.data.image_size, inception_crop=config.data.inception_crop),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch_size, drop_remainder=True).take(per_epoch - offset)
     produced = 0

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dsop_jax import image_files
+from dsop_jax.data import image_files
 
 tf.config.set_visible_devices([], 'GPU')  # Input pipeline only: never take accelerator memory.
 
@@ -154,7 +154,7 @@ def _full_arrays(config: ml_collections.ConfigDict) -> Dict[str, Tuple[np.ndarra
   if config.data.dataset == 'digits':
     return _digits_arrays()
   return _fashion_mnist_arrays(os.path.abspath(config.data.data_dir), config.data.image_size,
-                               config.data.get('fit', 'pad'))
+                               config.data.fit)
 
 
 def subset_indices(total: int, subset: int, seed: int = 0) -> np.ndarray:
@@ -167,9 +167,9 @@ def subset_indices(total: int, subset: int, seed: int = 0) -> np.ndarray:
 def _arrays(config: ml_collections.ConfigDict, split: str) -> Tuple[np.ndarray, np.ndarray]:
   """(images, labels) of `split` of an in-memory dataset, its training subset applied."""
   images, labels = _full_arrays(config)[split]
-  subset = config.data.get('train_subset', 0)
+  subset = config.data.train_subset
   if split == dataset_info(config).train_split and subset:
-    keep = subset_indices(len(labels), subset, config.data.get('train_subset_seed', 0))
+    keep = subset_indices(len(labels), subset, config.data.train_subset_seed)
     images, labels = images[keep], labels[keep]
   return images, labels
 
@@ -191,10 +191,10 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   if name in DATASETS:
     info = DATASETS[name]
     if name in ARRAY_DATASETS:  # Normalised by the grey mean and deviation of the train split.
-      mean, std = _grey_stats(name, os.path.abspath(d.data_dir), d.image_size, d.get('fit', 'pad'))
+      mean, std = _grey_stats(name, os.path.abspath(d.data_dir), d.image_size, d.fit)
       info = dataclasses.replace(info, mean=mean, std=std)
   elif name == FOLDER:
-    classes = image_files.folder_classes(d.data_dir, d.get('train_split') or 'train')
+    classes = image_files.folder_classes(d.data_dir, d.train_split or 'train')
     info = DatasetInfo(len(classes), 'train', 'val', 'imagenet', (), ())
   else:  # Any TFDS image-classification dataset: ImageNet's statistics, as pretrained weights.
     builder_info = _builder(config).info
@@ -204,9 +204,9 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
     info = DatasetInfo(builder_info.features[label].num_classes, 'train', eval_split, 'imagenet',
                        _IMAGENET_MEAN, _IMAGENET_STD)
   info = dataclasses.replace(
-      info, train_split=d.get('train_split') or info.train_split,
-      eval_split=d.get('eval_split') or info.eval_split, augment=d.get('augment') or info.augment)
-  if d.get('mean'):
+      info, train_split=d.train_split or info.train_split,
+      eval_split=d.eval_split or info.eval_split, augment=d.augment or info.augment)
+  if d.mean:
     info = dataclasses.replace(info, mean=tuple(d.mean), std=tuple(d.std))
   elif name == FOLDER:
     mean, std = image_files.folder_stats(d.data_dir, info.train_split, d.image_size)
@@ -245,11 +245,11 @@ def validate_source(config: ml_collections.ConfigDict) -> None:
   data_dir, splits, train_subset, the class count against config.model.num_classes), an
   unprepared TFDS dataset included, before anything reads the data."""
   d = config.data
-  subset = d.get('train_subset', 0)
+  subset = d.train_subset
   if not isinstance(subset, int) or isinstance(subset, bool) or subset < 0:
     raise ValueError(f'config.data.train_subset = {subset!r} is invalid: must be an integer >= 0 '
                      '(0 = the whole training split).')
-  subset_seed = d.get('train_subset_seed', 0)
+  subset_seed = d.train_subset_seed
   if not isinstance(subset_seed, int) or isinstance(subset_seed, bool) or subset_seed < 0:
     raise ValueError(f'config.data.train_subset_seed = {subset_seed!r} is invalid: must be an '
                      'integer >= 0 (the seed of the permutation that draws the training subset).')
@@ -258,7 +258,7 @@ def validate_source(config: ml_collections.ConfigDict) -> None:
                      f'{d.dataset!r}: a training subset is kept only of the in-memory datasets '
                      f'({", ".join(ARRAY_DATASETS)}); use 0.')
   for field in ('train_split', 'eval_split'):
-    if not isinstance(d.get(field, ''), str):
+    if not isinstance(d[field], str):
       raise ValueError(f'config.data.{field} = {d[field]!r} is invalid: give a split name, or '
                        "'' for the dataset's own.")
   if d.dataset == 'fashion_mnist':
@@ -282,7 +282,7 @@ def validate_source(config: ml_collections.ConfigDict) -> None:
   if config.model.num_classes != info.num_classes:
     raise ValueError(f'config.model.num_classes = {config.model.num_classes} is invalid: '
                      f'{d.dataset} has {info.num_classes} classes.')
-  if info.fixed_size and d.image_size != info.fixed_size and not d.get('augment'):
+  if info.fixed_size and d.image_size != info.fixed_size and not d.augment:
     raise ValueError(f'config.data.image_size = {d.image_size} is invalid: {d.dataset} images '
                      f'are {info.fixed_size}x{info.fixed_size}.')
   _check_prepared(config)
@@ -292,7 +292,7 @@ def _check_folder(config: ml_collections.ConfigDict) -> None:
   """An ImageFolder tree: classes in the training split, images in both splits, no class in the
   evaluation split that training does not have."""
   d = config.data
-  train, evaluation = d.get('train_split') or 'train', d.get('eval_split') or 'val'
+  train, evaluation = d.train_split or 'train', d.eval_split or 'val'
   classes = image_files.folder_classes(d.data_dir, train)
   layout = (f'expected {os.path.join(d.data_dir or "ROOT", train)}/<class>/*.jpg|png and '
             f'{os.path.join(d.data_dir or "ROOT", evaluation)}/<class>/... (ImageFolder layout)')
@@ -332,7 +332,7 @@ def _check_prepared(config: ml_collections.ConfigDict) -> None:
     return
   if config.data.dataset in ARRAY_DATASETS:
     total = len(_full_arrays(config)[info.train_split][1])
-    if config.data.get('train_subset', 0) > total:
+    if config.data.train_subset > total:
       raise ValueError(f'config.data.train_subset = {config.data.train_subset} is invalid: the '
                        f'training split of {config.data.dataset} has {total} examples.')
     return
@@ -361,7 +361,7 @@ def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
 
 
 def _folder_split(config: ml_collections.ConfigDict, split: str) -> Tuple[List[str], List[int]]:
-  train = config.data.get('train_split') or 'train'
+  train = config.data.train_split or 'train'
   classes = image_files.folder_classes(config.data.data_dir, train)
   return image_files.folder_files(config.data.data_dir, split, tuple(classes))
 
@@ -455,7 +455,7 @@ def class_names(config: ml_collections.ConfigDict) -> Optional[List[str]]:
   if name == 'cifar10':
     return list(_CIFAR10_NAMES)
   if name == FOLDER:
-    train = config.data.get('train_split') or 'train'
+    train = config.data.train_split or 'train'
     return image_files.folder_classes(config.data.data_dir, train) or None
   data_dir = config.data.data_dir if name != 'fashion_mnist' else None
   try:
