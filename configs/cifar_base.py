@@ -142,7 +142,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Pre-activation ResNet-110 on CIFAR-100 with the Table IV layout (common.get_config's fields,
   the CIFAR values); the cifar_*.py files override the backbone fields."""
   config = common.get_config()
-  config.model.name = 'preact_resnet110'  # Backbone (see dsop_jax.models.BACKBONES).
+  config.model.name = 'preact_resnet110'  # Backbone (see dsop_jax.models.registry.BACKBONES).
   config.model.num_classes = NUM_CLASSES['cifar100']  # The 'cifar10' option sets 10.
   # BatchNorm statistics over the whole global batch (the paper does not say how its CIFAR batches
   # were split over GPUs).

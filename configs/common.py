@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'resnet18'  # Backbone: a key of dsop_jax.models.BACKBONES.
+  config.model.name = 'resnet18'  # Backbone: a key of dsop_jax.models.registry.BACKBONES.
   config.model.num_classes = 1000  # Outputs of every classifier; must match the dataset's classes.
   config.model.dtype = 'float32'  # Activation dtype: float32 or bfloat16 (covariance pooling: float32).
   # Examples per BatchNorm statistics group in training; 0 = the whole global batch.
@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Weights the backbone starts from ('' = random): a safetensors file of a torchvision ResNet-18/
   # 34/50/101/152 or timm seresnext101_32x4d / efficientnet_b0 state dict, or a dsop_jax export
   # directory or training workdir. Branches start fresh; so does the classifier when the source's
-  # has another class count. Nothing is unpickled (README: converting a .pth).
+  # has another class count. Nothing is unpickled (docs/data_and_weights.md: converting a .pth).
   config.model.init_from = ''
 
   # The detachable branches. Two layouts, one of them set (neither: the plain network):
@@ -77,7 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # The network's own head. 'gap': GAP + FC, the first-order network DSoP-Net deploys. 'isqrt_cov' or
   # 'mpn_cov' (ImageNet networks): the second-order network, a reduction + covariance pooling + FC
-  # kept at test time (Table II's iSQRT-COV / MPN-COV rows, Table XI; dsop_jax/gsop.py).
+  # kept at test time (Table II's iSQRT-COV / MPN-COV rows, Table XI; dsop_jax/models/gsop.py).
   config.model.head = ml_collections.ConfigDict()
   config.model.head.pool = 'gap'
   config.model.head.channels = 256  # Target channels of the reduction before pooling (Table XI).

@@ -13,7 +13,7 @@ the second-order head's reduction layer, which an ImageNet ResNet-50 does not ha
 itself reports no fine-tuning results: these configs have no paper number to reproduce.
 
 The ImageNet weights come from a torchvision state dict (`python -m dsop_jax.main ...
---config.model.init_from=resnet50.safetensors`; README: converting torchvision's .pth), or from a
+--config.model.init_from=resnet50.safetensors`; docs/data_and_weights.md: converting torchvision's .pth), or from a
 dsop_jax export or workdir of an ImageNet ResNet-50:
   DSoP-Net:  python -m dsop_jax.main --config=configs/finetune_cub.py --workdir=... \\
                  --config.data.data_dir=/data/tfds --config.model.init_from=resnet50.safetensors

@@ -1,7 +1,7 @@
 """The second-order network: ResNet-50-s1 with global covariance pooling at the end, kept at test time.
 
 No DSoP branches: GAP + FC is replaced by a dimensionality reduction of stage 5's 2048 channels,
-covariance pooling (iSQRT-COV, or MPN-COV with `:mpn_cov`) and an FC (dsop_jax/gsop.py). Trained
+covariance pooling (iSQRT-COV, or MPN-COV with `:mpn_cov`) and an FC (dsop_jax/models/gsop.py). Trained
 with the paper's ImageNet schedule (Section V-B: 90 epochs, lr 0.1 /10 at 30 and 60, batch 256).
 
 Paper, top-1 / top-5 error % (single 224 centre crop):

@@ -3,7 +3,7 @@ scikit-learn (1,797 real 8x8 images upscaled to 32x32, fixed 1437/360 split), no
 
   python -m dsop_jax.main --config=configs/quickstart.py --workdir=/tmp/dsop_quickstart
 Plain ResNet-20 for comparison: add --config.model.branches.pattern=''.
-On Fashion-MNIST (README, "What changes the gain") these settings, the cosine schedule and all three
+On Fashion-MNIST (docs/results.md, "What changes the gain") these settings, the cosine schedule and all three
 branches, gave the largest mean gain measured: the paper's step schedule gave both networks higher
 errors in 10 epochs, and without the stage-1 branch the mean gain over three seeds fell from 0.59
 to 0.24 points.

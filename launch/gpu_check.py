@@ -1,4 +1,4 @@
-"""The GPU check behind launch/gpu_check.sh: one JSON summary of what BENCHMARKS.md's GPU targets need.
+"""The GPU check behind launch/gpu_check.sh: one JSON summary of what docs/benchmarks.md's GPU targets need.
 
 On one accelerator, bf16, batch 256, synthetic data made on the device:
 1. `dsop_jax.benchmark` of ResNet-50-s1 with its DSoP branches (configs/imagenet_r50.py): the
@@ -66,7 +66,7 @@ def load_config(argument: str, quick: bool) -> Any:
 
 
 def targets(s1: Dict[str, Any], s2: Dict[str, Any]) -> Dict[str, Any]:
-  """BENCHMARKS.md's GPU targets, each with the measured value and whether it is met."""
+  """docs/benchmarks.md's GPU targets, each with the measured value and whether it is met."""
   train, inference = s1['train'], s1['inference']
   share = max(b['pool_share'] for b in s1['pooling']['branches'].values())
   bound = 1.1 * train['xla_flops_ratio']

@@ -18,6 +18,7 @@ from dsop_jax.configs import common
 from dsop_jax.deploy import artifact
 from dsop_jax.models import registry
 from dsop_jax.training import checkpointing
+from dsop_jax.training import restoring
 from dsop_jax.training import runs
 from dsop_jax.training import sharding
 from dsop_jax.training import steps
@@ -70,7 +71,7 @@ def test_unreadable_checkpoints_are_skipped_and_the_run_ends_as_uninterrupted(tm
 
   assert checkpointing.Checkpointer(workdir).latest_step() == 6
   # Readers (export, eval) only read: step 6 is skipped, not moved, and step 3's variables come back.
-  read = runs.restore_variables(config, workdir)
+  read = restoring.restore_variables(config, workdir)
   assert not os.path.exists(os.path.join(workdir, 'corrupt_checkpoints'))
   assert '6' in os.listdir(checkpoints)
   at_3, _ = checkpointing.Checkpointer(workdir, read_only=True).restore(
@@ -79,7 +80,7 @@ def test_unreadable_checkpoints_are_skipped_and_the_run_ends_as_uninterrupted(tm
     np.testing.assert_array_equal(a, b)
   nowhere = str(tmp_path / 'nowhere')  # A workdir that does not exist is not created by a reader.
   with pytest.raises(ValueError, match='No checkpoint in'):
-    runs.restore_variables(config, nowhere)
+    restoring.restore_variables(config, nowhere)
   assert not os.path.exists(nowhere)
   with caplog.at_level(logging.WARNING):
     resumed = train.train_and_evaluate(config, workdir)  # Resumes from 3, redoes 4-6.
@@ -104,7 +105,7 @@ def _damaged_step_2_is_skipped_for_step_1(config, workdir, caplog):
   abstract = steps.abstract_initial_state(config, sharding.create_mesh())
   at_1, _ = checkpointing.Checkpointer(workdir, read_only=True).restore(abstract, step=1)
   with caplog.at_level(logging.WARNING):
-    read = runs.restore_variables(config, workdir)
+    read = restoring.restore_variables(config, workdir)
   assert 'Checkpoint at step 2' in caplog.text
   for a, b in zip(_leaves(read), _leaves({'params': at_1.params, 'batch_stats': at_1.batch_stats})):
     np.testing.assert_array_equal(a, b)
@@ -208,7 +209,7 @@ def test_resuming_with_another_model_or_optimiser_is_refused_naming_the_fields(t
   # So do the readers (eval, export, the notebooks): the fields, not a dump of mismatched shapes.
   with pytest.raises(ValueError, match=r"another model or optimiser; this config differs in: "
                                        r"config.model.branches.pattern = '\[2\]'"):
-    runs.restore_variables(config, workdir)
+    restoring.restore_variables(config, workdir)
 
 
 def test_resuming_with_other_data_or_schedule_is_refused_unless_allowed(two_step_run, tmp_path):

@@ -69,7 +69,7 @@ def test_an_image_folder_trains_and_its_class_names_and_statistics_travel_with_t
   counts = np.bincount(batch['label'], minlength=10)
   assert list(counts) == [12] * 10  # 'one' has 12 good files and the damaged one.
   # Normalised by the statistics of its own (readable) training images.
-  pixels = np.concatenate([tf.io.decode_image(tf.io.read_file(p), channels=3).numpy().reshape(-1, 3)
+  pixels = np.concatenate([image_files.decode(tf.io.read_file(p)).numpy().reshape(-1, 3)
                            for p in image_files.folder_files(root, 'train', tuple(NAMES))[0]
                            if not p.endswith('cut.png')]).astype(np.float64)
   info = datasets.dataset_info(config)

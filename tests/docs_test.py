@@ -1,7 +1,9 @@
-"""The documentation stands on its own and runs: every relative link of README.md, BENCHMARKS.md
-and docs/ points to a file inside the repository (a published copy has nothing beside it), every
-`python -m dsop_jax.X` module they run exists, and every `--config=...` command they show builds
-the config it names, with every override an existing field of the right type."""
+"""The documentation stands on its own and runs: every relative link of README.md and docs/ points
+to a file inside the repository (a published copy has nothing beside it), every file path they
+name exists, the layout page names every module of the package, every `python -m dsop_jax.X`
+module they run exists, every `--config=...` command they show builds the config it names with
+every override an existing field of the right type, and every command line's flags are its entry
+point's own."""
 
 import glob
 import importlib.util
@@ -104,3 +106,25 @@ def test_a_misspelt_or_mistyped_flag_is_found():
   assert 'planted.md:1: dsop_jax.predict has no flag --top_kk' in problems
   assert any(p.startswith('planted.md:3: --mode=evaluate is refused') for p in problems)
   assert any(p.startswith('planted.md:4: --top_k=three is refused') for p in problems)
+
+
+_PATH = re.compile(r'(?<![\w./-])((?:dsop_jax|configs|tests|launch|notebooks|docs)/[\w./-]*\w)')
+
+
+@pytest.mark.parametrize('page', PAGES)
+def test_named_files_exist(page):
+  with open(os.path.join(ROOT, page)) as f:
+    text = f.read()
+  for path in _PATH.findall(text):
+    assert os.path.exists(os.path.join(ROOT, path)), f'{page} names {path}, which does not exist'
+
+
+def test_the_layout_page_names_every_module():
+  from tests import architecture_test  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(ROOT, 'docs', 'development.md')) as f:
+    layout = f.read().split('## Layout')[1].split('\n## ')[0]
+  for module in architecture_test.modules():
+    package, _, name = module.rpartition('.')
+    assert f'`{name}.py`' in layout, f'docs/development.md does not name dsop_jax/{module}'
+    if package:
+      assert f'`dsop_jax/{package}/`' in layout

@@ -14,6 +14,7 @@ from dsop_jax.configs import cifar_resnet20
 from dsop_jax.configs import imagenet_r18
 from dsop_jax.configs import quickstart
 from dsop_jax.data import datasets
+from dsop_jax.data import image_files
 from dsop_jax.data import input_pipeline as ip
 from dsop_jax.training import steps
 from tests import train_helpers
@@ -258,7 +259,7 @@ def test_damaged_idx_files_are_named(tmp_path):
 def _whole_image_crops(jpeg, seed, size=224):
   """The scale-jitter training crop and the evaluation centre crop as the pipeline made them by
   decoding and resizing the whole image (the reference the window decode must reproduce)."""
-  decoded = tf.io.decode_jpeg(jpeg, channels=3)
+  decoded = tf.io.decode_jpeg(jpeg, channels=3, dct_method=image_files.JPEG_DCT)
   crop_seed, flip_seed, scale_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
   shorter = tf.random.stateless_uniform((), scale_seed, 256, 513, dtype=tf.int32)
   train = tf.image.stateless_random_crop(ip._resize_shorter(decoded, shorter), (size, size, 3),

@@ -25,6 +25,7 @@ from dsop_jax.tools import plot
 from dsop_jax.training import checkpointing
 from dsop_jax.training import export
 from dsop_jax.training import losses
+from dsop_jax.training import restoring
 from dsop_jax.training import runs as runs_lib
 from dsop_jax.training import steps
 from dsop_jax.training import train
@@ -250,7 +251,7 @@ def test_head_gradients_add_up_to_eq1s_and_follow_eq2(runs):
   Eq. 1 loss, and a branch sends nothing into the stages after it (Eq. 2)."""
   config = runs_lib.workdir_config(runs[0])
   model, weights = registry.create(config.model), registry.loss_weights(config)
-  variables = runs_lib.restore_variables(config, runs[0])
+  variables = restoring.restore_variables(config, runs[0])
   batch = next(input_pipeline.train_batches(config, local_batch_size=32, start_step=0, seed=0))
   info = datasets.dataset_info(config)
   batch = {**batch, 'image': steps.normalise_images(batch['image'], info.mean, info.std)}
@@ -288,11 +289,11 @@ def test_keep_best_keeps_and_exports_the_best_evaluated_step(runs, tmp_path):
   config = runs_lib.workdir_config(runs[0])
   out = export.export(runs[0], str(tmp_path / 'best'), best=True)
   _, exported = artifact.load(out)
-  at_best = export.detach(runs_lib.restore_variables(config, runs[0], step=best))
+  at_best = export.detach(restoring.restore_variables(config, runs[0], step=best))
   for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(at_best)):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match=r"has no checkpoint of step 5; it has steps \["):
-    runs_lib.restore_variables(config, runs[0], step=5)
+    restoring.restore_variables(config, runs[0], step=5)
   # Without keep_best the final checkpoint, evaluated too, is the best one there is.
   assert checkpointing.Checkpointer(runs[1], read_only=True).best_step() == 6
 

@@ -19,7 +19,7 @@ import train_helpers
 from dsop_jax.deploy import artifact
 from dsop_jax.models import dsop
 from dsop_jax.tools import plot
-from dsop_jax.training import export, runs, train
+from dsop_jax.training import export, restoring, train
 workdir, out = 'gs://bucket/run', 'gs://bucket/export'
 config = train_helpers.tiny_digits_config(tensorboard=False)  # 6 steps, checkpoints every 3.
 train.train_and_evaluate(config, workdir)
@@ -27,7 +27,7 @@ config.train.num_epochs = 0.5  # 11 steps: resumes from step 6.
 state = train.train_and_evaluate(config, workdir)
 export.export(workdir, out, formats=('orbax', 'onnx'))
 module, variables = artifact.load(out)
-restored = runs.restore_variables(config, workdir)
+restored = restoring.restore_variables(config, workdir)
 images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
 exported = module.apply(variables, images, train=False)[0]
 trained = module.apply(dsop.detach(restored), images, train=False)[0]

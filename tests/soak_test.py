@@ -44,7 +44,7 @@ def test_soak_steady_memory_files_and_step_time(tmp_path):
   with open(log_path, 'w') as log:  # 1,200 steps: XLA's full optimisation pays here.
     subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True,
                    env={**os.environ, 'XLA_FLAGS': conftest.XLA_USER_FLAGS})
-  # The training summaries every 50 steps carry the host memory (train.host_memory()).
+  # The training summaries every 50 steps carry the host memory (monitoring.host_memory()).
   host = {}
   for step, values in re.findall(r'\] \[(\d+)\] (\S+=.*host/.*)', open(log_path).read()):
     if int(step) % LOG_EVERY == 0:

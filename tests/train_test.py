@@ -34,6 +34,7 @@ from dsop_jax.training import checkpointing
 from dsop_jax.training import export
 from dsop_jax.training import losses
 from dsop_jax.training import optim
+from dsop_jax.training import restoring
 from dsop_jax.training import runs
 from dsop_jax.training import sharding
 from dsop_jax.training import steps
@@ -254,7 +255,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path):
   checkpointer = checkpointing.Checkpointer(str(tmp_path))
   last = checkpointer.latest_step()
   assert last is not None
-  variables = runs.restore_variables(config, str(tmp_path))
+  variables = restoring.restore_variables(config, str(tmp_path))
   assert all(np.all(np.isfinite(x)) for x in _leaves(variables))
 
 
@@ -554,8 +555,8 @@ def test_preemption_of_two_processes_and_sigkill_then_rerun_end_bit_identical(tm
   config = runs.workdir_config(workdir)
   for name in ('distributed', 'killed'):
     assert checkpointing.Checkpointer(str(tmp_path / name)).latest_step() == 11
-  for a, b in zip(_leaves(runs.restore_variables(config, workdir)),
-                  _leaves(runs.restore_variables(config, str(tmp_path / 'killed')))):
+  for a, b in zip(_leaves(restoring.restore_variables(config, workdir)),
+                  _leaves(restoring.restore_variables(config, str(tmp_path / 'killed')))):
     np.testing.assert_array_equal(a, b, err_msg=f'SIGKILL after step {kill_after}')
 
 

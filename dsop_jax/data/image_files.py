@@ -42,9 +42,17 @@ def image_is_complete(image: tf.Tensor) -> tf.Tensor:
   return tf.logical_or(jpeg_is_complete(image), png_is_complete(image))
 
 
+# JPEGs are decoded with libjpeg's accurate integer DCT, as Pillow decodes them (torchvision, timm,
+# and `dsop_jax.deploy.predict`), so an export sees the pixels its training and evaluation saw
+# wherever it runs; TensorFlow's default, the fast integer DCT, differs from it by up to 4 levels.
+JPEG_DCT = 'INTEGER_ACCURATE'
+
+
 def decode(image: tf.Tensor) -> tf.Tensor:
   """JPEG or PNG bytes -> H x W x 3 uint8 (grey images repeated to three channels)."""
-  decoded = tf.io.decode_image(image, channels=3, expand_animations=False)
+  decoded = tf.cond(tf.io.is_jpeg(image),
+                    lambda: tf.io.decode_jpeg(image, channels=3, dct_method=JPEG_DCT),
+                    lambda: tf.io.decode_image(image, channels=3, expand_animations=False))
   return tf.ensure_shape(decoded, (None, None, 3))
 
 

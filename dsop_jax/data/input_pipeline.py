@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from dsop_jax.data import datasets
+from dsop_jax.data import image_files
 
 tf.config.set_visible_devices([], 'GPU')  # Input pipeline only: never take accelerator memory.
 
@@ -116,7 +117,8 @@ def _crop_of_resized_jpeg(jpeg: tf.Tensor, shorter: tf.Tensor, offset: tf.Tensor
   last = tf.minimum(tf.math.ceil((start + size - 0.5) / scale - 0.5 + reach),
                     tf.cast(shape[:2], tf.float32) - 1.0)
   first, extent = tf.cast(first, tf.int32), tf.cast(last - first, tf.int32) + 1
-  window = tf.io.decode_and_crop_jpeg(jpeg, tf.concat([first, extent], 0), channels=3)
+  window = tf.io.decode_and_crop_jpeg(jpeg, tf.concat([first, extent], 0), channels=3,
+                                     dct_method=image_files.JPEG_DCT)
   return tf.raw_ops.ScaleAndTranslate(
       images=tf.cast(window, tf.float32)[None], size=tf.constant([size, size]), scale=scale,
       translation=tf.cast(first, tf.float32) * scale - start, kernel_type='triangle',
@@ -142,7 +144,7 @@ def _imagenet_train(image: tf.Tensor, seed: tf.Tensor, size: int, inception: boo
         max_attempts=10, use_image_if_no_bounding_boxes=True)
     if encoded:
       image = tf.io.decode_and_crop_jpeg(image, tf.stack([begin[0], begin[1], crop[0], crop[1]]),
-                                         channels=3)
+                                         channels=3, dct_method=image_files.JPEG_DCT)
     else:
       image = tf.slice(image, begin, crop)
     image = tf.image.resize(image, (size, size), method='bilinear', antialias=True)

@@ -9,6 +9,17 @@ initialisers. A primitive without a translation here (the cumsum of the second-o
 upper-triangle indices, for one) is refused by name: the StableHLO export runs every network.
 
 Needs the `onnx` package (`pip install 'dsop_jax[onnx]'`); onnxruntime runs the result.
+
+Why not the `jax2onnx` package: tried (2026-12-07) at its newest release, 0.17.1 (installed with
+`pip install --no-deps --target DIR` beside this environment), converting each network of
+tests/onnx_test.py's `NETWORKS` with `to_onnx(forward, [('B', size, size, 3)], opset=18)` and
+running it in onnxruntime 1.32 at batches 1 and 3 against JAX's logits (1e-4): EfficientNet and the pre-activation CIFAR ResNet passed (2.0e-7 and
+4.6e-7 of the largest logit), but the ResNets (the basic-block stem and SE-ResNeXt) failed to
+convert: its patched `flax.linen.max_pool` takes the window positionally only
+(`patched_max_pool() takes 1 positional argument but 2 ... were given`). And it cannot be installed
+beside dsop_jax: it requires `orbax-checkpoint>=0.11.6,<0.11.37` (pip: ResolutionImpossible
+against our `>=0.12.8`), and brings equinox, dm-pix, netron, huggingface-hub and orbax-export.
+This converter stays; the tests hold it to every family's logits at each JAX upgrade.
 """
 
 import string

@@ -3,7 +3,7 @@
 `DSoPNet` calls its backbone (a submodule named 'backbone', so its variables form a subtree with
 exactly the plain network's structure) and plugs every auxiliary branch into the backbone feature
 it names; each branch is a top-level submodule carrying the paper's name ('a_pds2', ...). Detaching
-(`dsop_jax.export.detach`) is therefore dropping the branch keys and keeping the 'backbone' subtree,
+(`detach` below) is therefore dropping the branch keys and keeping the 'backbone' subtree,
 and the main head's computation is the plain network's, operation for operation (Section III-A.3).
 """
 
@@ -28,7 +28,7 @@ class DSoPNet(nn.Module):
     num_classes: outputs of every branch classifier (the same task as the main head).
     dtype: compute dtype of the branches' convolutions and classifiers.
     bn_group_size: examples per BatchNorm statistics group of the branches in training (the
-      backbone carries its own, the same in `models.create`).
+      backbone carries its own, the same in `registry.create`).
   """
   backbone: nn.Module
   branches: Sequence[branches_lib.BranchSpec] = ()
@@ -58,7 +58,7 @@ def detach(variables: Mapping[str, Any], branch_names: Optional[Iterable[str]] =
     variables: DSoP-Net variables, e.g. {'params': {'backbone': ..., 'a_pds2': ...},
       'batch_stats': {...}}.
     branch_names: if given, the exact set of branch keys expected besides 'backbone' in each
-      collection (e.g. from `models.branch_specs`); a mismatch raises instead of silently dropping.
+      collection (e.g. from `registry.branch_specs`); a mismatch raises instead of silently dropping.
 
   Returns:
     {collection: backbone subtree} for every collection.

@@ -12,7 +12,7 @@ GFLOPs). DSoP-Net compares two reductions in front of it (Table XI):
 `GSoPHead` is the head a `resnet.ResNet` (or `efficientnet.EfficientNet`, after its 1280-channel
 head conv) uses in place of GAP + FC (variables under 'gsop'); it records each intermediate PSDR output as the feature 'gsop_psdr<i>'. The side branches are ordinary
 `branches.AuxBranch`es with no S_a blocks plugged into those features (`side_specs`), so they live
-outside the backbone and detaching them (`export.detach`) leaves the deployed second-order network:
+outside the backbone and detaching them (`dsop.detach`) leaves the deployed second-order network:
 backbone + reduction + pooling + FC.
 
 The head is described by a `branches.BranchSpec` (name 'gsop', no blocks): the same fields decide

@@ -28,7 +28,7 @@ from dsop_jax.data import input_pipeline
 from dsop_jax.models import dsop
 from dsop_jax.models import registry
 from dsop_jax.training import losses
-from dsop_jax.training import runs
+from dsop_jax.training import restoring
 from dsop_jax.training import steps
 
 MAIN_HEAD = 'logits'
@@ -121,7 +121,7 @@ def measure(config: ml_collections.ConfigDict, workdir: str, *, init: bool = Fal
     example = jnp.zeros((1, config.data.image_size, config.data.image_size, 3), jnp.float32)
     variables = registry.init_variables(model, jax.random.key(config.train.seed), example)
   else:
-    variables = runs.restore_variables(config, workdir)
+    variables = restoring.restore_variables(config, workdir)
   batches = input_pipeline.train_batches(config, local_batch_size=batch_size, start_step=0,
                                          seed=config.train.seed)
   info = datasets.dataset_info(config)

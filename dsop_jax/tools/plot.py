@@ -279,7 +279,8 @@ def paired_table(runs: Sequence[Run]) -> str:
   lines += ['', '| subset | pairs | mean gain (points) |', '|---|---|---|']
   lines += [f'| {subset} | {len(g)} | {statistics.mean(g):+.2f} |'
             for subset, g in sorted(by_subset.items())]
-  summary = f'Paired mean gain over {len(gains)} pairs: {statistics.mean(gains):+.2f} points'
+  summary = (f'Paired mean gain over {len(gains)} pair{"s" if len(gains) > 1 else ""}: '
+             f'{statistics.mean(gains):+.2f} points')
   if len(gains) > 1:
     low, high = t_interval(gains)
     summary += (f', standard deviation {statistics.stdev(gains):.2f}, 95% t-interval '

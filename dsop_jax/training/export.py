@@ -27,6 +27,7 @@ from dsop_jax.deploy import onnx_export
 from dsop_jax.deploy import torch_weights
 from dsop_jax.models import dsop
 from dsop_jax.models import registry
+from dsop_jax.training import restoring
 from dsop_jax.training import runs
 
 
@@ -76,7 +77,7 @@ def export(workdir: str, output_dir: str, *, overwrite: bool = False, step: Opti
     torch_weights.setup_lines(config.model)  # Raises for a network no library builds.
   _recover_replaced_export(output_dir)
   check_output_dir(output_dir, workdir, overwrite)
-  variables, step = runs.restore_variables_and_step(config, workdir, step=step, best=best, ema=ema)
+  variables, step = restoring.restore_variables_and_step(config, workdir, step=step, best=best, ema=ema)
   detached = detach(variables, [s.name for s in registry.branch_specs(config.model)])
   bad = [jax.tree_util.keystr(path) for path, x in jax.tree.leaves_with_path(detached)
          if not np.all(np.isfinite(np.asarray(x)))]
@@ -282,7 +283,7 @@ def load_first_order(path: paths.PathLike) -> Tuple[Any, Dict[str, Any]]:
   checkpoint, branches detached)."""
   if (paths.path(path) / 'checkpoints').is_dir():  # A training workdir, of its own config.
     config = runs.workdir_config(path)
-    variables = runs.restore_variables(config, path)
+    variables = restoring.restore_variables(config, path)
     return registry.create_backbone(config.model), detach(
         variables, [s.name for s in registry.branch_specs(config.model)])
   return artifact.load(path)

@@ -5,9 +5,9 @@ evaluation: {"step", "epoch", "time", "train_seconds" (wall seconds of training 
 segments summed), "eval": {head: {"top1", "top5", "loss"}}, "train": {...}}),
 `checkpoints/` (Orbax, `checkpointing.Checkpointer`), TensorBoard summaries and `train.lock` (held
 by the training run that writes the workdir, `workdir_lock`). This module writes and reads the
-first two, holds the lock, decides whether a config may resume a workdir's checkpoints, and
-restores a checkpoint's variables without building an optimiser step. Evaluation, export and plotting read
-workdirs through it; only `train` writes them.
+first two (and class_names.json), holds the lock, and decides whether a config may resume a
+workdir's checkpoints; `restoring` reads a checkpoint's variables. Evaluation, export and plotting
+read workdirs through them; only `train` writes them.
 """
 
 import contextlib
@@ -26,9 +26,7 @@ from dsop_jax import config_files
 from dsop_jax import paths
 from dsop_jax.data import datasets
 from dsop_jax.models import registry
-from dsop_jax.training import checkpointing
 from dsop_jax.training import optim
-from dsop_jax.training import sharding
 from dsop_jax.training import steps
 
 
@@ -332,45 +330,3 @@ def _check_same_classes(config: ml_collections.ConfigDict, workdir: str) -> None
 
 def _listed(names: Sequence[str]) -> str:
   return repr(list(names)) if len(names) <= 8 else f'{list(names)[:8]!r} ... ({len(names)})'
-
-
-def restore_variables(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None,
-                      best: bool = False, ema: bool = False) -> Dict[str, Any]:
-  """The variables of `restore_variables_and_step`."""
-  return restore_variables_and_step(config, workdir, step, best, ema)[0]
-
-
-def restore_variables_and_step(config: ml_collections.ConfigDict, workdir: str,
-                               step: Optional[int] = None, best: bool = False, ema: bool = False
-                               ) -> Tuple[Dict[str, Any], int]:
-  """({'params', 'batch_stats'}, step) of the training model from one of WORKDIR's checkpoints: `step`,
-  or with `best` the one saved with the best main-head eval top-1, or else the latest readable one
-  (an unreadable newest checkpoint is skipped, not moved), its moving average of the variables
-  instead with `ema`; the workdir is only read.
-
-  Raises:
-    ValueError: `step` has no checkpoint (the message lists those there are), or `best` and no
-      checkpoint was saved with an evaluation.
-  """
-  if step is not None and best:
-    raise ValueError('Give a step or best, not both.')
-  if ema and not steps.uses_ema(config):
-    raise ValueError(f'{workdir!r} was trained without a moving average of its weights '
-                     '(config.optim.ema_decay = 0): there is no EMA to read.')
-  if (paths.path(workdir) / 'config.json').exists():  # Fields named, not a shape dump.
-    check_same_structure(config, workdir)
-  mesh = sharding.create_mesh()
-  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
-  try:
-    if best:
-      step = checkpointer.best_step()
-      logging.info('The best evaluated checkpoint of %s is step %d.', workdir, step)
-    if step is not None and step not in checkpointer.steps():
-      raise ValueError(f'{workdir!r} has no checkpoint of step {step}; it has steps '
-                       f'{list(checkpointer.steps())}.')
-    state, _ = checkpointer.restore(steps.abstract_initial_state(config, mesh), step=step)
-  finally:
-    checkpointer.close()
-  if ema:
-    return state.ema, int(state.step)
-  return {'params': state.params, 'batch_stats': state.batch_stats}, int(state.step)

@@ -10,6 +10,7 @@ batches. Nothing here imports TensorFlow or clu or touches files: `dsop_jax.benc
 steps on accelerator hosts that have neither.
 """
 
+import dataclasses
 import functools
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
@@ -72,21 +73,11 @@ def normalise_images(images: jax.Array, mean: Sequence[float], std: Sequence[flo
   return centred / divisor
 
 
-def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array,
-               loss_args: Any = None, *, loss_and_grads: Callable[..., Tuple[Any, ...]],
-               tx: optax.GradientTransformation, frozen_batch_stats: Sequence[str] = (),
-               learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
-               ema_decay: float = 0.0, ema_every: int = 1,
-               input_stats: Tuple[Sequence[float], Sequence[float]] = ((0.0,) * 3, (1.0,) * 3)
-               ) -> Tuple[TrainState, Dict[str, jax.Array]]:
-  """One optimiser step. Build it with `make_train_step`, which binds everything static.
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  """Everything a train step does besides its arguments, fixed before `jax.jit`.
 
-  Args:
-    state: the training state.
-    batch: {'image': (B, H, W, 3), 'label': (B,)}.
-    rng: base key; the step's dropout key is derived from it and the step, so resuming replays it.
-    loss_args: the arrays the objective reads besides the model's variables (the distillation
-      teacher's variables), or None.
+  Attributes:
     loss_and_grads: `losses.with_gradients` of the objective.
     tx: the optimiser (`optim.freeze` holds subtrees still).
     frozen_batch_stats: top-level BatchNorm-statistics subtrees kept as they are (the backbone in
@@ -98,6 +89,28 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
     ema_every: training steps per optimiser update (gradient accumulation): the average moves on
       the steps that update the parameters, so its decay is per update, as without accumulation.
     input_stats: (mean, std) that uint8 images are normalised with (`normalise_images`).
+  """
+  loss_and_grads: Callable[..., Tuple[Any, ...]]
+  tx: optax.GradientTransformation
+  frozen_batch_stats: Tuple[str, ...] = ()
+  learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None
+  ema_decay: float = 0.0
+  ema_every: int = 1
+  input_stats: Tuple[Tuple[float, ...], Tuple[float, ...]] = ((0.0,) * 3, (1.0,) * 3)
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array,
+               loss_args: Any = None, *, options: StepOptions
+               ) -> Tuple[TrainState, Dict[str, jax.Array]]:
+  """One optimiser step. Build it with `make_train_step`, which binds `options`.
+
+  Args:
+    state: the training state.
+    batch: {'image': (B, H, W, 3), 'label': (B,)}.
+    rng: base key; the step's dropout key is derived from it and the step, so resuming replays it.
+    loss_args: the arrays the objective reads besides the model's variables (the distillation
+      teacher's variables), or None.
+    options: what the step does besides (`StepOptions`).
 
   Returns:
     (new state, metrics): 'loss', per-head '<head>/loss|top1|top5', 'nonfinite' (1.0 when the step
@@ -105,12 +118,12 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
     (1.0 when the new parameters, BN statistics or optimiser state were), and 'learning_rate'.
   """
   dropout_rng = jax.random.fold_in(rng, state.step)
-  batch = {**batch, 'image': normalise_images(batch['image'], *input_stats)}
-  total, (outputs, new_stats, terms), grads, extra_args = loss_and_grads(
+  batch = {**batch, 'image': normalise_images(batch['image'], *options.input_stats)}
+  total, (outputs, new_stats, terms), grads, extra_args = options.loss_and_grads(
       state.params, state.batch_stats, batch, dropout_rng, loss_args)
-  updates, new_opt_state = tx.update(grads, state.opt_state, state.params, **extra_args)
+  updates, new_opt_state = options.tx.update(grads, state.opt_state, state.params, **extra_args)
   new_params = optax.apply_updates(state.params, updates)
-  new_stats = {k: (old if k in frozen_batch_stats or k not in new_stats else new_stats[k])
+  new_stats = {k: (old if k in options.frozen_batch_stats or k not in new_stats else new_stats[k])
                for k, old in state.batch_stats.items()}
   # Every loss term, the gradient, and the optimiser's extra arguments must be finite (a
   # non-finite H z would poison AdaHessian's second moment for good).
@@ -119,9 +132,9 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
   new_state = state.replace(step=state.step + 1, params=new_params, batch_stats=new_stats,
                             opt_state=new_opt_state)
   if isinstance(state, EMATrainState):
-    moved = jax.tree.map(lambda average, new: ema_decay * average + (1.0 - ema_decay) * new,
+    moved = jax.tree.map(lambda average, new: options.ema_decay * average + (1.0 - options.ema_decay) * new,
                          state.ema, {'params': new_params, 'batch_stats': new_stats})
-    updated = (state.step + 1) % ema_every == 0
+    updated = (state.step + 1) % options.ema_every == 0
     new_state = new_state.replace(ema=jax.tree.map(lambda m, a: jnp.where(updated, m, a), moved,
                                                    state.ema))
   # A finite loss and gradient can still give a non-finite state (float32 overflow in the BN
@@ -137,8 +150,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
     metrics['distill_soft'] = terms['distill_soft']
   metrics['nonfinite'] = 1.0 - finite.astype(jnp.float32)
   metrics['nonfinite_state'] = 1.0 - state_finite.astype(jnp.float32)
-  if learning_rate_fn is not None:
-    metrics['learning_rate'] = learning_rate_fn(state.step)
+  if options.learning_rate_fn is not None:
+    metrics['learning_rate'] = options.learning_rate_fn(state.step)
   return new_state, metrics
 
 
@@ -163,11 +176,10 @@ def make_train_step(objective: losses.Objective, tx: optax.GradientTransformatio
       the training steps per update (`train_step`).
     input_stats: the dataset's (mean, std) for uint8 images (`input_pipeline.train_batches`).
   """
-  return functools.partial(train_step, loss_and_grads=losses.with_gradients(objective, hessian),
-                           tx=optim.freeze(tx, frozen), frozen_batch_stats=tuple(frozen),
-                           learning_rate_fn=learning_rate_fn, ema_decay=ema_decay,
-                           ema_every=ema_every,
-                           input_stats=(tuple(input_stats[0]), tuple(input_stats[1])))
+  return functools.partial(train_step, options=StepOptions(
+      loss_and_grads=losses.with_gradients(objective, hessian), tx=optim.freeze(tx, frozen),
+      frozen_batch_stats=tuple(frozen), learning_rate_fn=learning_rate_fn, ema_decay=ema_decay,
+      ema_every=ema_every, input_stats=(tuple(input_stats[0]), tuple(input_stats[1]))))
 
 
 def _all_finite(tree: Any) -> jax.Array:

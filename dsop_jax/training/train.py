@@ -13,10 +13,9 @@ Training policies (`config.train.policy`):
 """
 
 import contextlib
-import ctypes
 import os
 import time
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from absl import logging
 from clu import metric_writers
@@ -34,8 +33,10 @@ from dsop_jax.models import registry
 from dsop_jax.training import checkpointing
 from dsop_jax.training import export
 from dsop_jax.training import losses
+from dsop_jax.training import monitoring
 from dsop_jax.training import optim
 from dsop_jax.training import pretrained
+from dsop_jax.training import restoring
 from dsop_jax.training import runs
 from dsop_jax.training import sharding
 from dsop_jax.training import steps
@@ -154,49 +155,6 @@ def _nested(flat: Mapping[str, float]) -> Dict[str, Dict[str, float]]:
       head, metric = key.rsplit('/', 1)
       heads.setdefault(head, {})[metric] = value
   return heads
-
-
-class _MallInfo2(ctypes.Structure):
-  _fields_ = [(name, ctypes.c_size_t) for name in (
-      'arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks', 'uordblks', 'fordblks',
-      'keepcost')]
-
-
-def host_memory() -> Dict[str, float]:
-  """This process's host memory, logged with the training metrics so long runs show leaks.
-
-  'host/rss_mib' is the resident set; 'host/heap_in_use_mib' the bytes malloc has handed out and
-  not had back (glibc's mallinfo2; absent elsewhere), which, unlike the RSS, neither hides a leak
-  in freed-but-resident memory nor grows with allocator fragmentation; 'host/open_files' counts
-  file descriptors. Linux only; elsewhere an empty dict.
-  """
-  result: Dict[str, float] = {}
-  try:
-    with open('/proc/self/status') as f:
-      rss_kb = next(int(line.split()[1]) for line in f if line.startswith('VmRSS:'))
-    result['host/rss_mib'] = rss_kb / 1024
-    result['host/open_files'] = float(len(os.listdir('/proc/self/fd')))
-    libc = ctypes.CDLL(None)
-    libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
-    result['host/heap_in_use_mib'] = (info.uordblks + info.hblkhd) / 2**20
-  except (OSError, StopIteration, AttributeError):
-    pass
-  return result
-
-
-_WARNED_SKIPS: Dict[str, float] = {}  # The last count warned about, per counter.
-
-
-def _skipped_records(counters: Mapping[str, Any]) -> Dict[str, float]:
-  """Unreadable records skipped so far by this process's pipelines, warned about once each."""
-  counts = {f'data/skipped_{name}_records': float(c.value) for name, c in counters.items()}
-  for key, count in counts.items():
-    if count and count != _WARNED_SKIPS.get(key):
-      logging.warning('%s = %d: unreadable records (incomplete images) were skipped; the run goes '
-                      'on without them.', key, count)
-      _WARNED_SKIPS[key] = count
-  return counts
 
 
 def _check_finite(history: Sequence[Mapping[str, jax.Array]], first_step: int, policy: str,
@@ -335,7 +293,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
   clock = (earlier or {}).get('train_seconds', 0.0) - time.monotonic()
   logging.info('Training %s for %d steps (%d per epoch) from step %d on %d device(s).',
                config.model.name, num_steps, steps_per_epoch, start_step, jax.device_count())
-  profiler = _Profiler(tuple(t.profile_steps), os.fspath(paths.path(workdir) / 'profile'))
+  profiler = monitoring.Profiler(tuple(t.profile_steps), os.fspath(paths.path(workdir) / 'profile'))
   device_iter = sharding.device_batches(train_iter, mesh)  # Two batches ahead on the devices.
   # Closing the checkpointer waits for a background save, also when training stops on an error.
   with checkpointing.PreemptionWatch() as preemption, profiler, contextlib.closing(checkpointer):
@@ -357,7 +315,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
                                           rejected_in_a_row, t.max_consecutive_skips)
         train_summary = _summarise(history)
         writer.write_scalars(step + 1, {**{f'train/{k}': v for k, v in train_summary.items()},
-                                        **host_memory(), **_skipped_records(skipped)})
+                                        **monitoring.host_memory(),
+                                        **monitoring.skipped_records(skipped)})
         history, window_start = [], step + 1
       eval_metrics = None
       if evaluate_now:
@@ -380,34 +339,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
         break
   writer.flush()
   return state
-
-
-class _Profiler:
-  """A jax.profiler trace of training steps [first, last) (config.train.profile_steps) in LOGDIR,
-  for TensorBoard's profile plugin or Perfetto; a resumed run traces what is left of the window."""
-
-  def __init__(self, steps_window: Tuple[int, ...], logdir: str):
-    self.first, self.last = steps_window if steps_window else (-1, -1)
-    self.logdir, self.active = logdir, False
-
-  def before(self, step: int) -> None:
-    if not self.active and self.first <= step < self.last:
-      jax.profiler.start_trace(self.logdir)
-      self.active = True
-
-  def after(self, step: int, state: Any) -> None:
-    if self.active and step + 1 >= self.last:
-      jax.block_until_ready(state)
-      self.__exit__()
-      logging.info('Profile of steps %d-%d written to %s', self.first, self.last - 1, self.logdir)
-
-  def __enter__(self) -> '_Profiler':
-    return self
-
-  def __exit__(self, *exc: Any) -> None:
-    if self.active:
-      jax.profiler.stop_trace()
-      self.active = False
 
 
 def _log_eval(writer: Any, workdir: str, step: int, steps_per_epoch: int,
@@ -438,7 +369,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     module, variables = artifact.load(export_dir)
     heads_fn = steps.plain_model_heads(module)
   else:
-    variables = runs.restore_variables(config, workdir, step=step, best=best, ema=ema)
+    variables = restoring.restore_variables(config, workdir, step=step, best=best, ema=ema)
     model = registry.create(config.model)
     heads_fn = steps.main_head(model) if ema else steps.training_model_heads(model)
   variables = jax.device_put(variables, sharding.replicated(mesh))
