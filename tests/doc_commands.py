@@ -144,29 +144,33 @@ def is_placeholder(value: str) -> bool:
       s in value for s in ('...', '<', '$', '['))
 
 
-# Run in a subprocess per module (two entry points may define the same flag name): defines the
-# module's flags as its command line does, then checks each documented flag's name and value.
+# Run in one subprocess (flags are process-wide): for each module in turn, defines its flags as its
+# command line does, checks each documented flag's name and value, then removes the flags it added
+# (two entry points may define the same name).
 FLAG_CHECK = r'''
 import importlib, json, sys
 from absl import app, flags
-sys.path.insert(0, sys.argv[3])
+sys.path.insert(0, sys.argv[2])
 from doc_commands import is_placeholder
 app.run = lambda *args, **kwargs: None  # cli() defines the flags, then would run.
-module = importlib.import_module(sys.argv[1])
-module.cli()
 problems = []
-for where, given in json.loads(sys.argv[2]):
-  for token in given:
-    name, equals, value = token[2:].partition('=')
-    if name == 'config' or name.startswith('config.') or name in ('help', 'helpfull'):
-      continue  # --config and its overrides: doc_commands.build parses them.
-    bare = name[2:] if name.startswith('no') and not equals else None
-    if name not in flags.FLAGS and not (bare in flags.FLAGS and flags.FLAGS[bare].boolean):
-      problems.append(f'{where}: {sys.argv[1]} has no flag --{name}')
-    elif equals and not is_placeholder(value):
-      try:
-        flags.FLAGS[name].parse(value)
-      except (ValueError, flags.Error) as e:
-        problems.append(f'{where}: --{name}={value} is refused by {sys.argv[1]}: {e}')
+for module_name, calls in json.loads(sys.argv[1]).items():
+  before = set(flags.FLAGS)
+  importlib.import_module(module_name).cli()
+  for where, given in calls:
+    for token in given:
+      name, equals, value = token[2:].partition('=')
+      if name == 'config' or name.startswith('config.') or name in ('help', 'helpfull'):
+        continue  # --config and its overrides: doc_commands.build parses them.
+      bare = name[2:] if name.startswith('no') and not equals else None
+      if name not in flags.FLAGS and not (bare in flags.FLAGS and flags.FLAGS[bare].boolean):
+        problems.append(f'{where}: {module_name} has no flag --{name}')
+      elif equals and not is_placeholder(value):
+        try:
+          flags.FLAGS[name].parse(value)
+        except (ValueError, flags.Error) as e:
+          problems.append(f'{where}: --{name}={value} is refused by {module_name}: {e}')
+  for name in set(flags.FLAGS) - before:
+    delattr(flags.FLAGS, name)
 print(json.dumps(problems))
 '''

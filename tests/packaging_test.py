@@ -26,6 +26,18 @@ def test_console_script_runs_from_another_directory_with_a_config_by_path(tmp_pa
   assert sorted(report['branches']) == ['a_pds2', 'a_pds3', 'a_pds4', 'a_pds5']
 
 
+def test_every_console_script_is_installed_and_its_flags_documented():
+  """pyproject.toml's scripts are installed beside the interpreter and are the entry points whose
+  documented flags docs_test checks (run from another directory there)."""
+  from tests import doc_commands  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
+    scripts = tomllib.load(f)['project']['scripts']
+  assert {name: target.split(':')[0] for name, target in scripts.items()} == doc_commands.SCRIPTS
+  assert all(target.endswith(':cli') for target in scripts.values())
+  for name in scripts:
+    assert os.path.exists(os.path.join(os.path.dirname(sys.executable), name)), name
+
+
 @pytest.mark.parametrize('platform, machine, expected', [
     ('linux', 'x86_64', 'tensorflow-cpu'), ('linux', 'aarch64', 'tensorflow'),
     ('darwin', 'arm64', 'tensorflow'), ('win32', 'AMD64', 'tensorflow')])
