@@ -87,7 +87,10 @@ def build(command: Command) -> ml_collections.ConfigDict:
   os.chdir(ROOT)
   try:
     values(argv)
-    return values.config
+    config = values.config
+    if not isinstance(config, ml_collections.ConfigDict):  # config_flags' stand-in for a config
+      config.to_dict()  # file that failed to load: it raises that error when used.
+    return config
   finally:
     os.chdir(cwd)
 

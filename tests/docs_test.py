@@ -102,3 +102,16 @@ def test_a_misspelt_or_mistyped_flag_is_found():
   assert 'planted.md:1: dsop_jax.predict has no flag --top_kk' in problems
   assert any(p.startswith('planted.md:3: --format=tiff is refused') for p in problems)
   assert any(p.startswith('planted.md:4: --top_k=three is refused') for p in problems)
+
+
+@pytest.mark.parametrize('line', [
+    'python -m dsop_jax.main --config=configs/quickstart.py --config.train.batch_sise=32',
+    'python -m dsop_jax.main --config=configs/quickstart.py --config.train.batch_size=many',
+    'python -m dsop_jax.main --config=configs/quickstart.py:foo --workdir=/tmp/q',
+    'python -m dsop_jax.main --config=configs/quickstart_r7.py --workdir=/tmp/q'])
+def test_a_command_whose_config_does_not_build_is_found(line):
+  """A documented override naming no field, a value of the wrong type, an option the config does
+  not take, or a config that does not exist: building the command fails, as it would for a user."""
+  (command,) = doc_commands.commands(line, 'planted.md')
+  with pytest.raises(Exception):
+    doc_commands.build(command)
