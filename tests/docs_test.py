@@ -115,3 +115,20 @@ def test_a_command_whose_config_does_not_build_is_found(line):
   (command,) = doc_commands.commands(line, 'planted.md')
   with pytest.raises(Exception):
     doc_commands.build(command)
+
+
+def test_the_api_pages_code_runs():
+  """docs/api.md's example, on one block per stage at 64x64 (the names it uses exist and do what
+  it says: detached variables build the plain network, every head and Eq. 1's terms come back)."""
+  with open(os.path.join(ROOT, 'docs', 'api.md')) as f:
+    code = f.read().split('```python\n')[1].split('```')[0]
+  small = code.replace('config = imagenet_r50.get_config()',
+                       'config = imagenet_r50.get_config()\nconfig.model.stage_sizes = (1, 1, 1, 1)')
+  small = small.replace('(2, 224, 224, 3)', '(2, 64, 64, 3)')
+  assert small.count('stage_sizes') == 1 and '64, 64' in small
+  scope = {}
+  exec(compile(small, 'docs/api.md', 'exec'), scope)  # pylint: disable=exec-used
+  assert sorted(scope['out']['aux_logits']) == ['a_pds2', 'a_pds3', 'a_pds4', 'a_pds5',
+                                                'a_pds5_psdr1']
+  assert scope['logits'].shape == (2, 1000) and 'stage5' in scope['features']
+  assert set(scope['terms']) >= {'logits', 'a_pds2'}
