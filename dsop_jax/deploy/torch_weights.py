@@ -310,8 +310,9 @@ def _not_safetensors(path: str) -> ValueError:
 
 
 @contextlib.contextmanager
-def _opened(path: str) -> Iterator[Any]:
-  """`safetensors.safe_open` of the file at `path` (a gs:// one copied to a local file first)."""
+def _opened(path: str) -> Iterator[Tuple[Any, str]]:
+  """(`safetensors.safe_open` of the file at `path`, its local path): a gs:// file is copied to a
+  local one first, once, and read from there."""
   with contextlib.ExitStack() as stack:
     local = path
     if paths.is_remote(path):
@@ -322,7 +323,7 @@ def _opened(path: str) -> Iterator[Any]:
       opened = stack.enter_context(safetensors.safe_open(local, framework='numpy'))
     except (safetensors.SafetensorError, OSError) as e:
       raise _not_safetensors(path) from e
-    yield opened
+    yield opened, local
 
 
 def read_safetensors_header(path: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
@@ -332,15 +333,18 @@ def read_safetensors_header(path: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
     ValueError: the file is not a well-formed safetensors file (named), e.g. a pickled `.pth`, or
       holds a dtype a network's weights cannot have.
   """
-  with _opened(path) as f:
-    entries = {k: {'dtype': f.get_slice(k).get_dtype(), 'shape': list(f.get_slice(k).get_shape())}
-               for k in f.keys()}
-    metadata = f.metadata() or {}
+  with _opened(path) as (f, _):
+    return _header(f, path)
+
+
+def _header(f: Any, path: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
+  entries = {k: {'dtype': f.get_slice(k).get_dtype(), 'shape': list(f.get_slice(k).get_shape())}
+             for k in f.keys()}
   for name, entry in entries.items():
     if entry['dtype'] not in _DTYPES:
       raise ValueError(f'{path!r}: tensor {name!r} has dtype {entry["dtype"]}; this reader '
                        f'accepts {", ".join(_DTYPES)}.')
-  return entries, metadata
+  return entries, f.metadata() or {}
 
 
 def read_safetensors(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
@@ -349,11 +353,12 @@ def read_safetensors(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
   Raises:
     ValueError: the file is not a well-formed safetensors file (named), e.g. a pickled `.pth`.
   """
-  _, metadata = read_safetensors_header(path)
-  try:
-    entries = safetensors.deserialize(paths.path(path).read_bytes())
-  except safetensors.SafetensorError as e:
-    raise _not_safetensors(path) from e
+  with _opened(path) as (f, local):  # A gs:// file is fetched once, for both.
+    _, metadata = _header(f, path)
+    try:
+      entries = safetensors.deserialize(paths.path(local).read_bytes())
+    except safetensors.SafetensorError as e:
+      raise _not_safetensors(path) from e
   return {name: np.frombuffer(entry['data'], np.dtype(_DTYPES[entry['dtype']]).newbyteorder('<'))
           .reshape(entry['shape']).astype(_DTYPES[entry['dtype']])
           for name, entry in entries}, metadata
