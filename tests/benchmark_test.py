@@ -97,7 +97,7 @@ def test_table_of_a_plain_config_has_no_ratio_line():
 
 
 def test_eigh_baseline_equals_converged_newton_schulz():
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 6))  # 64 positions, full-rank 6x6.
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 6))  # 64 positions, full-rank 6x6.
   np.testing.assert_allclose(benchmark.eigh_sqrt_pool(x), covpool.isqrt_cov_pool(x, num_iters=15),
                              rtol=2e-4, atol=2e-5)
 

@@ -40,9 +40,9 @@ def _run_branch(spec, channels=32, train=False):
   stage = [s for s in conftest.TinyResNet().stage_specs() if s.name == spec.stage][0]
   module = branches.AuxBranch(spec, stage, num_classes=5)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 6, channels)), jnp.float32)
-  variables = module.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)}, x,
+  variables = module.init({'params': jax.random.key(0), 'dropout': jax.random.key(1)}, x,
                           train=False)
-  out = module.apply(variables, x, train=train, rngs={'dropout': jax.random.PRNGKey(2)},
+  out = module.apply(variables, x, train=train, rngs={'dropout': jax.random.key(2)},
                      mutable=['batch_stats'] if train else False)
   return (out[0] if train else out), variables
 
@@ -106,7 +106,7 @@ def test_preact_stage_adds_final_norm():
   spec = branches.BranchSpec(name='a_pds1_3', stage='stage1', stage_index=0, attach='stage1_block3',
                              num_blocks=1, pool_channels=4)
   module = branches.AuxBranch(spec, stage, num_classes=5)
-  variables = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x, train=False),
+  variables = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False),
                              jax.ShapeDtypeStruct((2, 8, 8, 4), jnp.float32))
   assert sorted(variables['params']) == ['block1', 'bn_final', 'head']
 

@@ -10,7 +10,7 @@ from dsop_jax.models import registry
 
 def _abstract(module):
   image = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
-  return jax.eval_shape(lambda x: module.init_with_output(jax.random.PRNGKey(0), x, train=False),
+  return jax.eval_shape(lambda x: module.init_with_output(jax.random.key(0), x, train=False),
                         image)
 
 

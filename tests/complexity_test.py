@@ -49,7 +49,7 @@ def test_mac_counting_of_conv_dense_and_grouped_conv():
   dense = nn.Dense(5)
   for module, inp, macs in [(conv, x, 8 * 8 * 6 * 9 * 4), (grouped, x, 8 * 8 * 6 * 9 * 2),
                             (dense, jax.ShapeDtypeStruct((3, 7), jnp.float32), 3 * 7 * 5)]:
-    variables = jax.eval_shape(module.init, jax.random.PRNGKey(0), inp)
+    variables = jax.eval_shape(module.init, jax.random.key(0), inp)
     assert complexity.count_macs(module.apply, variables, inp) == macs
 
 

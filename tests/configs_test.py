@@ -40,7 +40,7 @@ def test_config_builds_and_runs_forward(name):
   size = 32 if config.data.image_size >= 224 else 8
   x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
   abstract_init = lambda model: jax.eval_shape(  # noqa: E731
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+      lambda x: model.init(jax.random.key(0), x, train=False), x)
   model = registry.create(config.model)
   abstract = abstract_init(model)
   out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), abstract, x)
@@ -220,14 +220,14 @@ def test_deep_config_trains_on_one_block_per_stage_and_branch(name, variant):
   config.optim.warmup_epochs = 0.0
   tx = optim.create_optimizer(config, steps_per_epoch=1, num_steps=100)
   size = IMAGE_SIZE.get(name, 32)
-  state = registry.jit_init(steps.state_init_fn(model, tx, size))(jax.random.PRNGKey(0))
+  state = registry.jit_init(steps.state_init_fn(model, tx, size))(jax.random.key(0))
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.normal(size=(4, size, size, 3)), jnp.float32),
            'label': jnp.asarray([0, 1, 2, 3], jnp.int32), 'mask': jnp.asarray([1, 1, 1, 0], bool)}
   step = jax.jit(steps.make_train_step(
       losses.dsop_objective(model, registry.loss_weights(config)), tx))
   heads = registry.head_names(config.model)
-  new_state, metrics = step(state, batch, jax.random.PRNGKey(1))
+  new_state, metrics = step(state, batch, jax.random.key(1))
   assert float(metrics['nonfinite']) == 0.0 and np.isfinite(float(metrics['loss']))
   assert {f'{h}/top1' for h in heads} <= set(metrics)
   assert int(new_state.step) == 1

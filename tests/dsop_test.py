@@ -20,14 +20,14 @@ def _model(backbone, **layout):
 
 def _init(model, size=32):
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, size, size, 3)), jnp.float32)
-  return registry.init_variables(model, jax.random.PRNGKey(0), x), x
+  return registry.init_variables(model, jax.random.key(0), x), x
 
 
 def test_variables_are_backbone_subtree_plus_one_subtree_per_branch():
   backbone = conftest.TinyResNet()
   x = jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32)
   init = lambda module: jax.eval_shape(  # noqa: E731  (shapes only: nothing to compute)
-      lambda x: module.init(jax.random.PRNGKey(0), x, train=False), x)
+      lambda x: module.init(jax.random.key(0), x, train=False), x)
   variables = init(_model(backbone))
   names = ['a_pds2', 'a_pds3', 'a_pds4', 'a_pds5']
   assert sorted(variables) == ['batch_stats', 'params']

@@ -32,7 +32,7 @@ def test_parameters_and_macs_match_the_published_model():
 
 def test_features_and_stage_specs():
   model = efficientnet.EfficientNetB0(num_classes=10)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), IMAGE)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), IMAGE)
   _, features = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, IMAGE)
   stage_shapes = {k: v.shape[1:] for k, v in features.items() if 'block' not in k}
   assert stage_shapes == {
@@ -57,9 +57,9 @@ def test_stochastic_depth_drops_whole_residual_branches_per_image():
       filters=8, conv=layers.conv_def(), norm=layers.norm_def(False), expansion=2, drop_path=0.5,
       deterministic=False)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(64, 4, 4, 8)), jnp.float32)
-  variables = block.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)}, x)
+  variables = block.init({'params': jax.random.key(0), 'dropout': jax.random.key(1)}, x)
   full = block.clone(deterministic=True).apply(variables, x)
-  dropped = block.apply(variables, x, rngs={'dropout': jax.random.PRNGKey(2)})
+  dropped = block.apply(variables, x, rngs={'dropout': jax.random.key(2)})
   residual, kept = np.asarray(full - x), np.asarray(dropped - x)
   is_dropped = np.all(kept == 0, axis=(1, 2, 3))
   np.testing.assert_allclose(kept[~is_dropped], 2.0 * residual[~is_dropped], rtol=1e-5, atol=1e-6)
@@ -90,7 +90,7 @@ def test_swish_reduction_in_the_branches():
   dr = layers.ConvNormAct(4, layers.conv_def(), layers.norm_def(False),
                           layers.ACTIVATIONS[spec.activation])
   x = -jnp.ones((1, 2, 2, 3))
-  variables = jax.tree.map(jnp.ones_like, dr.init(jax.random.PRNGKey(0), x))
+  variables = jax.tree.map(jnp.ones_like, dr.init(jax.random.key(0), x))
   pre = -4.0 / np.sqrt(1 + 1e-5) + 1.0
   np.testing.assert_allclose(dr.apply(variables, x), np.full((1, 2, 2, 4), nn.swish(pre)),
                              rtol=1e-5)
@@ -118,7 +118,7 @@ def test_tiny_efficientnet_dsop_trains_with_the_configs_rmsprop():
                        branches=tuple(branches + sides), num_classes=10)
   weights = {'logits': 1.0, **{s.name: 1.0 for s in branches + sides}}
   tx = optim.create_optimizer(config, steps_per_epoch=2, num_steps=20)
-  state = registry.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
+  state = registry.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.key(0))
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.normal(size=(16, 32, 32, 3)), jnp.float32),
            'label': jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
@@ -126,7 +126,7 @@ def test_tiny_efficientnet_dsop_trains_with_the_configs_rmsprop():
   step = jax.jit(steps.make_train_step(dsop_losses.dsop_objective(model, weights), tx))
   losses = []
   for _ in range(12):
-    state, metrics = step(state, batch, jax.random.PRNGKey(1))
+    state, metrics = step(state, batch, jax.random.key(1))
     assert float(metrics['nonfinite']) == 0.0
     losses.append(float(metrics['logits/loss']))
   assert losses[-1] < 0.8 * losses[0], losses  # Measured: 2.27 -> 1.54.

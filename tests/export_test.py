@@ -61,7 +61,7 @@ def test_detached_network_is_bit_identical(make_config):
   config, size = make_config()
   model, plain = registry.create(config.model), registry.create_backbone(config.model)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(3, size, size, 3)), jnp.float32)
-  variables = _randomise(registry.init_variables(model, jax.random.PRNGKey(0), x), seed=1)
+  variables = _randomise(registry.init_variables(model, jax.random.key(0), x), seed=1)
 
   detached = export.detach(variables, [s.name for s in registry.branch_specs(config.model)])
   # The deployed network, as it is called for inference (logits only).
@@ -89,7 +89,7 @@ def test_detached_network_is_bit_identical(make_config):
   np.testing.assert_allclose(np.asarray(all_heads['logits']), np.asarray(deployed), rtol=1e-5,
                              atol=1e-5 * float(np.abs(deployed).max()))
 
-  fresh = jax.eval_shape(lambda x: plain.init(jax.random.PRNGKey(0), x, train=False), x)
+  fresh = jax.eval_shape(lambda x: plain.init(jax.random.key(0), x, train=False), x)
   artifact.check_same_structure(fresh, detached)
   assert registry.count_params(detached['params']) == registry.count_params(fresh['params'])
   assert registry.count_params(detached['params']) < registry.count_params(variables['params'])
@@ -108,10 +108,10 @@ def test_structure_mismatch_names_the_keys():
   config = imagenet_r18.get_config()
   x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
   r18 = jax.eval_shape(lambda x: registry.create_backbone(config.model).init(
-      jax.random.PRNGKey(0), x, train=False), x)
+      jax.random.key(0), x, train=False), x)
   config.model.name = 'resnet34'
   r34 = jax.eval_shape(lambda x: registry.create_backbone(config.model).init(
-      jax.random.PRNGKey(0), x, train=False), x)
+      jax.random.key(0), x, train=False), x)
   with pytest.raises(ValueError, match=r"missing \[.*stage2_block3"):
     artifact.check_same_structure(r34, r18)
 

@@ -71,7 +71,7 @@ def test_table_xi_rows_build_their_reduction_and_side_branches(option, chain, nu
   assert set(registry.loss_weights(config).values()) == {0.5}
   feature = jax.ShapeDtypeStruct((1, 14, 14, 2048), jnp.float32)
   variables = jax.eval_shape(lambda x: gsop.GSoPHead(head).init(
-      jax.random.PRNGKey(0), x, train=False), feature)
+      jax.random.key(0), x, train=False), feature)
   layers = [(cin, cout) for cin, cout in zip([2048] + chain, chain)]
   assert registry.count_params(variables['params']) == sum(
       _conv_bn(*layer) for layer in layers) + _classifier(chain[-1])
@@ -80,7 +80,7 @@ def test_table_xi_rows_build_their_reduction_and_side_branches(option, chain, nu
   stage5 = registry.create_backbone(config.model).stage_specs()[-1]
   for side, channels in zip(sides, chain):  # Each side branch reduces straight to the target.
     side_vars = jax.eval_shape(lambda x, s=side: branches.AuxBranch(
-        s, stage5, 1000).init(jax.random.PRNGKey(0), x, train=False),
+        s, stage5, 1000).init(jax.random.key(0), x, train=False),
                                jax.ShapeDtypeStruct((1, 14, 14, channels), jnp.float32))
     assert registry.count_params(side_vars['params']) == _conv_bn(channels, chain[-1]) + _classifier(
         chain[-1])
@@ -100,14 +100,14 @@ def test_detached_second_order_network_is_bit_identical(variant):
   config = _tiny_config(variant)
   model, deployed = registry.create(config.model), registry.create_backbone(config.model)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
-  variables = registry.init_variables(model, jax.random.PRNGKey(0), x)
+  variables = registry.init_variables(model, jax.random.key(0), x)
   outputs = jax.jit(lambda v: model.apply(v, x, train=False))(variables)
   names = [s.name for s in registry.branch_specs(config.model)]
   detached = export.detach(variables, names)
   logits, features = jax.jit(lambda v: deployed.apply(v, x, train=False))(detached)
   np.testing.assert_array_equal(logits, outputs['logits'])
   assert set(detached['params']) == set(jax.eval_shape(lambda x: deployed.init(
-      jax.random.PRNGKey(1), x, train=False), x)['params'])
+      jax.random.key(1), x, train=False), x)['params'])
   assert 'gsop' in detached['params'] and not any(n in detached['params'] for n in names)
   # ResNet-18's 512 channels: PSDR 256, 128, 64, 32, 16, 8 (delta 0.5), side branches on the first 5.
   assert len(names) == (6 if variant.startswith('isqrt') else 1)
@@ -125,7 +125,7 @@ def _sgd_losses(pool: str, steps: int) -> list:
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(8, 32, 32, 3)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 10, 8), jnp.int32)
-  variables = registry.init_variables(model, jax.random.PRNGKey(0), x)
+  variables = registry.init_variables(model, jax.random.key(0), x)
 
   def loss_fn(params):
     (logits, _), _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,

@@ -101,7 +101,7 @@ def test_mixup_and_cutmix_mix_images_with_their_mirror_and_score_both_labels(mix
   kinds = set()
   mix_fn = jax.jit(lambda b, r: losses.mix_batch(b, r, mixup_alpha=mixup, cutmix_alpha=cutmix))
   for seed in range(6):
-    mixed, mix = mix_fn({'image': images, 'label': labels}, jax.random.PRNGKey(seed))
+    mixed, mix = mix_fn({'image': images, 'label': labels}, jax.random.key(seed))
     lam, x, partner = float(mix.lam), np.asarray(mixed['image']), np.asarray(images)[::-1]
     np.testing.assert_array_equal(mix.partner_labels, np.asarray(labels)[::-1])
     np.testing.assert_array_equal(mixed['label'], labels)

@@ -154,7 +154,7 @@ def test_init_compiled_lighter_gives_the_variables_of_a_plain_jit():
   config = quickstart.get_config()
   config.model.stage_sizes, config.model.branches.pattern = (1, 1, 1), '[1]'
   model = registry.create(config.model)
-  x, rng = np.zeros((1, 32, 32, 3), np.float32), jax.random.PRNGKey(3)
+  x, rng = np.zeros((1, 32, 32, 3), np.float32), jax.random.key(3)
   init = lambda r, x: model.init(r, x, train=False)  # noqa: E731
   # XLA's default compilation, whatever the suite's XLA_FLAGS (conftest.XLA_TEST_FLAGS) say (its
   # classic emitters at level 3 took 44 s to compile this on a 2-core x86 CPU, the default 7 s).

@@ -42,7 +42,7 @@ def test_onnxruntime_gives_the_jax_logits_at_any_batch_size(name):
   module, size = NETWORKS[name]()
   x = np.random.default_rng(0).normal(size=(3, size, size, 3)).astype(np.float32)
   variables = export_test._randomise(
-      registry.init_variables(module, jax.random.PRNGKey(0), jnp.asarray(x[:1])), seed=1)
+      registry.init_variables(module, jax.random.key(0), jnp.asarray(x[:1])), seed=1)
   forward = lambda images: module.apply(variables, images, train=False)[0]  # noqa: E731
   model = onnx_export.convert(forward, (size, size, 3))
   assert [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [
@@ -62,7 +62,7 @@ def test_a_primitive_without_translation_is_named():
   config = imagenet_r18.get_config('isqrt_cov')
   config.model.stage_sizes = (1, 1, 1, 1)
   module = registry.create_backbone(config.model)
-  variables = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
+  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
                                                  train=False))
   variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables)
   with pytest.raises(NotImplementedError, match=r"the JAX primitive '\w+' has no ONNX translation "

@@ -262,7 +262,7 @@ def test_hutchinson_estimate_is_unbiased_and_averages_conv_kernels_over_taps():
   a, _, f = _quadratic()
   w = jnp.zeros(2)
   hvp = jax.vmap(lambda z: jax.jvp(jax.grad(f), (w,), (z,))[1])
-  probes = optim.rademacher_like(jnp.zeros((4000, 2)), jax.random.PRNGKey(0))
+  probes = optim.rademacher_like(jnp.zeros((4000, 2)), jax.random.key(0))
   assert set(np.unique(np.asarray(probes))) == {-1.0, 1.0}
   estimate = jnp.mean(probes * hvp(probes), axis=0)  # E[z * Hz] = diag(H).
   np.testing.assert_allclose(estimate, jnp.diag(a), atol=0.05)
@@ -312,7 +312,7 @@ def test_adahessian_trains_a_tiny_dsop_model_in_the_train_step():
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.normal(size=(16, 16, 16, 3)), jnp.float32),
            'label': jnp.asarray(rng.integers(0, 5, size=16), jnp.int32)}
-  variables = registry.init_variables(model, jax.random.PRNGKey(0), batch['image'])
+  variables = registry.init_variables(model, jax.random.key(0), batch['image'])
   tx = optim.adahessian(0.15, weight_decay=5e-4)  # The official CIFAR settings.
   state = steps.TrainState(step=jnp.zeros([], jnp.int32), params=variables['params'],
                            batch_stats=variables['batch_stats'],
@@ -327,15 +327,15 @@ def test_adahessian_trains_a_tiny_dsop_model_in_the_train_step():
                              train=True, mutable=['batch_stats'])
     return losses_lib.dsop_loss(outputs=outputs, labels=batch['label'], weights=weights)[0]
   probe = optim.rademacher_like(
-      state.params, jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(1), 0), 1))
+      state.params, jax.random.fold_in(jax.random.fold_in(jax.random.key(1), 0), 1))
   hessian_z = jax.jit(lambda p, z: jax.jvp(jax.grad(loss), (p,), (z,))[1])(state.params, probe)
-  first, _ = step(state, batch, jax.random.PRNGKey(1))
+  first, _ = step(state, batch, jax.random.key(1))
   jax.tree.map(
       lambda nu, d: np.testing.assert_allclose(nu, 0.001 * d ** 2, rtol=2e-3, atol=1e-9),
       first.opt_state[0].nu, optim.hutchinson_diagonal(hessian_z))
   losses = []
   for _ in range(25):  # Fitting one fixed batch: the loss must fall steadily.
-    state, metrics = step(state, batch, jax.random.PRNGKey(1))
+    state, metrics = step(state, batch, jax.random.key(1))
     losses.append(float(metrics['loss']))
     assert float(metrics['nonfinite']) == 0.0
   assert losses[-1] < 0.3 * losses[0], losses
@@ -383,7 +383,7 @@ def test_accumulated_train_steps_equal_one_step_of_the_whole_batch_without_batch
     for _ in range(2):  # Two updates.
       for i in range(k):
         state, _ = step(state, {key: v[i * size:(i + 1) * size] for key, v in batch.items()},
-                        jax.random.PRNGKey(0))
+                        jax.random.key(0))
     final[k] = (state.params, state.ema)
   for a, b in zip(jax.tree.leaves(final[1]), jax.tree.leaves(final[2])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -255,7 +255,7 @@ def test_head_gradients_add_up_to_eq1s_and_follow_eq2(runs):
   batch = next(input_pipeline.train_batches(config, local_batch_size=32, start_step=0, seed=0))
   info = datasets.dataset_info(config)
   batch = {**batch, 'image': steps.normalise_images(batch['image'], info.mean, info.std)}
-  rng = jax.random.PRNGKey(3)
+  rng = jax.random.key(3)
   per_head = gradients.head_gradients(model, weights, variables, [batch], rng)
   objective = losses.dsop_objective(model, weights)
   whole = jax.jit(jax.grad(lambda p: objective(p, variables['batch_stats'], batch,

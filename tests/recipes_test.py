@@ -183,7 +183,7 @@ def test_preact_bottleneck_strides_its_first_1x1_convolution():
   block = cifar_backbones.PreActBottleneckBlock(filters=8, conv=layers.conv_def(),
                                                 norm=layers.norm_def(False), strides=(2, 2))
   x = jnp.zeros((1, 8, 8, 16))
-  variables = jax.eval_shape(block.init, jax.random.PRNGKey(0), x)
+  variables = jax.eval_shape(block.init, jax.random.key(0), x)
   jaxpr = jax.make_jaxpr(block.apply)(variables, x)
   convs = [(e.invars[1].aval.shape[:2], e.params['window_strides']) for e in jaxpr.eqns
            if e.primitive.name == 'conv_general_dilated']
@@ -208,7 +208,7 @@ def test_efficientnet_end_branch_reads_the_head_convolution():
 @functools.cache
 def _efficientnet_params():
   model = efficientnet.EfficientNetB0(num_classes=1000)
-  return registry.init_variables(model, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  return registry.init_variables(model, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
 
 
 def test_efficientnet_initialisation_follows_the_reference():
@@ -281,7 +281,7 @@ def _bn_step(group_size, state, batch):
   step = jax.jit(steps.make_train_step(losses.dsop_objective(
       _bn_model(group_size), {'logits': 1.0, 'a_pds2': 1.0, 'a_pds5': 1.0}), optax.sgd(0.1)))
   with jax.set_mesh(sharding.create_mesh()):
-    return step(state, batch, jax.random.PRNGKey(1))[0]
+    return step(state, batch, jax.random.key(1))[0]
 
 
 def test_bn_statistics_groups_of_the_paper():
@@ -291,7 +291,7 @@ def test_bn_statistics_groups_of_the_paper():
   assert imagenet_efficientnet_b0.get_config().model.bn_group_size == 96, (
       'Section V-B: one 8-GPU server; batch 768 / 8 GPUs')
   model = _bn_model(0)  # The variables do not depend on the grouping.
-  state = registry.jit_init(steps.state_init_fn(model, optax.sgd(0.1), 32))(jax.random.PRNGKey(0))
+  state = registry.jit_init(steps.state_init_fn(model, optax.sgd(0.1), 32))(jax.random.key(0))
   rng = np.random.default_rng(0)
   shift = np.repeat([0.0, 3.0, -3.0, 6.0], 2)[:, None, None, None]  # Pairs far apart.
   batch = {'image': jnp.asarray(rng.normal(size=(8, 32, 32, 3)) + shift, jnp.float32),

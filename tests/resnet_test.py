@@ -13,7 +13,7 @@ from dsop_jax.models import resnet
 
 def _abstract(module, size=32):
   image = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
-  return jax.eval_shape(lambda x: module.init_with_output(jax.random.PRNGKey(0), x, train=False),
+  return jax.eval_shape(lambda x: module.init_with_output(jax.random.key(0), x, train=False),
                         image)
 
 
@@ -51,7 +51,7 @@ def test_tiny_forward_train_and_eval():
   model = functools.partial(resnet.ResNet, stage_sizes=(1, 1, 1, 1), block_cls=resnet.BasicBlock,
                             num_filters=4, num_classes=3)()
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
-  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  variables = model.init(jax.random.key(0), x, train=False)
   (logits, _), updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
   assert logits.shape == (2, 3) and bool(jnp.all(jnp.isfinite(logits)))
   moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables['batch_stats'],
@@ -72,7 +72,7 @@ def test_squeeze_excitation_gates_each_channel_of_each_image():
   """The SE gate is sigmoid(W2 relu(W1 GAP(x) + b1) + b2), one value per image and channel."""
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 5, 32)), jnp.float32)
   se = resnet.SqueezeExcitation(reduction=16)
-  variables = se.init(jax.random.PRNGKey(0), x)
+  variables = se.init(jax.random.key(0), x)
   p = jax.tree.map(np.asarray, variables['params'])
   assert p['fc1']['kernel'].shape == (32, 2) and p['fc2']['kernel'].shape == (2, 32)
   pooled = np.asarray(x).mean(axis=(1, 2))

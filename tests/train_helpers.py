@@ -82,7 +82,7 @@ def write_fresh_export(model_config: ml_collections.ConfigDict, directory: str) 
   os.makedirs(directory)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(os.path.abspath(directory), 'variables'),
-                      registry.init_variables(module, jax.random.PRNGKey(0),
+                      registry.init_variables(module, jax.random.key(0),
                                              jnp.zeros((1, 32, 32, 3))))
   with open(os.path.join(directory, 'model_config.json'), 'w') as f:
     f.write(model_config.to_json())

@@ -177,7 +177,7 @@ def test_fashion_mnist_trains_from_its_idx_files_on_a_subset(tmp_path, monkeypat
   # The parameters moved once (the second step), so their average is 0.75 * initial + 0.25 * new.
   model = registry.create(config.model)
   tx = optim.create_optimizer(config, steps_per_epoch=2, num_steps=2)
-  initial = registry.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
+  initial = registry.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.key(0))
   for average, start, new in zip(*(jax.tree.leaves(t) for t in (
       state.ema['params'], initial.params, state.params))):
     np.testing.assert_allclose(average, 0.75 * start + 0.25 * new, rtol=1e-5, atol=1e-7)
@@ -266,14 +266,14 @@ def test_overflowing_branch_is_rejected_and_named_by_the_step(caplog):
   config = train_helpers.tiny_digits_config()
   model = registry.create(config.model)
   tx = optax.sgd(0.1)
-  state = registry.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
+  state = registry.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.key(0))
   # Huge images overflow float32 in the first BatchNorm's variance; the branch heads go
   # non-finite (the main head stays finite here), and they are the ones named.
   batch = {'image': jnp.full((4, 32, 32, 3), 1e30).at[:, :16].set(-1e30),
            'label': jnp.arange(4, dtype=jnp.int32)}
   step = jax.jit(steps.make_train_step(
       losses.dsop_objective(model, registry.loss_weights(config)), tx))
-  new_state, metrics = step(state, batch, jax.random.PRNGKey(1))
+  new_state, metrics = step(state, batch, jax.random.key(1))
   assert float(metrics['nonfinite']) == 1.0 and int(new_state.step) == 1
   for a, b in zip(_leaves((new_state.params, new_state.batch_stats, new_state.opt_state)),
                   _leaves((state.params, state.batch_stats, state.opt_state))):
@@ -299,11 +299,11 @@ def test_a_finite_loss_with_a_non_finite_new_state_is_rejected():
   non-finite reaches the state, hence no checkpoint or export."""
   model = dsop.DSoPNet(backbone=conftest.TinyResNet(), branches=(), num_classes=5)
   tx = optax.sgd(0.1)
-  state = registry.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.PRNGKey(0))
+  state = registry.jit_init(steps.state_init_fn(model, tx, 32))(jax.random.key(0))
   batch = {'image': jnp.full((4, 32, 32, 3), 1e18, jnp.float32).at[0].set(-1e18),
            'label': jnp.arange(4) % 5, 'mask': jnp.ones(4, bool)}
   step = jax.jit(steps.make_train_step(losses.dsop_objective(model, {'logits': 1.0}), tx))
-  new_state, metrics = step(state, batch, jax.random.PRNGKey(1))
+  new_state, metrics = step(state, batch, jax.random.key(1))
   assert np.isfinite(float(metrics['loss']))
   assert float(metrics['nonfinite']) == float(metrics['nonfinite_state']) == 1.0
   assert int(new_state.step) == 1
@@ -588,7 +588,7 @@ def test_knowledge_distillation_from_a_teacher_inside_the_step(tmp_path):
   batch['image'] = steps.normalise_images(jnp.asarray(batch['image']), info.mean, info.std)
   step = jax.jit(steps.make_train_step(
       losses.distillation_objective(model, teacher, temperature=2.0, soft_weight=0.7), tx))
-  _, metrics = step(state, batch, jax.random.PRNGKey(0), teacher_variables)
+  _, metrics = step(state, batch, jax.random.key(0), teacher_variables)
   student_logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
                                batch['image'], train=True, mutable=['batch_stats'])[0]['logits']
   expected, parts = losses.distillation_loss(
