@@ -150,6 +150,7 @@ def test_plain_and_dsop_runs_pair_by_subset_and_seed(runs, tmp_path):
               '| 1 | 1 | 13.00 | 11.00 | +2.00 |', '| 1 | 2 | 12.50 | 12.00 | +0.50 |',
               '| 0 | 2 | +0.25 |', '| 1 | 2 | +1.25 |'):
     assert row in table
+  assert '| 0/1: 12.00, 0/2: 11.00, 1/1: 13.00, 1/2: 12.50 |' in table  # Subset/seed: plain err.
   gains = np.array([1.0, -0.5, 2.0, 0.5])
   half = 3.182446305284263 * gains.std(ddof=1) / 2
   assert (f'Paired mean gain over 4 pairs: +0.75 points, standard deviation '
@@ -165,8 +166,75 @@ def test_plain_and_dsop_runs_pair_by_subset_and_seed(runs, tmp_path):
   assert curves.get_xlim() == pytest.approx((epochs[-1] / 2 - 0.5, epochs[-1] + 0.5))
   assert curves.get_ylim()[0] < 11.375 and curves.get_ylim()[1] > 12.125
   assert mpl_image.imread(str(tmp_path / 'pairs.png')).shape[:2] == (450, 1200)
-  with pytest.raises(ValueError, match='--pairs_output: the runs hold no plain and DSoP run'):
+  with pytest.raises(ValueError, match='--pairs_output: the runs hold no finished plain and DSoP'):
     plot.pairs_figure(plot.load_runs(workdirs[1::2]))  # DSoP runs only.
+
+
+def _copy(source, workdir, seed, subset=0, error=None, edit=None, records=None):
+  """A copy of the run in `source` as seed `seed` of training subset `subset`, its config edited
+  by `edit(config)`, its last main-head error set to `error` (%), its records replaced."""
+  os.makedirs(workdir)
+  config = runs_lib.workdir_config(source)
+  config.train.seed, config.data.train_subset_seed = seed, subset
+  if edit:
+    edit(config)
+  (workdir / 'config.json').write_text(config.to_json())
+  records = records or _records(source)
+  if error is not None:
+    records[-1]['eval']['logits']['top1'] = 1 - error / 100
+  (workdir / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+  return str(workdir)
+
+
+def test_runs_that_differ_in_more_than_branches_give_no_gain(runs, tmp_path):
+  """Plain runs of 20 epochs against DSoP runs of 10 (other data, an other learning rate): no
+  paired gain and no pairs figure, the fields named; the seeds table keeps each configuration
+  apart and names what differs. Fields that change no result (where the data lies, how often to
+  log) do not stop a comparison."""
+  def other(field, value):
+    return lambda config: config.update_from_flattened_dict({field: value})
+  for field, value in (('train.num_epochs', 20.0), ('optim.learning_rate', 0.01),
+                       ('data.train_subset', 700)):
+    base = tmp_path / field
+    workdirs = [_copy(runs[1], base / f'plain{seed}', seed, edit=other(field, value))
+                for seed in (1, 2)] + [_copy(runs[0], base / f'dsop{seed}', seed) for seed in (1, 2)]
+    loaded = plot.load_runs(workdirs)
+    table = plot.paired_table(loaded)
+    assert table.startswith('No paired gains: the plain and the DSoP runs differ in more than their '
+                            f'branches: {field} = {value!r} (plain)'), table
+    with pytest.raises(ValueError, match=f'--pairs_output: .*{field}'):
+      plot.pairs_figure(loaded)
+  # Plain runs of two epoch counts: two configurations, each named by what sets it apart; the
+  # three configurations give no paired table.
+  workdirs = [_copy(runs[1], tmp_path / f'epochs{e}', 1, edit=other('train.num_epochs', e))
+              for e in (0.25, 20.0)] + [_copy(runs[0], tmp_path / 'dsop', 1)]
+  table = plot.render(workdirs, str(tmp_path / 'c.png'))
+  assert '| preact_resnet20 (plain) [train.num_epochs=20.0] |' in table
+  assert '| preact_resnet20 (plain) [train.num_epochs=0.25] |' in table
+  assert 'gain' not in table
+  free = [_copy(runs[1], tmp_path / 'free_plain', 1,
+                edit=other('data.data_dir', '/elsewhere/digits')),
+          _copy(runs[0], tmp_path / 'free_dsop', 1, edit=other('train.log_every_steps', 7))]
+  assert [(p.workdir, d.workdir) for p, d in plot.pairs(plot.load_runs(free))] == [tuple(free)]
+
+
+def test_unfinished_and_repeated_runs_are_not_paired(runs, tmp_path):
+  """A pair whose DSoP run stopped before the end of training is left out of the gains and named;
+  the same run given twice is refused."""
+  workdirs = [_copy(runs[1], tmp_path / 'plain1', 1, error=12.0),
+              _copy(runs[0], tmp_path / 'dsop1', 1, error=11.0),
+              _copy(runs[1], tmp_path / 'plain2', 2, error=12.0),
+              _copy(runs[0], tmp_path / 'dsop2', 2, error=5.0, records=_records(runs[0])[:2])]
+  loaded = plot.load_runs(workdirs)
+  assert [run.finished for run in loaded] == [True, True, True, False]
+  assert [(p.seed, d.seed) for p, d in plot.pairs(loaded)] == [(1, 1)]
+  table = plot.paired_table(loaded)
+  assert 'Paired mean gain over 1 pair: +1.00 points' in table
+  assert table.endswith(f'Left out, not finished (rerun the command to resume them): '
+                        f'{workdirs[3]} (step 4 of 6).')
+  with pytest.raises(ValueError, match='are both the plain run of subset 0, seed 1: give each run '
+                                       'once'):
+    plot.pairs(plot.load_runs(workdirs[:2] + [_copy(runs[1], tmp_path / 'again', 1)]))
 
 
 def _write(path, lines):

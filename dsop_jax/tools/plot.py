@@ -32,10 +32,25 @@ from scipy import stats
 
 from dsop_jax import paths
 from dsop_jax.models import registry
+from dsop_jax.training import optim
 from dsop_jax.training import runs as runs_lib
 
 MAIN_HEAD = 'logits'
 METRICS = ('top1', 'top5')
+# Fields that say where the data lies, how often to log, checkpoint or evaluate, and how large the
+# (masked) evaluation batches are: runs that differ only in them computed the same thing.
+RESULT_FREE_FIELDS = frozenset(
+    f'config.{name}' for name in (
+        'data.data_dir', 'train.eval_every_epochs', 'train.log_every_steps', 'train.tensorboard',
+        'train.checkpoint_every_steps', 'train.checkpoint_every_epoch', 'train.keep_checkpoints',
+        'train.keep_best', 'train.async_checkpointing', 'train.profile_steps',
+        'train.allow_resume_changes', 'eval.batch_size'))
+# What a run's repetitions vary: the seed and the training subset.
+REPETITION_FIELDS = frozenset({'config.train.seed', 'config.data.train_subset_seed'})
+# What training branches adds to a plain network's config (the plain run of launch/seeds.sh
+# clears config.model.branches.pattern): a plain and a DSoP run to compare differ only here.
+BRANCH_FIELDS = ('config.model.branches.', 'config.loss.betas', 'config.train.policy',
+                 'config.train.remove_branches_at_epoch', 'config.train.backbone_checkpoint')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +65,15 @@ class Run:
   seed: int = 0
   subset: int = 0  # config.data.train_subset_seed: which training subset.
   branches: int = 0  # Auxiliary branches trained (0: a plain network).
+  # What the run computes (`settings`): its config's fields but the seed, the subset and those
+  # that change no result (RESULT_FREE_FIELDS).
+  settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  num_steps: Optional[int] = None  # The training steps its config asks for (None: unknown).
+
+  @property
+  def finished(self) -> bool:
+    """Whether its last evaluation is at the end of training (True when that is unknown)."""
+    return self.num_steps is None or self.records[-1]['step'] >= self.num_steps
 
   @property
   def train_seconds(self) -> Optional[float]:
@@ -139,7 +163,8 @@ def config_label(config: Any) -> str:
 
 
 def load_runs(workdirs: Sequence[str], labels: Optional[Sequence[str]] = None) -> List[Run]:
-  """Reads every workdir; labels default to the configs' (made unique with the workdir's name)."""
+  """Reads every workdir; labels default to the configurations' (`_groups`: the config's label
+  and what sets it apart from runs of the same label), made unique with the workdir's name."""
   if not workdirs:
     raise ValueError('--workdir: give at least one training workdir.')
   if labels and len(labels) != len(workdirs):
@@ -147,17 +172,47 @@ def load_runs(workdirs: Sequence[str], labels: Optional[Sequence[str]] = None) -
                      'per --workdir, in the same order, or none.')
   records = [read_metrics(w) for w in workdirs]
   configs = [runs_lib.workdir_config(w) for w in workdirs]
+  settings = [run_settings(c) for c in configs]
+  groups = _groups([config_label(c) for c in configs], settings)
   if not labels:
-    labels = [config_label(c) for c in configs]
-    labels = [f'{label} [{os.path.basename(os.path.normpath(w))}]' if labels.count(label) > 1
-              else label for label, w in zip(labels, workdirs)]
+    labels = [f'{group} [{os.path.basename(os.path.normpath(w))}]' if groups.count(group) > 1
+              else group for group, w in zip(groups, workdirs)]
   orders = [1 if registry.head_spec(c.model) is None else 2 for c in configs]
-  groups = [config_label(c) for c in configs]
   seeds = [c.train.seed for c in configs]
   subsets = [c.data.train_subset_seed for c in configs]
   branches = [len(registry.branch_specs(c.model)) for c in configs]
+  num_steps = [_num_steps(c, r) for c, r in zip(configs, records)]
   return [Run(*args) for args in zip(workdirs, labels, records, orders, groups, seeds, subsets,
-                                     branches)]
+                                     branches, settings, num_steps)]
+
+
+def run_settings(config: Any) -> Dict[str, Any]:
+  """A run's config as {'config.train.num_epochs': 10.0, ...}, without REPETITION_FIELDS and
+  RESULT_FREE_FIELDS: two runs with the same settings are repetitions of one configuration."""
+  flat = runs_lib.flatten(config.to_dict(), 'config')
+  return {k: v for k, v in flat.items()
+          if k not in REPETITION_FIELDS and k not in RESULT_FREE_FIELDS}
+
+
+def _groups(labels: Sequence[str], settings: Sequence[Dict[str, Any]]) -> List[str]:
+  """Each run's configuration: its label, followed by the fields in which runs of that label
+  differ ('preact_resnet20 (plain) [train.num_epochs=20.0]'), so that only repetitions share one."""
+  groups = []
+  for label, own in zip(labels, settings):
+    others = [s for l, s in zip(labels, settings) if l == label]
+    varying = sorted(k for k in set().union(*others) if any(s.get(k) != own.get(k) for s in others))
+    groups.append(label + (' [' + ', '.join(f'{k[len("config."):]}={own.get(k)!r}'
+                                            for k in varying) + ']' if varying else ''))
+  return groups
+
+
+def _num_steps(config: Any, records: List[Dict[str, Any]]) -> Optional[int]:
+  """The training steps the run's config asks for, with its steps per epoch read off its records
+  (None when no record says: an evaluation at epoch 0)."""
+  last = records[-1]
+  if last['epoch'] <= 0:
+    return None
+  return optim.num_train_steps(config, int(round(last['step'] / last['epoch'])))
 
 
 def _axes_style(ax: Any, metric: str, title: str) -> None:
@@ -226,26 +281,58 @@ def seeds_table(runs: Sequence[Run]) -> str:
     groups.setdefault(run.group, []).append(run)
   if all(len(members) == 1 for members in groups.values()):
     return ''
-  lines = ['| configuration | runs | main-head top-1 err (%), mean +- std | each run (seed: err) |',
-           '|---|---|---|---|']
+  subsets = any(run.subset for run in runs)  # Name each run by subset and seed, not seed alone.
+  lines = ['| configuration | runs | main-head top-1 err (%), mean +- std | each run '
+           f'({"subset/" * subsets}seed: err) |', '|---|---|---|---|']
   for group, members in groups.items():
     errors = [run.curve(MAIN_HEAD, 'top1')[1][-1] for run in members]
     spread = f' +- {statistics.stdev(errors):.2f}' if len(errors) > 1 else ''
-    each = ', '.join(f'{run.seed}: {error:.2f}' for run, error in zip(members, errors))
+    each = ', '.join(f'{f"{run.subset}/" * subsets}{run.seed}: {error:.2f}'
+                     for run, error in zip(members, errors))
     lines.append(f'| {group} | {len(members)} | {statistics.mean(errors):.2f}{spread} | {each} |')
   return '\n'.join(lines)
 
 
 def pairs(runs: Sequence[Run]) -> List[Tuple[Run, Run]]:
   """(plain, DSoP) runs of the same training subset and seed, ordered by (subset, seed); [] unless
-  the runs are of exactly two configurations, one of them plain."""
-  groups = {run.group: run.branches for run in runs}
-  if len(groups) != 2 or sorted(b == 0 for b in groups.values()) != [False, True]:
+  the runs are of exactly two configurations, one of them plain. Unfinished runs are left out
+  (`unfinished` names them).
+
+  Raises:
+    ValueError: the two configurations differ in more than the branches (their gap would not be
+      DSoP-Net's gain), or one holds two runs of the same subset and seed.
+  """
+  groups = {run.group: run for run in runs}
+  if len(groups) != 2 or sorted(r.branches == 0 for r in groups.values()) != [False, True]:
     return []
+  plain, dsop = sorted(groups.values(), key=lambda r: r.branches)
+  strip = lambda settings: {k: v for k, v in settings.items()  # noqa: E731
+                            if not k.startswith(BRANCH_FIELDS)}
+  ours, theirs = strip(plain.settings), strip(dsop.settings)
+  differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+  if differ:
+    raise ValueError(
+        'the plain and the DSoP runs differ in more than their branches: '
+        + '; '.join(f'{k[len("config."):]} = {ours.get(k)!r} (plain) vs {theirs.get(k)!r} (DSoP)'
+                    for k in differ)
+        + ". Their gap would not be DSoP-Net's gain: compare runs of one command "
+        '(launch/seeds.sh trains both).')
   found: Dict[Tuple[int, int], Dict[bool, Run]] = {}
   for run in runs:
-    found.setdefault((run.subset, run.seed), {})[run.branches == 0] = run
-  return [(pair[True], pair[False]) for _, pair in sorted(found.items()) if len(pair) == 2]
+    slot, is_plain = found.setdefault((run.subset, run.seed), {}), run.branches == 0
+    if is_plain in slot:
+      raise ValueError(f'{slot[is_plain].workdir!r} and {run.workdir!r} are both the '
+                       f'{"plain" if is_plain else "DSoP"} run of subset {run.subset}, '
+                       f'seed {run.seed}: give each run once.')
+    slot[is_plain] = run
+  return [(pair[True], pair[False]) for _, pair in sorted(found.items())
+          if len(pair) == 2 and pair[True].finished and pair[False].finished]
+
+
+def unfinished(runs: Sequence[Run]) -> List[str]:
+  """'WORKDIR (step S of N)' for each run whose last evaluation is before the end of training."""
+  return [f'{run.workdir} (step {run.records[-1]["step"]} of {run.num_steps})'
+          for run in runs if not run.finished]
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> Tuple[float, float]:
@@ -260,7 +347,13 @@ def paired_table(runs: Sequence[Run]) -> str:
   top-1 error, gain (plain's error minus DSoP's, points) and training minutes; the mean gain per
   subset; and over all pairs the mean gain, its sample standard deviation, its 95% t-interval and
   DSoP-Net's training time over plain's (mean of the pairs' ratios). '' without pairs."""
-  matched = pairs(runs)
+  try:
+    matched = pairs(runs)
+  except ValueError as e:
+    return f'No paired gains: {e}'
+  left_out = unfinished(runs) if matched else []
+  left_out = (f'\n\nLeft out, not finished (rerun the command to resume them): '
+              f'{", ".join(left_out)}.' if left_out else '')
   if not matched:
     return ''
   minutes = lambda run: ('n/a' if run.train_seconds is None  # noqa: E731
@@ -288,7 +381,7 @@ def paired_table(runs: Sequence[Run]) -> str:
                 f'{len(gains)} pairs')
   if ratios:
     summary += f'; DSoP-Net\'s training time over plain\'s: {statistics.mean(ratios):.2f}x'
-  return '\n'.join(lines + ['', summary + '.'])
+  return '\n'.join(lines + ['', summary + '.']) + left_out
 
 
 def pairs_figure(runs: Sequence[Run]) -> mpl_figure.Figure:
@@ -296,10 +389,13 @@ def pairs_figure(runs: Sequence[Run]) -> mpl_figure.Figure:
   a line, coloured by subset. Right: each configuration's mean main-head top-1 error curve with a
   band of +- one standard deviation over its runs, the axis fitted to the second half of training
   so that differences of a fraction of a point show."""
-  matched = pairs(runs)
+  try:
+    matched = pairs(runs)
+  except ValueError as e:
+    raise ValueError(f'--pairs_output: {e}') from e
   if not matched:
-    raise ValueError('--pairs_output: the runs hold no plain and DSoP run of the same subset and '
-                     'seed (train them with launch/seeds.sh).')
+    raise ValueError('--pairs_output: the runs hold no finished plain and DSoP run of the same '
+                     'subset and seed (train them with launch/seeds.sh).')
   fig = mpl_figure.Figure(figsize=(12, 4.5), layout='constrained')
   left, right = fig.subplots(1, 2)
   subsets = sorted({plain.subset for plain, _ in matched})

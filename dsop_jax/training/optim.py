@@ -118,6 +118,12 @@ def accumulate_steps(config: ml_collections.ConfigDict) -> int:
   return config.train.accumulate_steps
 
 
+def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """The training steps of config.train.num_epochs: a whole number of updates, at least one."""
+  per_update = accumulate_steps(config)
+  return per_update * max(1, int(round(config.train.num_epochs * steps_per_epoch / per_update)))
+
+
 def base_learning_rate(config: ml_collections.ConfigDict) -> float:
   """config.optim.learning_rate, times (batch per update) / config.optim.lr_reference_batch when
   that is set (the linear scaling rule: lr = base * batch / 256)."""

@@ -190,15 +190,16 @@ def workdir_config(workdir: paths.PathLike) -> ml_collections.ConfigDict:
   return config_files.upgrade(saved, str(path))
 
 
-def _flatten(tree: Any, prefix: str) -> Dict[str, Any]:
+def flatten(tree: Any, prefix: str) -> Dict[str, Any]:
+  """{'PREFIX.section.field': value} of a nested config dict, sequences as lists."""
   if isinstance(tree, Mapping):
-    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f'{prefix}.{key}').items()}
+    return {k: v for key, sub in tree.items() for k, v in flatten(sub, f'{prefix}.{key}').items()}
   return {prefix: list(tree) if isinstance(tree, (list, tuple)) else tree}
 
 
 def _structure_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The fields that fix a checkpoint's structure: the model's and the optimiser's kind."""
-  fields = _flatten(config.model.to_dict(), 'config.model')
+  fields = flatten(config.model.to_dict(), 'config.model')
   fields.pop('config.model.bn_group_size', None)  # How BN groups a batch: no variable depends on it.
   fields.pop('config.model.init_from', None)  # Where the first step's weights came from.
   if not registry.BACKBONES.get(config.model.name, (None, True))[1]:
@@ -225,7 +226,7 @@ def continuity_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   state's structure: what each step sees (global batch, steps per update, seed, every data field
   but data_dir, which says where the data lies, not what it is) and the learning-rate schedule
   (with a cosine schedule, num_epochs shapes it too). Changing one mid-run breaks the epoch accounting and exact resume."""
-  fields = _flatten(config.data.to_dict(), 'config.data')
+  fields = flatten(config.data.to_dict(), 'config.data')
   fields.pop('config.data.data_dir')
   fields['config.train.batch_size'] = config.train.batch_size
   fields['config.train.accumulate_steps'] = config.train.accumulate_steps

@@ -216,8 +216,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
   t = config.train
   local_batch = sharding.local_batch_size(t.batch_size)
   steps_per_epoch = input_pipeline.steps_per_epoch(config, t.batch_size)
-  per_update = optim.accumulate_steps(config)  # A whole number of updates.
-  num_steps = per_update * max(1, int(round(t.num_epochs * steps_per_epoch / per_update)))
+  num_steps = optim.num_train_steps(config, steps_per_epoch)
   eval_every = max(1, int(round(t.eval_every_epochs * steps_per_epoch)))
   removal_step = (int(round(t.remove_branches_at_epoch * steps_per_epoch))
                   if t.policy == 'early_removal' else None)
@@ -258,7 +257,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
     return jax.jit(steps.make_train_step(objective, tx, hessian=optim.needs_hessian(config),
                                          frozen=frozen, learning_rate_fn=lr_fn,
                                          ema_decay=config.optim.ema_decay,
-                                         ema_every=per_update,
+                                         ema_every=optim.accumulate_steps(config),
                                          input_stats=(info.mean, info.std)),
                    donate_argnums=(0,))
 
