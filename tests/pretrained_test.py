@@ -49,7 +49,7 @@ def _first_blocks_of_resnet18(name='resnet18'):
   return [k for k in keys if not re.match(r'layer\d\.[1-9]', k[0])]
 
 
-def test_fine_tuning_from_torchvision_weights_and_exporting_them_back(tmp_path):
+def test_fine_tuning_from_torchvision_weights_and_exporting_them_back(tmp_path, monkeypatch):
   keys = _first_blocks_of_resnet18()
   weights = torch_fixtures.seeded_state_dict(keys)
   source = str(tmp_path / 'imagenet_r18.safetensors')
@@ -59,8 +59,14 @@ def test_fine_tuning_from_torchvision_weights_and_exporting_them_back(tmp_path):
   config.model.init_from = source
   config.optim.backbone_lr_scale = 0.0
   workdir = str(tmp_path / 'run')
+  reads = []
+  read_safetensors = torch_weights.read_safetensors
+  monkeypatch.setattr(torch_weights, 'read_safetensors',
+                      lambda path: reads.append(path) or read_safetensors(path))
   state = train.train_and_evaluate(config, workdir)
+  monkeypatch.undo()
   assert int(state.step) == 1
+  assert reads == [source]  # Checked and loaded from one read of the file.
   backbone = jax.device_get({'params': state.params['backbone'],
                              'batch_stats': state.batch_stats['backbone']})
   assert backbone['params']['head']['kernel'].shape == (512, 10)

@@ -38,23 +38,29 @@ def source_of(config: ml_collections.ConfigDict) -> Tuple[str, str]:
   return '', ''
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def validate(config: ml_collections.ConfigDict) -> Optional[Dict[str, np.ndarray]]:
   """Raises ValueError naming the field when the weights to start from cannot be used: no such
-  file or directory, a file that is not safetensors, or a network with no torchvision/timm
-  counterpart for a state dict. Reads only the file's header, before anything compiles."""
+  file or directory, a file that is not safetensors, a network with no torchvision/timm
+  counterpart for a state dict, keys or shapes that do not fit it, non-finite values. Runs before
+  anything compiles: the header first, then the tensors.
+
+  Returns:
+    The state dict it read (give it to `load`, so that a new run reads the file once), or None
+    when the run starts from an export or workdir, or from nothing.
+  """
   init_from = config.model.init_from
   if not isinstance(init_from, str):
     raise ValueError(f'config.model.init_from = {init_from!r} is invalid: give a path (a '
                      'safetensors file, a dsop_jax export or workdir) or \'\' for none.')
   field, path = source_of(config)
   if not path:
-    return
+    return None
   source = paths.path(path, f'config.{field}')
   if source.is_dir():
     if not ((source / 'model_config.json').exists() or (source / 'config.json').exists()):
       raise ValueError(f'config.{field} = {path!r} is invalid: the directory is neither a dsop_jax '
                        'export (model_config.json) nor a training workdir (config.json).')
-    return
+    return None
   if not source.is_file():
     raise ValueError(f'config.{field} = {path!r} is invalid: no such file or directory.')
   torch_weights.check_supported(torch_weights.first_order(config.model), f'config.{field}')
@@ -63,6 +69,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                                  source=f'config.{field} = {path!r}')
   state, _ = torch_weights.read_safetensors(path)
   check_finite(state, f'config.{field} = {path!r}')
+  return state
 
 
 def check_finite(tensors: Mapping[str, Any], source: str) -> None:
@@ -77,10 +84,12 @@ def check_finite(tensors: Mapping[str, Any], source: str) -> None:
                      'infinity); these weights cannot be trained from.')
 
 
-def load(config: ml_collections.ConfigDict, fresh: Mapping[str, Any]
+def load(config: ml_collections.ConfigDict, fresh: Mapping[str, Any],
+         state_dict: Optional[Mapping[str, np.ndarray]] = None
          ) -> Tuple[Dict[str, Any], List[str]]:
   """The backbone's {'params', 'batch_stats'} from the run's source (`source_of`), with `fresh`
   (the backbone's freshly initialised variables) where the source has nothing to give.
+  `state_dict`: the source's state dict as `validate` read it (read again when not given).
 
   Returns:
     (variables, the names of the fresh parts kept).
@@ -91,7 +100,7 @@ def load(config: ml_collections.ConfigDict, fresh: Mapping[str, Any]
   field, path = source_of(config)
   fresh = jax.device_get(dict(fresh))
   if paths.path(path).is_file():
-    state, _ = torch_weights.read_safetensors(path)
+    state = state_dict if state_dict is not None else torch_weights.read_safetensors(path)[0]
     variables, kept = torch_weights.from_state_dict(config.model, state, fresh,
                                                     source=f'config.{field} = {path!r}')
   else:

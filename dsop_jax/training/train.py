@@ -15,7 +15,7 @@ Training policies (`config.train.policy`):
 import contextlib
 import os
 import time
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from absl import logging
 from clu import metric_writers
@@ -45,9 +45,10 @@ from dsop_jax.training import steps
 POLICIES = ('one_phase', 'early_removal', 'two_phase')
 
 
-def _validate(config: ml_collections.ConfigDict) -> None:
+def _validate(config: ml_collections.ConfigDict) -> Optional[Dict[str, np.ndarray]]:
   """Every check that can fail, before anything is compiled: each section once, by its owner
-  (config.train, config.eval and config.distill here)."""
+  (config.train, config.eval and config.distill here). Returns the state dict of
+  config.model.init_from that `pretrained.validate` read, or None."""
   registry.validate_model_config(config.model)
   registry.validate_loss_config(config)
   optim.validate_optim_config(config)
@@ -64,7 +65,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.train.backbone_checkpoint = '' is invalid: two_phase training needs "
                      'the trained backbone: an export directory or training workdir here, or '
                      'config.model.init_from (also a torchvision/timm safetensors file).')
-  pretrained.validate(config)
+  state_dict = pretrained.validate(config)
   for field in ('keep_best', 'async_checkpointing', 'checkpoint_every_epoch', 'tensorboard'):
     if not isinstance(t[field], bool):
       raise ValueError(f'config.train.{field} = {t[field]!r} is invalid: allowed: True, False.')
@@ -120,14 +121,16 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   if not round(t.num_epochs * (examples // t.batch_size)):
     raise ValueError(f'config.train.num_epochs = {t.num_epochs!r} is invalid: it gives 0 training '
                      f'steps at {examples // t.batch_size} steps per epoch.')
+  return state_dict
 
 
-def _load_backbone(state: steps.TrainState, config: ml_collections.ConfigDict,
-                   mesh: Any) -> steps.TrainState:
+def _load_backbone(state: steps.TrainState, config: ml_collections.ConfigDict, mesh: Any,
+                   state_dict: Optional[Mapping[str, np.ndarray]]) -> steps.TrainState:
   """The backbone's variables from `pretrained.source_of(config)` (fine-tuning's init_from, or
-  two-phase training's trained backbone); the branches keep their fresh values."""
+  two-phase training's trained backbone; `state_dict`: what `_validate` read of a safetensors
+  file); the branches keep their fresh values."""
   fresh = {'params': state.params[dsop.BACKBONE], 'batch_stats': state.batch_stats[dsop.BACKBONE]}
-  backbone, _ = pretrained.load(config, fresh)
+  backbone, _ = pretrained.load(config, fresh, state_dict)
   backbone = jax.device_put(backbone, sharding.replicated(mesh))
   state = state.replace(params={**state.params, dsop.BACKBONE: backbone['params']},
                         batch_stats={**state.batch_stats, dsop.BACKBONE: backbone['batch_stats']})
@@ -195,12 +198,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   it is refused, naming this one.
   """
   paths.path(workdir, '--workdir')  # A URL of a scheme that cannot hold checkpoints is refused.
-  _validate(config)
+  state_dict = [_validate(config)]  # A list that the run empties: nothing holds it after.
   with runs.workdir_lock(workdir):
-    return _train_and_evaluate(config, workdir)
+    return _train_and_evaluate(config, workdir, state_dict)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        state_dict: List[Optional[Mapping[str, np.ndarray]]]
+                        ) -> steps.TrainState:
+  """`state_dict`: [the state dict of config.model.init_from, or None], emptied once used (a
+  large state dict is not held through training)."""
   config = input_pipeline.with_dataset_stats(config)  # Recorded in config.json.
   mesh = sharding.create_mesh()
   teacher, teacher_variables = None, None  # Knowledge distillation (Table II baselines).
@@ -242,7 +249,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
     last_saved = int(state.step)
     logging.info('Resuming from step %d in %s', last_saved, workdir)
   elif pretrained.source_of(config)[1]:
-    state = _load_backbone(state, config, mesh)
+    state = _load_backbone(state, config, mesh, state_dict[0])
+  state_dict.clear()
   runs.write_config(config, workdir, resumed_at=last_saved)
   runs.write_class_names(config, workdir)
 
