@@ -132,3 +132,43 @@ def test_the_api_pages_code_runs():
                                                 'a_pds5_psdr1']
   assert scope['logits'].shape == (2, 1000) and 'stage5' in scope['features']
   assert set(scope['terms']) >= {'logits', 'a_pds2'}
+
+
+RESULTS = os.path.join(ROOT, 'docs', 'results.md')
+SUBSET_RUNS = os.path.join(ROOT, 'docs', 'results', 'fashion_mnist_subsets')
+
+
+def _pairs_table(text):
+  """[(subset, seed, plain %, DSoP %, gain)] of results.md's Fashion-MNIST pairs table."""
+  rows = re.findall(r'^\| (\d+) \| (\d+) \| (\d+\.\d\d) \| (\d+\.\d\d) \| ([+-]\d+\.\d\d) \| \w+ \|$',
+                    text, re.M)
+  return [(int(a), int(b), float(c), float(d), float(e)) for a, b, c, d, e in rows]
+
+
+def test_the_results_pages_gains_and_interval_are_its_tables():
+  """docs/results.md's Fashion-MNIST pairs: each gain is its row's plain minus DSoP error; the
+  mean, standard deviation, 95% t-interval and count ahead written under the table are the
+  table's; the rows of the runs kept in docs/results/ are what those runs' metrics say."""
+  import statistics  # pylint: disable=g-import-not-at-top
+  from dsop_jax.tools import plot  # pylint: disable=g-import-not-at-top
+  with open(RESULTS) as f:
+    text = f.read()
+  rows = _pairs_table(text)
+  assert len(rows) >= 9 and len({(r[0], r[1]) for r in rows}) == len(rows), rows
+  for subset, seed, plain, dsop, gain in rows:
+    assert round(plain - dsop, 2) == gain, (subset, seed)
+  gains = [r[4] for r in rows]
+  low, high = plot.t_interval(gains)
+  claim = (f'Over these {len(gains)} pairs the mean gain is {statistics.mean(gains):+.2f} points, '
+           f'standard deviation {statistics.stdev(gains):.2f}, 95% t-interval\n[{low:+.2f}, '
+           f'{high:+.2f}]')
+  assert claim in text
+  ahead = sum(g > 0 for g in gains)
+  assert f'DSoP-Net was ahead in {ahead} of the {len(gains)}' in text
+  kept = plot.load_runs(sorted(glob.glob(os.path.join(SUBSET_RUNS, '*'))))
+  matched = plot.pairs(kept)
+  assert len(matched) == len(kept) // 2 >= 3
+  for plain_run, dsop_run in matched:
+    row = (plain_run.subset, plain_run.seed, round(plain_run.final_error, 2),
+           round(dsop_run.final_error, 2))
+    assert row in [r[:4] for r in rows], row

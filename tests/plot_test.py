@@ -308,6 +308,8 @@ def test_bad_arguments_name_the_flag(tmp_path, runs):
     plot.render(runs, str(tmp_path / 'curves.txt'))
   with pytest.raises(ValueError, match='--label: got 1 labels for 2 workdirs'):
     plot.render(runs, str(tmp_path / 'curves.png'), labels=['only one'])
+  with pytest.raises(ValueError, match='--pairs_output=.* is --output'):
+    plot.render(runs, str(tmp_path / 'curves.png'), pairs_output=str(tmp_path / '.' / 'curves.png'))
   assert not os.path.exists(tmp_path / 'curves.png')
   table = plot.render(runs, str(tmp_path / 'out' / 'curves.svg'), labels=['DSoP', 'plain'])
   assert os.path.getsize(tmp_path / 'out' / 'curves.svg') > 0

@@ -442,6 +442,9 @@ def render(workdirs: Sequence[str], output: str, labels: Optional[Sequence[str]]
   and, with `pairs_output`, the pairs figure; returns the markdown summary tables."""
   target, extension = _image_target(output, '--output')
   pairs_target = pairs_output and _image_target(pairs_output, '--pairs_output')
+  if pairs_target and str(pairs_target[0]) == str(target):
+    raise ValueError(f'--pairs_output={pairs_output!r} is --output: give the pairs figure a file '
+                     'of its own.')
   runs = load_runs(workdirs, labels)
   figures = [(figure(runs), target, extension)]
   if pairs_target:
