@@ -199,10 +199,11 @@ def _groups(labels: Sequence[str], settings: Sequence[Dict[str, Any]]) -> List[s
   differ ('preact_resnet20 (plain) [train.num_epochs=20.0]'), so that only repetitions share one."""
   groups = []
   for label, own in zip(labels, settings):
-    others = [s for l, s in zip(labels, settings) if l == label]
-    varying = sorted(k for k in set().union(*others) if any(s.get(k) != own.get(k) for s in others))
-    groups.append(label + (' [' + ', '.join(f'{k[len("config."):]}={own.get(k)!r}'
-                                            for k in varying) + ']' if varying else ''))
+    others = [s for other, s in zip(labels, settings) if other == label]
+    varying = sorted(k for k in set().union(*others)
+                     if any(s.get(k) != own.get(k) for s in others))
+    named = ', '.join(f'{k[len("config."):]}={own.get(k)!r}' for k in varying)
+    groups.append(f'{label} [{named}]' if varying else label)
   return groups
 
 
