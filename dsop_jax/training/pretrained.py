@@ -42,7 +42,7 @@ def validate(config: ml_collections.ConfigDict) -> Optional[Dict[str, np.ndarray
   """Raises ValueError naming the field when the weights to start from cannot be used: no such
   file or directory, a file that is not safetensors, a network with no torchvision/timm
   counterpart for a state dict, keys or shapes that do not fit it, non-finite values. Runs before
-  anything compiles: the header first, then the tensors.
+  anything compiles, on one read of the file.
 
   Returns:
     The state dict it read (give it to `load`, so that a new run reads the file once), or None
@@ -64,10 +64,9 @@ def validate(config: ml_collections.ConfigDict) -> Optional[Dict[str, np.ndarray
   if not source.is_file():
     raise ValueError(f'config.{field} = {path!r} is invalid: no such file or directory.')
   torch_weights.check_supported(torch_weights.first_order(config.model), f'config.{field}')
-  header, _ = torch_weights.read_safetensors_header(path)
-  torch_weights.check_state_dict(config.model, {k: v['shape'] for k, v in header.items()},
+  state, _ = torch_weights.read_safetensors(path)  # One read (a gs:// file: one download).
+  torch_weights.check_state_dict(config.model, {k: list(v.shape) for k, v in state.items()},
                                  source=f'config.{field} = {path!r}')
-  state, _ = torch_weights.read_safetensors(path)
   check_finite(state, f'config.{field} = {path!r}')
   return state
 
